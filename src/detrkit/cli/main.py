@@ -1,0 +1,87 @@
+"""The ``detrkit`` command: a thin typer front over the library.
+
+Each command group lives in its own module under ``detrkit.cli`` and exposes
+``register(app: typer.Typer) -> None``. Command modules parse options, call the library and print;
+they hold no logic of their own. User errors (:class:`detrkit.errors.DetrkitError`) are printed as
+one line on stderr, without a traceback, and the process exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import import_module
+
+import typer
+
+from detrkit import __version__
+from detrkit.errors import DetrkitError
+
+# Command modules, in the order their commands appear in --help. Add a module here when it exists.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+app = typer.Typer(
+    name="detrkit",
+    help=(
+        "Train, evaluate, analyse and deploy DETR-family detectors on COCO-format data, "
+        "synthesize training data for rare classes, and measure built-up area from aerial images."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"detrkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """detrkit: DETR-family detection, rare-class synthesis and aerial building area."""
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        import_module(f"detrkit.cli.{name}").register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``detrkit`` script: runs the app and turns user errors into one line."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except DetrkitError as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as err:  # noqa: BLE001 - last resort: keep the traceback available on demand
+        if os.environ.get("DETRKIT_DEBUG"):
+            raise
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
