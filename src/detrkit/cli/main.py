@@ -57,30 +57,19 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``detrkit`` script: runs the app and turns user errors into one line."""
+    """Entry point of the ``detrkit`` script.
+
+    Click's standalone mode handles usage errors (exit 2) and ``--help``; user errors raised by the
+    library (:class:`DetrkitError`) become one line on stderr and exit status 2, with no traceback.
+    Set ``DETRKIT_DEBUG=1`` to see the traceback of a user error.
+    """
     try:
-        rc = app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=True)
     except DetrkitError as err:
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as err:  # noqa: BLE001 - last resort: keep the traceback available on demand
         if os.environ.get("DETRKIT_DEBUG"):
             raise
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            typer.echo("aborted", err=True)
-            sys.exit(1)
-        raise
-    sys.exit(rc if isinstance(rc, int) else 0)
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":
