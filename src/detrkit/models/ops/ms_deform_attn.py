@@ -1,0 +1,185 @@
+"""Multi-scale deformable attention (Zhu et al., 2021, "Deformable DETR", eq. 3).
+
+Two pieces:
+
+- :func:`ms_deform_attn`, the sampling core, in pure PyTorch (``F.grid_sample``, bilinear,
+  ``align_corners=False``, zero padding), like the reference ``ms_deform_attn_core_pytorch`` of
+  fundamentalvision/Deformable-DETR. Its positional arguments are those of the fused CUDA kernel
+  (``MSDeformAttnFunction``), so a kernel can replace it without touching callers; this function is
+  the CPU fallback and the numerical reference for such a kernel.
+- :class:`MSDeformAttn`, the module: sampling offsets, attention weights, value and output
+  projections, initialised as in the paper.
+
+Shapes use ``B`` batch, ``Q`` queries, ``S = sum_l H_l * W_l`` flattened multi-scale keys, ``L``
+levels, ``P`` points per level and head, ``nH`` heads, ``Dh = d_model / nH``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MSDeformAttn", "ms_deform_attn"]
+
+
+def ms_deform_attn(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    *,
+    spatial_shapes_list: Sequence[tuple[int, int]] | None = None,
+) -> Tensor:
+    """Bilinearly sample each level at the given locations and sum with the attention weights.
+
+    Args:
+        value: ``[B, S, nH, Dh]``, the flattened levels one after the other (row-major ``H_l x W_l``).
+        spatial_shapes: ``int64[L, 2]`` ``(H_l, W_l)`` of each level.
+        level_start_index: ``int64[L]`` offset of each level in ``S`` (unused by this fallback, which
+            derives it from the shapes; kept for the kernel's signature).
+        sampling_locations: ``[B, Q, nH, L, P, 2]`` ``(x, y)`` in ``[0, 1]`` of the (padded) feature
+            map, ``(0, 0)`` the top-left corner of the top-left pixel; outside points read zeros.
+        attention_weights: ``[B, Q, nH, L, P]``, normalised over ``L * P`` by the caller.
+        spatial_shapes_list: the same shapes as Python ints. Give it to avoid reading
+            ``spatial_shapes`` back from the device (a host sync).
+    Returns:
+        ``[B, Q, nH * Dh]`` in ``value``'s dtype. Sampling runs in the promoted dtype of ``value``
+        and ``sampling_locations`` (float32 locations keep bf16 values precise).
+    """
+    del level_start_index  # the sizes below give the same split without a device read
+    b, s, n_heads, head_dim = value.shape
+    _, q, _, n_levels, n_points, _ = sampling_locations.shape
+    shapes = (
+        [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+        if spatial_shapes_list is None
+        else [(int(h), int(w)) for h, w in spatial_shapes_list]
+    )
+    if len(shapes) != n_levels or sum(h * w for h, w in shapes) != s:
+        raise ValueError(
+            f"spatial shapes {shapes} do not match value [B, S={s}, ...] and {n_levels} sampling levels"
+        )
+    out_dtype = value.dtype
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    value = value.to(dtype)
+    # grid_sample's grid spans [-1, 1] over the input; align_corners=False matches [0, 1] locations.
+    grids = (2 * sampling_locations.to(dtype) - 1).transpose(1, 2).flatten(0, 1)  # [B*nH, Q, L, P, 2]
+    weights = attention_weights.to(dtype).transpose(1, 2).flatten(0, 1)  # [B*nH, Q, L, P]
+    output = value.new_zeros(b * n_heads, head_dim, q)
+    for level, value_l in enumerate(value.split([h * w for h, w in shapes], dim=1)):
+        h, w = shapes[level]
+        # [B, H*W, nH, Dh] -> [B*nH, Dh, H, W]
+        value_l = value_l.permute(0, 2, 3, 1).reshape(b * n_heads, head_dim, h, w)
+        sampled = F.grid_sample(
+            value_l, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # [B*nH, Dh, Q, P]
+        output = output + (sampled * weights[:, None, :, level]).sum(-1)
+    # [B*nH, Dh, Q] -> [B, Q, nH*Dh]
+    return output.view(b, n_heads * head_dim, q).transpose(1, 2).to(out_dtype)
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention module.
+
+    Each query predicts, from its feature (position embedding included), ``P`` sampling offsets and
+    attention weights per head and level around its reference point, and attends to the bilinearly
+    sampled values of those ``L * P`` points only.
+
+    Args:
+        d_model: feature size, a multiple of ``n_heads``.
+        n_levels: number of feature levels ``L``.
+        n_heads: number of heads ``nH``.
+        n_points: sampling points ``P`` per head and level.
+    """
+
+    def __init__(self, *, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, n_points={self.n_points}"
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The paper's init: offsets start on a ring per head (point ``p`` at distance ``p + 1``),
+        uniform attention, Xavier projections."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True).values
+        grid = grid.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        grid *= torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        self.sampling_offsets.bias.copy_(grid.flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        reference_points: Tensor,
+        value_input: Tensor,
+        spatial_shapes: Tensor,
+        spatial_shapes_list: Sequence[tuple[int, int]],
+        level_start_index: Tensor,
+        value_valid_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Attend from each query to ``L * P`` sampled points per head.
+
+        Args:
+            query: ``[B, Q, d_model]`` query features (position embedding already added).
+            reference_points: ``[B, Q, L, 2]`` ``(x, y)`` in ``[0, 1]`` of the padded map (offsets are
+                in pixels of each level), or ``[B, Q, L, 4]`` boxes ``(cx, cy, w, h)`` in ``[0, 1]``
+                (offsets are fractions of half the box size, divided by ``P``).
+            value_input: ``[B, S, d_model]`` flattened multi-scale features.
+            spatial_shapes: ``int64[L, 2]`` ``(H_l, W_l)``.
+            spatial_shapes_list: the same shapes as Python ints.
+            level_start_index: ``int64[L]`` offset of each level in ``S``.
+            value_valid_mask: optional ``bool[B, S]``, True on real (unpadded) positions; padded
+                values are zeroed.
+        Returns:
+            ``[B, Q, d_model]``.
+        """
+        b, q, _ = query.shape
+        s = value_input.shape[1]
+        value = self.value_proj(value_input)
+        if value_valid_mask is not None:
+            value = value.masked_fill(~value_valid_mask[..., None], 0.0)
+        value = value.view(b, s, self.n_heads, self.d_model // self.n_heads)
+        offsets = self.sampling_offsets(query).view(b, q, self.n_heads, self.n_levels, self.n_points, 2)
+        weights = self.attention_weights(query).view(b, q, self.n_heads, self.n_levels * self.n_points)
+        weights = weights.softmax(-1).view(b, q, self.n_heads, self.n_levels, self.n_points)
+        # Locations in float32 at least: in bf16 a [0, 1] coordinate is only good to 1/256.
+        loc_dtype = torch.promote_types(reference_points.dtype, torch.float32)
+        ref = reference_points.to(loc_dtype)
+        offsets = offsets.to(loc_dtype)
+        if ref.shape[-1] == 2:
+            normalizer = spatial_shapes.flip(-1).to(loc_dtype)  # (W_l, H_l)
+            locations = ref[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        elif ref.shape[-1] == 4:
+            locations = (
+                ref[:, :, None, :, None, :2] + offsets / self.n_points * ref[:, :, None, :, None, 2:] * 0.5
+            )
+        else:
+            raise ValueError(f"reference_points must end in 2 (points) or 4 (boxes), got {list(ref.shape)}")
+        output = ms_deform_attn(
+            value, spatial_shapes, level_start_index, locations, weights, spatial_shapes_list=spatial_shapes_list
+        )
+        return self.output_proj(output)
