@@ -1,0 +1,230 @@
+"""Set-prediction losses of DETR (cross-entropy) and Deformable DETR (sigmoid focal).
+
+Functional core (:func:`sigmoid_focal_loss`, :func:`num_boxes_across_processes`) plus the
+:class:`SetCriterion` module that matches, computes each loss for the final and every auxiliary
+decoder layer, and returns the weighted total. All losses are computed in float32 (bf16-safe).
+The only host sync is the matcher's single copy of the cost matrices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detrkit.boxes import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from detrkit.models.matcher import HungarianMatcher
+
+__all__ = ["SetCriterion", "num_boxes_across_processes", "sigmoid_focal_loss"]
+
+LossType = Literal["ce", "focal"]
+
+
+def sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, num_boxes: Tensor | float, *, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """Sigmoid focal loss (RetinaNet) summed over all elements and divided by ``num_boxes``.
+
+    Equals Deformable DETR's ``sigmoid_focal_loss(...) * num_queries`` (its mean over queries
+    times the number of queries).
+
+    Args:
+        logits: ``float[..., K]`` logits.
+        targets: ``float[..., K]`` binary (one-hot) targets, same shape.
+        num_boxes: normaliser (number of target boxes), scalar tensor or float.
+        alpha: weight of positives (negatives get ``1 - alpha``); ``alpha < 0`` disables it.
+        gamma: focusing exponent.
+    Returns:
+        Scalar loss.
+    """
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t).pow(gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.sum() / num_boxes
+
+
+def num_boxes_across_processes(num_local: int, device: torch.device) -> Tensor:
+    """Average number of target boxes per process, as a float32 scalar tensor clamped to >= 1.
+
+    Sums over processes with ``all_reduce`` when ``torch.distributed`` is initialised (without a
+    host sync), then divides by the world size, like DETR.
+    """
+    num = torch.tensor(float(num_local), device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(num)
+        num = num / dist.get_world_size()
+    return num.clamp(min=1.0)
+
+
+class SetCriterion(nn.Module):
+    """Hungarian-matched detection losses.
+
+    Args:
+        num_classes: number of real classes ``K`` (labels ``0..K-1``).
+        matcher: the :class:`HungarianMatcher`; its ``class_cost`` should agree with ``loss``.
+        loss: ``"ce"``: softmax cross-entropy over ``K + 1`` classes, the last one "no object",
+            weighted by ``eos_coef`` (DETR); ``"focal"``: sigmoid focal loss over ``K`` classes
+            normalised by the number of boxes (Deformable DETR).
+        weight_ce, weight_bbox, weight_giou: loss weights in the total (DETR: 1, 5, 2; Deformable
+            DETR: 2, 5, 2).
+        eos_coef: relative weight of the no-object class (``"ce"`` only).
+        focal_alpha, focal_gamma: focal loss parameters (``"focal"`` only).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        loss: LossType = "ce",
+        weight_ce: float = 1.0,
+        weight_bbox: float = 5.0,
+        weight_giou: float = 2.0,
+        eos_coef: float = 0.1,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if loss not in ("ce", "focal"):
+            raise ValueError(f"loss must be 'ce' (DETR) or 'focal' (Deformable DETR), got {loss!r}")
+        if not 0.0 <= eos_coef <= 1.0:
+            raise ValueError(f"eos_coef must be in [0, 1] (DETR uses 0.1), got {eos_coef}")
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.loss_type: LossType = loss
+        self.weight_dict = {"loss_ce": weight_ce, "loss_bbox": weight_bbox, "loss_giou": weight_giou}
+        self.eos_coef = eos_coef
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, loss={self.loss_type!r}, weights={self.weight_dict}"
+
+    def loss_labels(self, pred_logits: Tensor, tgt_classes: Tensor, num_boxes: Tensor) -> Tensor:
+        """Classification loss.
+
+        Args:
+            pred_logits: ``[B, Q, K + 1]`` (``"ce"``) or ``[B, Q, K]`` (``"focal"``).
+            tgt_classes: ``int64[B, Q]``: matched label, ``K`` for unmatched queries.
+            num_boxes: normaliser of the focal loss (scalar tensor).
+        Returns:
+            Scalar float32 loss.
+        """
+        logits = pred_logits.float()
+        if self.loss_type == "ce":
+            return F.cross_entropy(logits.transpose(1, 2), tgt_classes, self.empty_weight.float())
+        onehot = F.one_hot(tgt_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        return sigmoid_focal_loss(logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=self.focal_gamma)
+
+    @staticmethod
+    def loss_boxes(src_boxes: Tensor, tgt_boxes: Tensor, num_boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """L1 and GIoU losses of matched pairs.
+
+        Args:
+            src_boxes: ``[M, 4]`` matched predictions, cxcywh normalised.
+            tgt_boxes: ``[M, 4]`` matched targets, cxcywh normalised.
+            num_boxes: normaliser (scalar tensor).
+        Returns:
+            ``(loss_bbox, loss_giou)`` scalars: ``sum|src - tgt| / num_boxes`` and
+            ``sum(1 - GIoU) / num_boxes``.
+        """
+        src, tgt = src_boxes.float(), tgt_boxes.float()
+        loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_boxes
+        giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))
+        return loss_bbox, (1 - giou).sum() / num_boxes
+
+    @torch.no_grad()
+    def cardinality_error(self, pred_logits: Tensor, tgt_lengths: Tensor) -> Tensor:
+        """Mean absolute error of the number of predicted objects per image (logging only).
+
+        A query counts as an object when its best class is not no-object (``"ce"``) or its best
+        sigmoid probability exceeds 0.5 (``"focal"``).
+
+        Args:
+            pred_logits: ``[B, Q, C]``.
+            tgt_lengths: ``float[B]`` number of targets per image.
+        """
+        if self.loss_type == "ce":
+            card = (pred_logits.argmax(-1) != pred_logits.shape[-1] - 1).sum(1)
+        else:
+            card = (pred_logits.float().sigmoid().amax(-1) > 0.5).sum(1)
+        return F.l1_loss(card.float(), tgt_lengths)
+
+    def _layer_losses(
+        self,
+        layer: dict[str, Tensor],
+        indices: list[tuple[Tensor, Tensor]],
+        tgt_labels: Tensor,
+        tgt_boxes: Tensor,
+        offsets: list[int],
+        num_boxes: Tensor,
+    ) -> dict[str, Tensor]:
+        pred_logits, pred_boxes = layer["pred_logits"], layer["pred_boxes"]
+        device = pred_logits.device
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
+        src_idx = torch.cat([src for src, _ in indices]).to(device)
+        tgt_idx = torch.cat([tgt + off for (_, tgt), off in zip(indices, offsets, strict=True)]).to(device)
+        tgt_classes = torch.full(pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
+        tgt_classes[batch_idx, src_idx] = tgt_labels[tgt_idx]
+        loss_ce = self.loss_labels(pred_logits, tgt_classes, num_boxes)
+        loss_bbox, loss_giou = self.loss_boxes(pred_boxes[batch_idx, src_idx], tgt_boxes[tgt_idx], num_boxes)
+        return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+    def forward(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Compute all losses.
+
+        Args:
+            outputs: ``"pred_logits"`` ``[B, Q, C]``, ``"pred_boxes"`` ``[B, Q, 4]`` cxcywh
+                normalised, optional ``"aux_outputs"`` (list of dicts with the same keys, one per
+                intermediate decoder layer) and optional ``"enc_outputs"`` (two-stage Deformable
+                DETR proposals, trained class-agnostically: every target gets label 0).
+            targets: ``B`` dicts with ``"labels"`` ``int64[N_i]`` in ``0..K-1`` and ``"boxes"``
+                ``[N_i, 4]`` cxcywh normalised.
+        Returns:
+            ``"loss"``: differentiable weighted total; detached scalars ``"loss_ce"``,
+            ``"loss_bbox"``, ``"loss_giou"``, the same per auxiliary layer with suffix ``_i``
+            (``_enc`` for encoder proposals), and ``"cardinality_error"`` (logging only).
+        """
+        device = outputs["pred_logits"].device
+        sizes = [int(t["boxes"].shape[0]) for t in targets]
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        tgt_labels = torch.cat([t["labels"] for t in targets]).to(device=device, dtype=torch.int64)
+        tgt_boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=torch.float32)
+        num_boxes = num_boxes_across_processes(sum(sizes), device)
+
+        layers: list[tuple[str, dict[str, Tensor]]] = [("", outputs)]
+        layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs") or [])]
+        all_indices = self.matcher.match_layers(
+            [(o["pred_logits"], o["pred_boxes"]) for _, o in layers], targets
+        )
+
+        weighted: dict[str, tuple[float, Tensor]] = {}  # name -> (weight, loss)
+        for (suffix, layer), indices in zip(layers, all_indices, strict=True):
+            for k, v in self._layer_losses(layer, indices, tgt_labels, tgt_boxes, offsets, num_boxes).items():
+                weighted[k + suffix] = (self.weight_dict[k], v)
+        if "enc_outputs" in outputs:
+            enc = outputs["enc_outputs"]
+            bin_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+            enc_indices = self.matcher(enc["pred_logits"], enc["pred_boxes"], bin_targets)
+            enc_losses = self._layer_losses(
+                enc, enc_indices, torch.zeros_like(tgt_labels), tgt_boxes, offsets, num_boxes
+            )
+            weighted.update({k + "_enc": (self.weight_dict[k], v) for k, v in enc_losses.items()})
+
+        total = torch.stack([w * v for w, v in weighted.values()]).sum()
+        result = {k: v.detach() for k, (_, v) in weighted.items()}
+        result["loss"] = total
+        tgt_lengths = torch.tensor(sizes, dtype=torch.float32, device=device)
+        result["cardinality_error"] = self.cardinality_error(outputs["pred_logits"], tgt_lengths)
+        return result

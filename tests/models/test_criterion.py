@@ -1,0 +1,187 @@
+"""SetCriterion vs hand computation and vs Hugging Face transformers' DETR / Deformable DETR losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from detrkit.models.criterion import SetCriterion, num_boxes_across_processes, sigmoid_focal_loss
+from detrkit.models.matcher import HungarianMatcher
+
+
+def _criterion(loss: str, num_classes: int, **kw) -> SetCriterion:
+    matcher = HungarianMatcher(cost_class=1, cost_bbox=5, cost_giou=2, class_cost=loss)
+    weights = {"weight_ce": 1.0 if loss == "ce" else 2.0, "weight_bbox": 5.0, "weight_giou": 2.0}
+    weights.update(kw)
+    return SetCriterion(num_classes=num_classes, matcher=matcher, loss=loss, **weights)
+
+
+def _one_target_case(num_logits: int):
+    """Q=3 queries, one target matched to query 1 (box nearly equal, strong logit)."""
+    logits = torch.tensor([[[0.2, -0.3, 1.0], [0.1, 2.5, -1.0], [-0.5, 0.3, 0.8]]])[..., :num_logits]
+    boxes = torch.tensor([[[0.2, 0.2, 0.1, 0.1], [0.5, 0.5, 0.2, 0.3], [0.8, 0.8, 0.1, 0.1]]])
+    targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]), "labels": torch.tensor([1])}]
+    return logits, boxes, targets
+
+
+# Matched pair: pred [0.4, 0.35, 0.6, 0.65] (area 0.06), target [0.4, 0.4, 0.6, 0.6] (area 0.04):
+# intersection 0.04, union 0.06, enclosing 0.06 -> GIoU 2/3; L1 = |0.3 - 0.2| = 0.1.
+_L1, _GIOU_LOSS = 0.1, 1 - 2 / 3
+
+
+def test_cross_entropy_losses_by_hand() -> None:
+    logits, boxes, targets = _one_target_case(3)
+    out = _criterion("ce", 2, eos_coef=0.1)({"pred_logits": logits, "pred_boxes": boxes}, targets)
+
+    def nll(row, cls):
+        return -(row[cls] - math.log(sum(math.exp(v) for v in row)))
+
+    rows = logits[0].tolist()
+    ce = (1.0 * nll(rows[1], 1) + 0.1 * nll(rows[0], 2) + 0.1 * nll(rows[2], 2)) / (1 + 0.1 + 0.1)
+    assert out["loss_ce"].item() == pytest.approx(ce, rel=1e-6)
+    assert out["loss_bbox"].item() == pytest.approx(_L1, rel=1e-5)
+    assert out["loss_giou"].item() == pytest.approx(_GIOU_LOSS, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(ce + 5 * _L1 + 2 * _GIOU_LOSS, rel=1e-5)
+    # argmax: query 0 -> no-object(2), query 1 -> class 1, query 2 -> no-object: 1 predicted, 1 target
+    assert out["cardinality_error"].item() == 0.0
+
+
+def test_focal_losses_by_hand() -> None:
+    logits, boxes, targets = _one_target_case(2)
+    out = _criterion("focal", 2)({"pred_logits": logits, "pred_boxes": boxes}, targets)
+
+    def focal(x, t, alpha=0.25, gamma=2.0):
+        p = 1 / (1 + math.exp(-x))
+        ce = -(t * math.log(p) + (1 - t) * math.log(1 - p))
+        p_t = p * t + (1 - p) * (1 - t)
+        return (alpha * t + (1 - alpha) * (1 - t)) * ce * (1 - p_t) ** gamma
+
+    total = sum(focal(logits[0, q, k].item(), float(q == 1 and k == 1)) for q in range(3) for k in range(2))
+    assert out["loss_ce"].item() == pytest.approx(total / 1.0, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(2 * total + 5 * _L1 + 2 * _GIOU_LOSS, rel=1e-5)
+    # a query counts when its best sigmoid > 0.5, i.e. its best logit > 0 (all three here)
+    n_pred = sum(max(logits[0, q].tolist()) > 0 for q in range(3))
+    assert out["cardinality_error"].item() == abs(n_pred - 1)
+
+
+def test_aux_losses_keys_and_weighted_total() -> None:
+    logits, boxes, targets = _one_target_case(3)
+    aux = [
+        {"pred_logits": logits.flip(1), "pred_boxes": boxes.flip(1)},
+        {"pred_logits": logits, "pred_boxes": boxes},
+    ]
+    crit = _criterion("ce", 2)
+    out = crit({"pred_logits": logits, "pred_boxes": boxes, "aux_outputs": aux}, targets)
+    names = [f"loss_{n}{s}" for s in ("", "_0", "_1") for n in ("ce", "bbox", "giou")]
+    assert set(names) <= set(out)
+    # aux layer 1 equals the final layer; aux layer 0 is the same prediction with queries reversed
+    for n in ("ce", "bbox", "giou"):
+        assert torch.allclose(out[f"loss_{n}_1"], out[f"loss_{n}"])
+        assert torch.allclose(out[f"loss_{n}_0"], out[f"loss_{n}"], atol=1e-6)
+    expected = sum(w * out[f"{k}{s}"] for s in ("", "_0", "_1") for k, w in crit.weight_dict.items())
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out["loss"].requires_grad is False  # inputs do not require grad here
+    assert all(not v.requires_grad for k, v in out.items() if k != "loss")
+
+
+def test_gradients_bf16_inputs_fp32_losses() -> None:
+    logits = torch.randn(2, 5, 4, dtype=torch.bfloat16, requires_grad=True)
+    boxes = (torch.rand(2, 5, 4) * 0.4 + 0.1).to(torch.bfloat16).requires_grad_()
+    targets = [
+        {"boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]]), "labels": torch.tensor([2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    for loss in ("ce", "focal"):
+        lg = logits if loss == "ce" else logits[..., :3]
+        out = _criterion(loss, 3)({"pred_logits": lg, "pred_boxes": boxes}, targets)
+        assert out["loss"].dtype == torch.float32 and out["loss"].requires_grad
+        assert torch.isfinite(out["loss"])
+        assert not out["loss_ce"].requires_grad
+        logits.grad = boxes.grad = None
+        out["loss"].backward()
+        assert logits.grad is not None and boxes.grad is not None and boxes.grad.abs().sum() > 0
+
+
+def test_no_targets_clamps_num_boxes() -> None:
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    logits = torch.randn(1, 4, 3)
+    out = _criterion("ce", 2)({"pred_logits": logits, "pred_boxes": torch.rand(1, 4, 4)}, [empty])
+    ref = torch.nn.functional.cross_entropy(logits[0], torch.full((4,), 2))  # all no-object, equal weights
+    assert out["loss_ce"].item() == pytest.approx(ref.item(), rel=1e-6)
+    assert out["loss_bbox"].item() == 0.0 and out["loss_giou"].item() == 0.0
+    assert num_boxes_across_processes(0, torch.device("cpu")).item() == 1.0
+    assert num_boxes_across_processes(7, torch.device("cpu")).item() == 7.0
+
+
+def test_sigmoid_focal_loss_alpha_negative_disables_weighting() -> None:
+    x, t = torch.tensor([[0.3, -1.2]]), torch.tensor([[1.0, 0.0]])
+    p = torch.sigmoid(x)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="none")
+    ref = (ce * torch.stack([(1 - p[0, 0]) ** 2, p[0, 1] ** 2])).sum() / 2
+    assert sigmoid_focal_loss(x, t, 2.0, alpha=-1).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("loss", ["ce", "focal"])
+def test_matches_transformers_losses(seed: int, loss: str) -> None:
+    lfo = pytest.importorskip("transformers.loss.loss_for_object_detection")
+    from transformers.loss.loss_deformable_detr import DeformableDetrHungarianMatcher, DeformableDetrImageLoss
+
+    g = torch.Generator().manual_seed(seed)
+    num_classes, b, q, n_layers = 4, 3, 12, 3
+    c = num_classes + 1 if loss == "ce" else num_classes
+    layers = [
+        (torch.randn(b, q, c, generator=g), torch.rand(b, q, 4, generator=g) * 0.4 + 0.1)
+        for _ in range(n_layers)
+    ]
+    targets = []
+    for n in (3, 0, 5):
+        tb = torch.rand(n, 4, generator=g) * 0.4 + 0.1
+        targets.append({"boxes": tb, "labels": torch.randint(0, num_classes, (n,), generator=g)})
+    hf_targets = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
+
+    if loss == "ce":
+        hf_matcher = lfo.HungarianMatcher(class_cost=1, bbox_cost=5, giou_cost=2)
+        hf = lfo.ImageLoss(hf_matcher, num_classes, 0.1, ["labels", "boxes", "cardinality"])
+    else:
+        hf_matcher = DeformableDetrHungarianMatcher(class_cost=2, bbox_cost=5, giou_cost=2)
+        hf = DeformableDetrImageLoss(hf_matcher, num_classes, 0.25, ["labels", "boxes", "cardinality"])
+    hf_out = hf(
+        {
+            "logits": layers[-1][0],
+            "pred_boxes": layers[-1][1],
+            "auxiliary_outputs": [{"logits": lg, "pred_boxes": bx} for lg, bx in layers[:-1]],
+        },
+        hf_targets,
+    )
+    matcher = HungarianMatcher(cost_class=1 if loss == "ce" else 2, cost_bbox=5, cost_giou=2, class_cost=loss)
+    ours = SetCriterion(num_classes=num_classes, matcher=matcher, loss=loss, eos_coef=0.1)(
+        {
+            "pred_logits": layers[-1][0],
+            "pred_boxes": layers[-1][1],
+            "aux_outputs": [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in layers[:-1]],
+        },
+        targets,
+    )
+    for key in (
+        "loss_ce",
+        "loss_bbox",
+        "loss_giou",
+        "cardinality_error",
+        "loss_ce_0",
+        "loss_bbox_1",
+        "loss_giou_1",
+    ):
+        assert ours[key].item() == pytest.approx(float(hf_out[key]), rel=1e-5, abs=1e-6), key
+
+
+def test_bad_arguments() -> None:
+    m = HungarianMatcher()
+    with pytest.raises(ValueError, match="loss must be"):
+        SetCriterion(num_classes=2, matcher=m, loss="bce")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="eos_coef"):
+        SetCriterion(num_classes=2, matcher=m, eos_coef=2.0)
+    with pytest.raises(ValueError, match="num_classes"):
+        SetCriterion(num_classes=0, matcher=m)
