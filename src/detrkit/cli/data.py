@@ -1,0 +1,335 @@
+"""``detrkit data ...``: check, stats, subset, merge, split and the built-in shapes dataset.
+
+Thin front over :mod:`detrkit.data`: parse, call, print a rich table (or JSON with ``--json``).
+``data check`` exits 1 when it found problems, 0 when the dataset is clean.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from detrkit.errors import ConfigError, DataError
+
+data_app = typer.Typer(help="Check, describe, subset, merge and split COCO datasets.", no_args_is_help=True)
+_out = Console()
+_err = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``data`` group to the root app."""
+    app.add_typer(data_app, name="data")
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+@data_app.command("check")
+def check_cmd(
+    ann: Path = typer.Option(..., "--ann", help="COCO instances JSON."),
+    images: Path | None = typer.Option(None, "--images", help="Image folder (file_name is relative to it)."),
+    decode: bool = typer.Option(
+        True, "--decode/--no-decode", help="Fully decode images (slower, finds truncation)."
+    ),
+    workers: int = typer.Option(0, "--workers", help="Decoding threads (0: automatic)."),
+    max_examples: int = typer.Option(5, "--max-examples", help="Offending ids listed per problem."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Validate annotations (and image files with --images); exit 1 when problems are found."""
+    from rich.progress import Progress
+
+    from detrkit.data.check import PROBLEM_KINDS, check_dataset
+    from detrkit.data.coco import CocoIndex
+
+    index = CocoIndex.load(ann)
+    if images is not None and not images.is_dir():
+        raise DataError(f"{images}: images folder not found", path=images)
+    with Progress(console=_err, transient=True, disable=as_json or not _err.is_terminal) as bar:
+        task = bar.add_task("checking images", total=len(index.images) if images is not None else 0)
+        report = check_dataset(
+            index,
+            images,
+            decode=decode,
+            workers=workers or None,
+            max_examples=max_examples,
+            progress=lambda n: bar.advance(task, n),
+        )
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        table = Table(title=f"data check: {ann}")
+        for col in ("problem", "count", "first ids", "description"):
+            table.add_column(col, overflow="fold")
+        for kind, p in report.problems.items():
+            if p.count:
+                table.add_row(kind, str(p.count), ", ".join(map(str, p.ids)), PROBLEM_KINDS[kind])
+        if not report.ok:
+            _out.print(table)
+            for kind, p in report.problems.items():
+                for d in p.details[:max_examples] if p.count else []:
+                    _out.print(f"  {kind}: {d}", highlight=False, markup=False)
+        checked = f", {report.images_checked} image files checked" if images is not None else ""
+        verdict = "OK" if report.ok else f"{report.num_problems} problem(s)"
+        _out.print(
+            f"{report.num_images} images, {report.num_annotations} annotations, "
+            f"{report.num_categories} categories{checked}: {verdict}",
+            highlight=False,
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("stats")
+def stats_cmd(
+    ann: Path = typer.Option(..., "--ann", help="COCO instances JSON."),
+    plots: Path | None = typer.Option(None, "--plots", help="Folder for PNG plots."),
+    rare_fraction: float = typer.Option(
+        0.05, "--rare-fraction", help="Rare: image count below this fraction of the most frequent class."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Per-class instances/images, boxes per image, COCO size buckets, rare classes."""
+    from detrkit.data.coco import CocoIndex
+    from detrkit.data.stats import compute_stats, save_plots
+
+    index = CocoIndex.load(ann)
+    stats = compute_stats(index, rare_fraction=rare_fraction)
+    written = save_plots(stats, index, plots) if plots is not None else []
+    if as_json:
+        d = stats.to_dict()
+        d["plots"] = [str(p) for p in written]
+        _echo_json(d)
+        return
+    table = Table(title=f"data stats: {ann}")
+    for col in ("id", "class", "instances", "images", "small", "medium", "large", "rare"):
+        table.add_column(col, justify="right" if col not in ("class", "rare") else "left")
+    for c in stats.classes:
+        table.add_row(
+            str(c.category_id),
+            c.name,
+            str(c.instances),
+            str(c.images),
+            str(c.small),
+            str(c.medium),
+            str(c.large),
+            "rare" if c.rare else "",
+        )
+    table.add_section()
+    table.add_row(
+        "",
+        "all",
+        str(stats.num_annotations),
+        str(stats.num_images),
+        str(stats.small),
+        str(stats.medium),
+        str(stats.large),
+        f"{len(stats.rare_classes)} rare",
+    )
+    _out.print(table)
+    _out.print(
+        f"boxes per image: mean {stats.boxes_per_image_mean:.2f}, median {stats.boxes_per_image_median:g}, "
+        f"max {stats.boxes_per_image_max}; {stats.num_empty_images} images without boxes; "
+        f"{stats.num_crowd} crowd annotations",
+        highlight=False,
+    )
+    for p in written:
+        _out.print(f"wrote {p}", highlight=False)
+
+
+def _split_names(values: list[str]) -> list[str]:
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+@data_app.command("subset")
+def subset_cmd(
+    ann: Path = typer.Option(..., "--ann", help="COCO instances JSON."),
+    classes: list[str] = typer.Option(
+        ..., "--classes", help="Class names to keep, in order: --classes person car dog"
+    ),
+    more_classes: list[str] | None = typer.Argument(None, hidden=True),
+    max_images: int | None = typer.Option(None, "--max-images", help="Keep at most this many images."),
+    negatives: float = typer.Option(0.0, "--negatives", help="Fraction of output images without kept boxes."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    out: Path = typer.Option(..., "--out", help="Output JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
+) -> None:
+    """Keep some classes (renumbered 1..K in the given order) and the images that show them."""
+    from detrkit.data.coco import CocoIndex
+    from detrkit.data.ops import class_image_counts, subset
+
+    names = _split_names(list(classes) + list(more_classes or []))
+    result = subset(CocoIndex.load(ann), names, max_images=max_images, negatives=negatives, seed=seed)
+    result.save(out)
+    counts = class_image_counts(result)
+    summary = {
+        "out": str(out),
+        "images": len(result.images),
+        "annotations": len(result.annotations),
+        "classes": [{"id": c.id, "name": c.name, "images": counts[c.name]} for c in result.categories],
+    }
+    if as_json:
+        _echo_json(summary)
+        return
+    table = Table(title=f"data subset -> {out}")
+    for col in ("id", "class", "images"):
+        table.add_column(col)
+    for c in summary["classes"]:
+        table.add_row(str(c["id"]), c["name"], str(c["images"]))
+    _out.print(table)
+    _out.print(
+        f"{summary['images']} images, {summary['annotations']} annotations written to {out}", highlight=False
+    )
+
+
+def _read_mapping(path: Path) -> dict[str, str | None]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: class map not found", path=path) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})", path=path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in data.items()
+    ):
+        raise ConfigError(
+            f"{path}: expected 'source name: unified name' lines (or 'name: null'/'drop')", path=path
+        )
+    return data
+
+
+@data_app.command("merge")
+def merge_cmd(
+    sources: list[Path] = typer.Argument(..., help="COCO files to merge, in order."),
+    class_map: Path | None = typer.Option(
+        None, "--map", help="YAML: source class name -> unified name | null."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output JSON."),
+    tags: list[str] | None = typer.Option(
+        None, "--tag", help="Per-source file_name prefix (default: file stem)."
+    ),
+    images: list[Path] | None = typer.Option(None, "--images", help="Per-source image folder, in order."),
+    images_out: Path | None = typer.Option(
+        None, "--images-out", help="Folder of per-tag symlinks to --images (default: <out stem>_images)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
+) -> None:
+    """Merge COCO files with a unified class list; file_name becomes <tag>/<file_name>."""
+    from detrkit.data.coco import CocoIndex
+    from detrkit.data.ops import class_image_counts, link_image_roots, merge, source_tags
+
+    if len(sources) < 2:
+        raise DataError("merge needs at least two annotation files")
+    tag_list = list(tags) if tags else source_tags(sources)
+    if len(tag_list) != len(sources):
+        raise DataError(f"got {len(tag_list)} --tag values for {len(sources)} annotation files")
+    if images and len(images) != len(sources):
+        raise DataError(f"got {len(images)} --images folders for {len(sources)} annotation files")
+    mapping = _read_mapping(class_map) if class_map is not None else {}
+    result = merge([CocoIndex.load(p) for p in sources], mapping=mapping, tags=tag_list)
+    link_dir = None
+    if images:
+        link_dir = link_image_roots(images_out or out.with_name(f"{out.stem}_images"), tag_list, images)
+    result.save(out)
+    counts = class_image_counts(result)
+    summary = {
+        "out": str(out),
+        "images": len(result.images),
+        "annotations": len(result.annotations),
+        "tags": tag_list,
+        "images_dir": None if link_dir is None else str(link_dir),
+        "classes": [{"id": c.id, "name": c.name, "images": counts[c.name]} for c in result.categories],
+    }
+    if as_json:
+        _echo_json(summary)
+        return
+    table = Table(title=f"data merge -> {out}")
+    for col in ("id", "class", "images"):
+        table.add_column(col)
+    for c in summary["classes"]:
+        table.add_row(str(c["id"]), c["name"], str(c["images"]))
+    _out.print(table)
+    _out.print(
+        f"{summary['images']} images, {summary['annotations']} annotations written to {out}", highlight=False
+    )
+    if link_dir is not None:
+        _out.print(f"images: use --images {link_dir} (links: {', '.join(tag_list)})", highlight=False)
+
+
+@data_app.command("split")
+def split_cmd(
+    ann: Path = typer.Option(..., "--ann", help="COCO instances JSON."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of images for validation."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    out_dir: Path = typer.Option(..., "--out-dir", help="Writes train.json and val.json here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Split by image, stratified so that rare classes appear in both parts."""
+    from detrkit.data.coco import CocoIndex
+    from detrkit.data.ops import class_image_counts, split
+
+    train, val = split(CocoIndex.load(ann), val_fraction=val_fraction, seed=seed)
+    paths = {"train": train.save(out_dir / "train.json"), "val": val.save(out_dir / "val.json")}
+    ct, cv = class_image_counts(train), class_image_counts(val)
+    summary = {
+        "train": {
+            "path": str(paths["train"]),
+            "images": len(train.images),
+            "annotations": len(train.annotations),
+        },
+        "val": {"path": str(paths["val"]), "images": len(val.images), "annotations": len(val.annotations)},
+        "classes": [{"name": n, "train_images": ct[n], "val_images": cv[n]} for n in ct],
+    }
+    if as_json:
+        _echo_json(summary)
+        return
+    table = Table(title=f"data split: {ann}")
+    for col in ("class", "train images", "val images"):
+        table.add_column(col)
+    for c in summary["classes"]:
+        table.add_row(c["name"], str(c["train_images"]), str(c["val_images"]))
+    _out.print(table)
+    for part in ("train", "val"):
+        s = summary[part]
+        _out.print(
+            f"{part}: {s['images']} images, {s['annotations']} annotations -> {s['path']}", highlight=False
+        )
+
+
+@data_app.command("shapes")
+def shapes_cmd(
+    out: Path = typer.Option(Path("data/shapes"), "--out", help="Output folder."),
+    train: int = typer.Option(2000, "--train", help="Training images."),
+    val: int = typer.Option(300, "--val", help="Validation images."),
+    size: int = typer.Option(256, "--size", help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
+) -> None:
+    """Generate the built-in COCO-format shapes dataset."""
+    from detrkit.data.shapes import generate_shapes
+
+    paths = generate_shapes(out, train=train, val=val, size=size, seed=seed)
+    summary = {
+        "root": str(paths.root),
+        "train_images": str(paths.train_images),
+        "val_images": str(paths.val_images),
+        "train_ann": str(paths.train_ann),
+        "val_ann": str(paths.val_ann),
+        "classes": list(paths.class_names),
+    }
+    if as_json:
+        _echo_json(summary)
+        return
+    _out.print(f"shapes dataset ({train} train, {val} val, {size}px) in {paths.root}", highlight=False)
+    _out.print(f"  train: --ann {paths.train_ann} --images {paths.train_images}", highlight=False)
+    _out.print(f"  val:   --ann {paths.val_ann} --images {paths.val_images}", highlight=False)
+    _out.print(f"  classes: {', '.join(paths.class_names)}", highlight=False)
