@@ -267,6 +267,39 @@ def choose_position(
     return best
 
 
+def add_to_scene(
+    scene: list[SceneObject], region: LocalMask, category_id: int, has_mask: bool,
+    image_hw: tuple[int, int], params: PasteParams,
+) -> tuple[int, int]:
+    """Put a new object (its pixels ``region``) on top of ``scene`` (in place).
+
+    Objects it hides are shrunk to their visible pixels (box, mask and area recomputed) or dropped
+    when hidden over ``params.drop_occluded`` of their original area or left with fewer than
+    ``params.min_visible_px`` pixels. Returns ``(shrunk, dropped)`` counts.
+    """
+    box = (region.x0, region.y0, region.x1, region.y1)
+    shrunk = dropped = 0
+    kept: list[SceneObject] = []
+    for obj in scene:
+        if _boxes_intersect(obj.bbox_xyxy, box) and obj.region.subtract(region):
+            obj.changed = True
+            visible = obj.region.area
+            if visible < params.min_visible_px or 1.0 - visible / max(obj.orig_area, 1) > params.drop_occluded:
+                dropped += 1
+                continue
+            obj.region.tighten()
+            r = obj.region
+            obj.bbox_xyxy = (r.x0, r.y0, r.x1, r.y1)
+            shrunk += 1
+        kept.append(obj)
+    new = SceneObject(category_id, box, has_mask, pasted=True, changed=True, _size=image_hw)
+    new._region = region
+    new._orig_area = region.area
+    kept.append(new)
+    scene[:] = kept
+    return shrunk, dropped
+
+
 def paste_instance(
     image: np.ndarray, scene: list[SceneObject], instance: Instance, rng: np.random.Generator, params: PasteParams,
 ) -> dict[str, Any] | None:
@@ -286,27 +319,9 @@ def paste_instance(
     h, w = prepared.mask.shape
     x0, y0, worst = choose_position(scene, (h, w), (height, width), prepared.mask, rng, params)
     blend(image, prepared, x0, y0)
-    paste = LocalMask(x0, y0, prepared.mask)
-    box = (x0, y0, x0 + w, y0 + h)
-    shrunk = dropped = 0
-    kept: list[SceneObject] = []
-    for obj in scene:
-        if _boxes_intersect(obj.bbox_xyxy, box) and obj.region.subtract(paste):
-            obj.changed = True
-            visible = obj.region.area
-            if visible < params.min_visible_px or 1.0 - visible / max(obj.orig_area, 1) > params.drop_occluded:
-                dropped += 1
-                continue
-            obj.region.tighten()
-            r = obj.region
-            obj.bbox_xyxy = (r.x0, r.y0, r.x1, r.y1)
-            shrunk += 1
-        kept.append(obj)
-    pasted = SceneObject(instance.category_id, box, instance.has_mask, pasted=True, changed=True, _size=(height, width))
-    pasted._region = LocalMask(x0, y0, prepared.mask.copy())
-    pasted._orig_area = pasted._region.area
-    kept.append(pasted)
-    scene[:] = kept
+    shrunk, dropped = add_to_scene(
+        scene, LocalMask(x0, y0, prepared.mask.copy()), instance.category_id, instance.has_mask, (height, width), params
+    )
     return {
         "category_id": instance.category_id,
         "source_image_id": instance.source_image_id,
