@@ -1,0 +1,199 @@
+"""Ground sample distance (GSD, metres per pixel) and per-pixel ground area.
+
+Sources, in the order :func:`resolve_gsd` tries them:
+
+1. ``user``: a GSD given explicitly (``--gsd``);
+2. ``zoom``: Web Mercator zoom level and latitude, ``156543.03392 * cos(lat) / 2**zoom``;
+3. ``georeference``: the GeoTIFF's CRS and transform. Projected CRS: the pixel size in metres
+   (linear unit converted); geographic CRS: degrees converted to metres on the WGS84 ellipsoid at
+   the image's latitude; EPSG:3857 (Web Mercator): the nominal pixel size times cos(latitude);
+4. ``model``: the GSD head of the segmentation model, averaged over tiles.
+
+An explicit user value wins over the file because a flag that is silently ignored is worse than a
+file that is overridden on purpose. Every estimate says which source it came from.
+
+Areas are exact per pixel: :func:`pixel_area_rows` gives the ground area of one pixel in each row
+(rows differ in geographic and Web Mercator rasters), using the closed-form area of a
+latitude/longitude quadrangle on the WGS84 ellipsoid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from affine import Affine
+
+from detrkit.errors import DetrkitError
+
+WGS84_A = 6378137.0
+WGS84_F = 1.0 / 298.257223563
+WGS84_E2 = WGS84_F * (2.0 - WGS84_F)
+WGS84_B = WGS84_A * (1.0 - WGS84_F)
+WEB_MERCATOR_GSD_Z0 = 156543.03392  # metres per pixel at zoom 0 on the equator (256 px tiles)
+WEB_MERCATOR_EPSG = (3857, 3785, 900913, 102100, 102113)
+MAX_MERCATOR_LAT = 85.05112878
+
+
+class GsdError(DetrkitError):
+    """A GSD, zoom level or latitude given by the user is out of range."""
+
+
+@dataclass(frozen=True)
+class GsdEstimate:
+    """A GSD with its provenance.
+
+    Attributes:
+        metres_per_pixel: geometric mean of the x and y pixel sizes on the ground, in metres.
+        source: one of ``"user"``, ``"zoom"``, ``"georeference"``, ``"model"``.
+        detail: a short human-readable explanation (CRS, zoom/latitude, tile count).
+    """
+
+    metres_per_pixel: float
+    source: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"metres_per_pixel": self.metres_per_pixel, "source": self.source, "detail": self.detail}
+
+
+def web_mercator_gsd(zoom: float, lat_deg: float) -> float:
+    """Ground size of one pixel of a 256-px Web Mercator tile pyramid: ``156543.03392 cos(lat) / 2^zoom``."""
+    if not 0 <= zoom <= 30:
+        raise GsdError(f"zoom {zoom} is out of range: Web Mercator zoom levels are 0..30")
+    if not abs(lat_deg) < MAX_MERCATOR_LAT:
+        raise GsdError(f"latitude {lat_deg} is out of range: Web Mercator covers |lat| < {MAX_MERCATOR_LAT}")
+    return WEB_MERCATOR_GSD_Z0 * math.cos(math.radians(lat_deg)) / 2.0**zoom
+
+
+def check_user_gsd(gsd: float) -> float:
+    """Validate a user-given GSD in metres per pixel (0 < gsd <= 10 km)."""
+    if not (math.isfinite(gsd) and 0 < gsd <= 10_000):
+        raise GsdError(f"GSD {gsd} m/pixel is not a positive number of metres per pixel")
+    return float(gsd)
+
+
+def metres_per_degree(lat_deg: float) -> tuple[float, float]:
+    """Metres per degree of (longitude, latitude) on the WGS84 ellipsoid at ``lat_deg``."""
+    phi = math.radians(lat_deg)
+    w = math.sqrt(1.0 - WGS84_E2 * math.sin(phi) ** 2)
+    n = WGS84_A / w  # prime vertical radius of curvature
+    m = WGS84_A * (1.0 - WGS84_E2) / w**3  # meridional radius of curvature
+    return n * math.cos(phi) * math.pi / 180.0, m * math.pi / 180.0
+
+
+def _authalic_integral(phi: np.ndarray) -> np.ndarray:
+    """Ellipsoid area between the equator and latitude ``phi`` (radians) per radian of longitude."""
+    e = math.sqrt(WGS84_E2)
+    s = np.sin(phi)
+    return (WGS84_B**2 / 2.0) * (s / (1.0 - WGS84_E2 * s**2) + np.log((1.0 + e * s) / (1.0 - e * s)) / (2.0 * e))
+
+
+def quadrangle_area_m2(lat1_deg: np.ndarray, lat2_deg: np.ndarray, dlon_deg: float) -> np.ndarray:
+    """Exact WGS84 area (m²) of the quadrangles between two latitudes spanning ``dlon_deg`` degrees."""
+    a1 = _authalic_integral(np.radians(np.asarray(lat1_deg, dtype=np.float64)))
+    a2 = _authalic_integral(np.radians(np.asarray(lat2_deg, dtype=np.float64)))
+    return np.abs(a2 - a1) * math.radians(abs(dlon_deg))
+
+
+def mercator_y_to_lat(y: np.ndarray | float) -> np.ndarray:
+    """EPSG:3857 northing (metres) to latitude (degrees); 3857 uses spherical formulas on WGS84 lat/lon."""
+    return np.degrees(2.0 * np.arctan(np.exp(np.asarray(y, dtype=np.float64) / WGS84_A)) - math.pi / 2.0)
+
+
+def _kind(crs: object | None) -> str:
+    if crs is None:
+        return "none"
+    epsg = crs.to_epsg()  # type: ignore[attr-defined]
+    if epsg in WEB_MERCATOR_EPSG:
+        return "mercator"
+    if crs.is_geographic:  # type: ignore[attr-defined]
+        return "geographic"
+    if crs.is_projected:  # type: ignore[attr-defined]
+        return "projected"
+    return "none"
+
+
+def is_georeferenced(crs: object | None, transform: Affine | None) -> bool:
+    """True when the raster has a usable CRS and a non-identity transform."""
+    return _kind(crs) != "none" and transform is not None and not transform.is_identity
+
+
+def pixel_area_rows(crs: object | None, transform: Affine, height: int) -> np.ndarray | None:
+    """Ground area in m² of one pixel in each row of a georeferenced raster.
+
+    Args:
+        crs: a ``rasterio.crs.CRS`` (or None), transform: the raster's affine transform.
+        height: number of rows H.
+    Returns:
+        float64[H] (exact for projected, geographic and Web Mercator rasters without rotation), or
+        None when the raster is not georeferenced. Rotated geographic/Mercator rasters use the
+        latitude of each row's first pixel.
+    """
+    kind = _kind(crs)
+    if kind == "none" or transform.is_identity:
+        return None
+    rows = np.arange(height, dtype=np.float64)
+    if kind == "projected":
+        factor = float(crs.linear_units_factor[1])  # type: ignore[attr-defined]
+        return np.full(height, abs(transform.determinant) * factor**2)
+    # edges of each row (north and south), at the left edge of the raster
+    y_top = transform.f + transform.e * rows
+    y_bot = y_top + transform.e
+    dx = math.hypot(transform.a, transform.d)
+    if kind == "geographic":
+        return quadrangle_area_m2(y_top, y_bot, dx)
+    lat_top, lat_bot = mercator_y_to_lat(y_top), mercator_y_to_lat(y_bot)
+    return quadrangle_area_m2(lat_top, lat_bot, math.degrees(dx / WGS84_A))
+
+
+def gsd_from_georeference(
+    crs: object | None, transform: Affine | None, width: int, height: int
+) -> GsdEstimate | None:
+    """GSD (m/pixel) at the centre of a georeferenced raster, or None when there is no georeference.
+
+    Projected CRS: pixel size times the CRS's linear unit; geographic CRS: pixel size in degrees
+    converted to metres at the centre latitude; Web Mercator: pixel size times cos(centre latitude).
+    The returned value is the geometric mean of the x and y sizes.
+    """
+    if transform is None or not is_georeferenced(crs, transform):
+        return None
+    kind = _kind(crs)
+    sx, sy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    cx, cy = transform * (width / 2.0, height / 2.0)
+    name = crs.to_string()  # type: ignore[attr-defined]
+    if kind == "projected":
+        factor = float(crs.linear_units_factor[1])  # type: ignore[attr-defined]
+        gsd = math.sqrt(sx * sy) * factor
+        return GsdEstimate(gsd, "georeference", f"{name}: pixel size {sx * factor:.4g} x {sy * factor:.4g} m")
+    if kind == "geographic":
+        mx, my = metres_per_degree(cy)
+        gsd = math.sqrt(sx * mx * sy * my)
+        return GsdEstimate(gsd, "georeference", f"{name}: degrees converted to metres at latitude {cy:.5f}")
+    lat = float(mercator_y_to_lat(cy))
+    gsd = math.sqrt(sx * sy) * math.cos(math.radians(lat))
+    return GsdEstimate(gsd, "georeference", f"{name}: Web Mercator pixel scaled by cos(latitude {lat:.5f})")
+
+
+def resolve_gsd(
+    *,
+    user_gsd: float | None = None,
+    zoom: float | None = None,
+    lat: float | None = None,
+    georeference: GsdEstimate | None = None,
+    model_gsd: float | None = None,
+    model_tiles: int = 0,
+) -> GsdEstimate | None:
+    """Pick the GSD source: user, then zoom+latitude, then the file's georeference, then the model."""
+    if user_gsd is not None:
+        return GsdEstimate(check_user_gsd(user_gsd), "user", "given by the user")
+    if (zoom is None) != (lat is None):
+        raise GsdError("--zoom and --lat go together: give both to compute a Web Mercator GSD")
+    if zoom is not None and lat is not None:
+        return GsdEstimate(web_mercator_gsd(zoom, lat), "zoom", f"Web Mercator zoom {zoom:g} at latitude {lat:g}")
+    if georeference is not None:
+        return georeference
+    if model_gsd is not None:
+        return GsdEstimate(float(model_gsd), "model", f"predicted by the model, geometric mean over {model_tiles} tiles")
+    return None
