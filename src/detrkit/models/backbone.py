@@ -1,0 +1,170 @@
+"""ResNet backbones (torchvision) with frozen BatchNorm, optional DC5 dilation and mask downsampling.
+
+Parameter names follow torchvision (``body.conv1``, ``body.layer1.0.conv1``...), which are also
+the names of timm's ResNets used by the Hugging Face DETR checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from detrkit.errors import CheckpointError
+
+__all__ = [
+    "RESNET_CHANNELS",
+    "Backbone",
+    "FrozenBatchNorm2d",
+    "build_backbone",
+    "downsample_mask",
+    "imagenet_state_dict",
+    "load_imagenet_weights",
+]
+
+#: Output channels of each ResNet stage.
+RESNET_CHANNELS: dict[str, dict[str, int]] = {
+    "resnet18": {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512},
+    "resnet34": {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512},
+    "resnet50": {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
+    "resnet101": {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
+}
+_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def downsample_mask(pixel_mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of a valid-pixel mask.
+
+    Args:
+        pixel_mask: ``bool[B, H, W]``, True on real pixels.
+        size: ``(h, w)`` of the feature map.
+    Returns:
+        ``bool[B, h, w]``.
+    """
+    return F.interpolate(pixel_mask[None].float(), size=size).to(torch.bool)[0]
+
+
+class Backbone(nn.Module):
+    """A ResNet trunk returning one feature map and its valid mask.
+
+    Args:
+        name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
+        return_layer: the stage whose output is returned (``"layer4"``: stride 32, DETR;
+            ``"layer3"``: stride 16, cheaper and better for small images). Later stages are dropped.
+        dilation: DC5: replace the stride of ``layer4`` by dilation (stride 16 at ``layer4``).
+        trainable_layers: how many of the last stages up to ``return_layer`` get gradients
+            (DETR: 3, i.e. layer2-4; 0 freezes the backbone; default ``min(3, stages)``). The
+            stem is always frozen.
+        weights: optional ImageNet weights: a path to a torchvision ResNet state dict (``.pth``)
+            or a torchvision weight name such as ``"IMAGENET1K_V1"`` (downloaded by torchvision
+            if not in its cache). ``None``: random initialisation, no download.
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet50",
+        *,
+        return_layer: str = "layer4",
+        dilation: bool = False,
+        trainable_layers: int | None = None,
+        weights: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if name not in RESNET_CHANNELS:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_CHANNELS)}")
+        if return_layer not in _STAGES:
+            raise ValueError(f"return_layer must be one of {_STAGES}, got {return_layer!r}")
+        if dilation and return_layer != "layer4":
+            raise ValueError("dilation (DC5) dilates layer4; use it with return_layer='layer4'")
+        n_stages = _STAGES.index(return_layer) + 1
+        trainable_layers = min(3, n_stages) if trainable_layers is None else trainable_layers
+        if not 0 <= trainable_layers <= n_stages:
+            raise ValueError(f"trainable_layers must be in 0..{n_stages} for return_layer={return_layer!r}")
+        net = getattr(torchvision.models, name)(
+            weights=None, norm_layer=FrozenBatchNorm2d, replace_stride_with_dilation=[False, False, dilation]
+        )
+        if weights is not None:
+            load_imagenet_weights(net, name, weights)
+        trainable = set(_STAGES[n_stages - trainable_layers : n_stages])
+        for pname, p in net.named_parameters():
+            p.requires_grad_(pname.split(".")[0] in trainable)
+        self.body = IntermediateLayerGetter(net, return_layers={return_layer: "out"})
+        self.name = name
+        self.return_layer = return_layer
+        self.num_channels = RESNET_CHANNELS[name][return_layer]
+        self.stride = _STRIDES[return_layer] // (2 if dilation else 1)
+
+    def forward(self, images: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Features of the return layer.
+
+        Args:
+            images: ``float[B, 3, H, W]``.
+            pixel_mask: ``bool[B, H, W]``, True on real pixels.
+        Returns:
+            ``(features [B, C, H/s, W/s], mask bool[B, H/s, W/s])`` with ``s = self.stride``
+            (rounded up by the convolutions).
+        """
+        features = self.body(images)["out"]
+        return features, downsample_mask(pixel_mask, features.shape[-2:])
+
+
+def imagenet_state_dict(name: str, weights: str | Path) -> dict[str, Tensor]:
+    """ImageNet weights of a torchvision classification model, without its ``fc``/``classifier`` head.
+
+    Args:
+        name: torchvision model name (``"resnet50"``, ``"vgg16"``...).
+        weights: path to a state dict file, or a torchvision weight name (``"IMAGENET1K_V1"``).
+    Raises:
+        CheckpointError: the file is missing. ValueError: unknown weight name.
+    """
+    path = Path(weights)
+    if path.suffix in (".pth", ".pt", ".bin") or path.exists():
+        if not path.is_file():
+            raise CheckpointError("backbone weights file not found", path=path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    else:
+        enum = torchvision.models.get_model_weights(name)
+        try:
+            state = enum[str(weights)].get_state_dict(progress=False)
+        except KeyError:
+            names = [w.name for w in enum]
+            raise ValueError(
+                f"unknown {name} weights {weights!r}; give a .pth path or one of {names}"
+            ) from None
+    return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+
+
+def load_imagenet_weights(net: nn.Module, name: str, weights: str | Path) -> None:
+    """Load :func:`imagenet_state_dict` into a torchvision model; only its head may be missing.
+
+    Raises:
+        CheckpointError: naming the first missing/unexpected keys when the weights do not fit.
+    """
+    missing, unexpected = net.load_state_dict(imagenet_state_dict(name, weights), strict=False)
+    missing = [k for k in missing if not k.startswith(("fc.", "classifier."))]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"backbone weights do not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}",
+            path=weights if Path(weights).exists() else None,
+        )
+
+
+def build_backbone(
+    name: str = "resnet50",
+    *,
+    return_layer: str = "layer4",
+    dilation: bool = False,
+    trainable_layers: int | None = None,
+    weights: str | Path | None = None,
+) -> Backbone:
+    """Build a :class:`Backbone` (see its arguments)."""
+    return Backbone(
+        name, return_layer=return_layer, dilation=dilation, trainable_layers=trainable_layers, weights=weights
+    )

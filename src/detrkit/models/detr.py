@@ -1,0 +1,287 @@
+"""DETR (Carion et al., 2020): backbone + transformer + set prediction heads, and its builders.
+
+Registered names: ``detr-r50``, ``detr-r101`` (the Hugging Face ``facebook/detr-resnet-50/-101``
+architectures), ``detr-r18`` and ``detr-tiny`` (ResNet-18, d_model 64, 2+2 layers: tests and the
+CPU demo). Every option of :func:`build_detr` can be overridden through
+``build_model(name, num_classes=K, **overrides)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from detrkit.models.backbone import Backbone
+from detrkit.models.base import Detector, check_inputs, postprocess_sigmoid_topk, postprocess_softmax
+from detrkit.models.criterion import SetCriterion
+from detrkit.models.matcher import HungarianMatcher
+from detrkit.models.position import PositionEmbeddingSine
+from detrkit.models.registry import register_model
+from detrkit.models.transformer import Transformer
+
+__all__ = ["DETR", "MLP", "build_detr"]
+
+
+class MLP(nn.Module):
+    """Feed-forward network with ReLU between layers (DETR's box head: 3 layers)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim], strict=True)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., input_dim]`` -> ``[..., output_dim]``."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else layer(x).relu()
+        return x
+
+
+class DETR(Detector):
+    """DETR detector.
+
+    Args:
+        backbone: CNN returning ``(features [B, C, h, w], mask bool[B, h, w])``.
+        transformer: the encoder-decoder.
+        criterion: losses computed in :meth:`forward` when targets are given.
+        num_classes: number of real classes ``K``.
+        num_queries: number of object queries ``Q``.
+        loss: ``"ce"`` (``K + 1`` logits, last = no object) or ``"focal"`` (``K`` sigmoid logits).
+        aux_loss: also output (and train) the predictions of every intermediate decoder layer.
+        top_k: detections kept per image by :meth:`postprocess` (``None``: ``Q`` for ``"ce"``,
+            100 for ``"focal"``).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        transformer: Transformer,
+        criterion: SetCriterion,
+        num_classes: int,
+        num_queries: int = 100,
+        loss: Literal["ce", "focal"] = "ce",
+        aux_loss: bool = True,
+        top_k: int | None = None,
+        model_name: str = "detr",
+    ) -> None:
+        super().__init__()
+        d_model = transformer.d_model
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.model_name = model_name
+        self.loss_type = loss
+        self.aux_loss = aux_loss
+        self.top_k = top_k
+        self.backbone = backbone
+        self.position = PositionEmbeddingSine(d_model // 2, normalize=True)
+        self.input_proj = nn.Conv2d(backbone.num_channels, d_model, kernel_size=1)
+        self.query_embed = nn.Embedding(num_queries, d_model)
+        self.transformer = transformer
+        self.class_embed = nn.Linear(d_model, num_classes + 1 if loss == "ce" else num_classes)
+        self.bbox_embed = MLP(d_model, d_model, 4, 3)
+        self.criterion = criterion
+        if loss == "focal":  # prior probability 0.01 for every class (RetinaNet, Deformable DETR)
+            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
+
+    def forward(
+        self, images: Tensor, pixel_mask: Tensor, targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Any]:
+        """See :meth:`Detector.forward`.
+
+        Args:
+            images: ``float[B, 3, H, W]``.
+            pixel_mask: ``bool[B, H, W]``, True on real pixels.
+            targets: optional ``B`` dicts (``"boxes"`` ``[N, 4]`` cxcywh normalised, ``"labels"``).
+        Returns:
+            ``"pred_logits"`` ``[B, Q, K+1]`` (``"ce"``) or ``[B, Q, K]`` (``"focal"``),
+            ``"pred_boxes"`` ``[B, Q, 4]`` cxcywh normalised, ``"aux_outputs"`` (``dec_layers - 1``
+            dicts, empty without ``aux_loss``), and with targets the losses of
+            :class:`~detrkit.models.criterion.SetCriterion`.
+        """
+        check_inputs(images, pixel_mask, targets)
+        features, mask = self.backbone(images, pixel_mask)
+        pos = self.position(mask, features.dtype).flatten(2).transpose(1, 2)
+        src = self.input_proj(features).flatten(2).transpose(1, 2)
+        hs, _ = self.transformer(
+            src, mask.flatten(1), pos, self.query_embed.weight, return_intermediate=self.aux_loss
+        )
+        logits = self.class_embed(hs)
+        boxes = self.bbox_embed(hs).sigmoid()
+        out: dict[str, Any] = {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "aux_outputs": [
+                {"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
+            ],
+        }
+        if targets is not None:
+            out.update(self.criterion(out, targets))
+        return out
+
+    def postprocess(self, outputs: dict[str, Any], orig_sizes_hw: Tensor) -> list[dict[str, Tensor]]:
+        """See :meth:`Detector.postprocess` (softmax for ``"ce"``, sigmoid top-k for ``"focal"``)."""
+        if self.loss_type == "ce":
+            return postprocess_softmax(
+                outputs["pred_logits"], outputs["pred_boxes"], orig_sizes_hw, top_k=self.top_k
+            )
+        return postprocess_sigmoid_topk(
+            outputs["pred_logits"], outputs["pred_boxes"], orig_sizes_hw, top_k=self.top_k or 100
+        )
+
+
+def build_detr(
+    *,
+    num_classes: int,
+    backbone: str = "resnet50",
+    return_layer: str = "layer4",
+    dilation: bool = False,
+    trainable_backbone_layers: int | None = None,
+    backbone_weights: str | Path | None = None,
+    d_model: int = 256,
+    num_heads: int = 8,
+    enc_layers: int = 6,
+    dec_layers: int = 6,
+    dim_feedforward: int = 2048,
+    dropout: float = 0.1,
+    num_queries: int = 100,
+    aux_loss: bool = True,
+    loss: Literal["ce", "focal"] = "ce",
+    eos_coef: float = 0.1,
+    cost_class: float | None = None,
+    cost_bbox: float = 5.0,
+    cost_giou: float = 2.0,
+    weight_ce: float | None = None,
+    weight_bbox: float = 5.0,
+    weight_giou: float = 2.0,
+    focal_alpha: float = 0.25,
+    top_k: int | None = None,
+    model_name: str = "detr",
+) -> DETR:
+    """Build a DETR with random weights (``backbone_weights`` optionally loads ImageNet weights).
+
+    Args:
+        num_classes: dataset classes ``K``.
+        backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
+        return_layer: backbone stage fed to the transformer (``"layer4"`` stride 32, ``"layer3"``
+            stride 16 for small images).
+        dilation: DC5 (dilated ``layer4``).
+        trainable_backbone_layers: backbone stages trained (default: the last 3, as DETR).
+        backbone_weights: torchvision ResNet ``.pth`` path or weight name (e.g. ``"IMAGENET1K_V1"``).
+        d_model, num_heads, enc_layers, dec_layers, dim_feedforward, dropout: transformer shape.
+        num_queries: object queries (max detections per image).
+        aux_loss: auxiliary decoding losses on every decoder layer.
+        loss: ``"ce"`` (DETR) or ``"focal"`` (sigmoid focal classification, Deformable DETR style).
+        eos_coef: no-object weight (``"ce"``).
+        cost_class, cost_bbox, cost_giou: matcher weights (``cost_class`` default 1 for ``"ce"``,
+            2 for ``"focal"``).
+        weight_ce, weight_bbox, weight_giou: loss weights (``weight_ce`` default 1 / 2 likewise).
+        focal_alpha: focal loss alpha.
+        top_k: detections kept by ``postprocess``.
+        model_name: stored as ``model.model_name`` (the registry sets it to the registered name).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if loss not in ("ce", "focal"):
+        raise ValueError(f"loss must be 'ce' or 'focal', got {loss!r}")
+    if num_queries < 1:
+        raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+    if d_model % 4:
+        raise ValueError(f"d_model must be a multiple of 4 (sine position embedding), got {d_model}")
+    default_class = 1.0 if loss == "ce" else 2.0
+    matcher = HungarianMatcher(
+        cost_class=default_class if cost_class is None else cost_class,
+        cost_bbox=cost_bbox,
+        cost_giou=cost_giou,
+        class_cost=loss,
+        focal_alpha=focal_alpha,
+    )
+    criterion = SetCriterion(
+        num_classes=num_classes,
+        matcher=matcher,
+        loss=loss,
+        weight_ce=default_class if weight_ce is None else weight_ce,
+        weight_bbox=weight_bbox,
+        weight_giou=weight_giou,
+        eos_coef=eos_coef,
+        focal_alpha=focal_alpha,
+    )
+    return DETR(
+        backbone=Backbone(
+            backbone,
+            return_layer=return_layer,
+            dilation=dilation,
+            trainable_layers=trainable_backbone_layers,
+            weights=backbone_weights,
+        ),
+        transformer=Transformer(
+            d_model=d_model,
+            num_heads=num_heads,
+            enc_layers=enc_layers,
+            dec_layers=dec_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+        ),
+        criterion=criterion,
+        num_classes=num_classes,
+        num_queries=num_queries,
+        loss=loss,
+        aux_loss=aux_loss,
+        top_k=top_k,
+        model_name=model_name,
+    )
+
+
+_OPTIONS = frozenset(inspect.signature(build_detr).parameters) - {"num_classes", "model_name"}
+
+
+def _builder(name: str, defaults: dict[str, Any], doc: str, **info: Any):
+    def build(*, num_classes: int, **overrides: Any) -> DETR:
+        unknown = sorted(set(overrides) - _OPTIONS)
+        if unknown:
+            raise ValueError(f"{name} does not accept option(s) {unknown}; valid options: {sorted(_OPTIONS)}")
+        return build_detr(num_classes=num_classes, **{**defaults, "model_name": name, **overrides})
+
+    build.__doc__ = f"{doc}\n\nDefaults: {defaults}; options: see :func:`build_detr`."
+    build.__name__ = build.__qualname__ = "build_" + name.replace("-", "_")
+    return register_model(name, family="detr", defaults=dict(defaults), **info)(build)
+
+
+build_detr_r50 = _builder(
+    "detr-r50",
+    {"backbone": "resnet50"},
+    "DETR ResNet-50 (6+6 layers, d_model 256, 100 queries); weights of facebook/detr-resnet-50 load.",
+    hf_id="facebook/detr-resnet-50",
+)
+build_detr_r101 = _builder(
+    "detr-r101",
+    {"backbone": "resnet101"},
+    "DETR ResNet-101 (6+6 layers, d_model 256, 100 queries); weights of facebook/detr-resnet-101 load.",
+    hf_id="facebook/detr-resnet-101",
+)
+build_detr_r18 = _builder(
+    "detr-r18",
+    {"backbone": "resnet18"},
+    "DETR ResNet-18 (6+6 layers, d_model 256, 100 queries): lighter backbone, same transformer.",
+)
+build_detr_tiny = _builder(
+    "detr-tiny",
+    {
+        "backbone": "resnet18",
+        "return_layer": "layer3",
+        "d_model": 64,
+        "num_heads": 4,
+        "enc_layers": 2,
+        "dec_layers": 2,
+        "dim_feedforward": 128,
+        "dropout": 0.0,
+        "num_queries": 50,
+    },
+    "Tiny DETR for tests and CPU demos: ResNet-18 up to layer3 (stride 16), d_model 64, 2+2 layers, 50 queries.",
+)

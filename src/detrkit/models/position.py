@@ -1,0 +1,72 @@
+"""Sine position embedding of DETR (normalised, as in facebookresearch/detr and Hugging Face)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PositionEmbeddingSine"]
+
+
+class PositionEmbeddingSine(nn.Module):
+    """2D sine/cosine position embedding computed from the valid-pixel mask.
+
+    Positions count real pixels only (cumulative sums of the mask), so padding does not shift the
+    embedding of the image content; with ``normalize=True`` they are scaled to ``(0, scale]``.
+
+    Args:
+        num_pos_feats: features per axis; the output has ``2 * num_pos_feats`` channels (``d_model``).
+        temperature: wavelength base.
+        normalize: divide positions by the image extent (DETR uses True).
+        scale: multiplier after normalising (default ``2 * pi``).
+    """
+
+    def __init__(
+        self,
+        num_pos_feats: int = 128,
+        *,
+        temperature: float = 10000.0,
+        normalize: bool = True,
+        scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        if scale is not None and not normalize:
+            raise ValueError("scale is only used with normalize=True; pass normalize=True or drop scale")
+        if num_pos_feats < 2 or num_pos_feats % 2:
+            raise ValueError(f"num_pos_feats must be even and >= 2 (d_model // 2), got {num_pos_feats}")
+        self.num_pos_feats = num_pos_feats
+        self.temperature = temperature
+        self.normalize = normalize
+        self.scale = 2 * math.pi if scale is None else scale
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_pos_feats={self.num_pos_feats}, temperature={self.temperature}, normalize={self.normalize}"
+        )
+
+    def forward(self, mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Embed the positions of a feature map.
+
+        Args:
+            mask: ``bool[B, H, W]``, True on real (non-padding) positions.
+            dtype: output dtype (computed in float32 first).
+        Returns:
+            ``[B, 2 * num_pos_feats, H, W]``: y features then x features, each interleaving
+            ``sin`` and ``cos``.
+        """
+        valid = mask.to(torch.float32)
+        y_embed = valid.cumsum(1)
+        x_embed = valid.cumsum(2)
+        if self.normalize:
+            eps = 1e-6
+            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
+            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
+        pos_x = x_embed[..., None] / dim_t
+        pos_y = y_embed[..., None] / dim_t
+        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(dtype)
