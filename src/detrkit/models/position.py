@@ -21,6 +21,8 @@ class PositionEmbeddingSine(nn.Module):
         temperature: wavelength base.
         normalize: divide positions by the image extent (DETR uses True).
         scale: multiplier after normalising (default ``2 * pi``).
+        offset: added to the 1-based positions before normalising (``normalize=True`` only):
+            DETR uses 0, Deformable DETR -0.5 (pixel centres).
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class PositionEmbeddingSine(nn.Module):
         temperature: float = 10000.0,
         normalize: bool = True,
         scale: float | None = None,
+        offset: float = 0.0,
     ) -> None:
         super().__init__()
         if scale is not None and not normalize:
@@ -40,6 +43,7 @@ class PositionEmbeddingSine(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
+        self.offset = offset
 
     def extra_repr(self) -> str:
         return (
@@ -61,8 +65,8 @@ class PositionEmbeddingSine(nn.Module):
         x_embed = valid.cumsum(2)
         if self.normalize:
             eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
+            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         pos_x = x_embed[..., None] / dim_t
