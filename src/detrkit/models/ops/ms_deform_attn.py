@@ -180,6 +180,11 @@ class MSDeformAttn(nn.Module):
         else:
             raise ValueError(f"reference_points must end in 2 (points) or 4 (boxes), got {list(ref.shape)}")
         output = ms_deform_attn(
-            value, spatial_shapes, level_start_index, locations, weights, spatial_shapes_list=spatial_shapes_list
+            value,
+            spatial_shapes,
+            level_start_index,
+            locations,
+            weights,
+            spatial_shapes_list=spatial_shapes_list,
         )
         return self.output_proj(output)

@@ -1,0 +1,446 @@
+"""Deformable DETR (Zhu et al., 2021) with the iterative box refinement and two-stage options.
+
+A ResNet gives C3-C5 (strides 8, 16, 32); 1x1 convolutions + GroupNorm project them to ``d_model``
+and 3x3 stride-2 convolutions + GroupNorm add coarser levels (stride 64, ...). The
+:class:`~detrkit.models.deformable_transformer.DeformableTransformer` encodes them with sine
+position and learned level embeddings and decodes ``num_queries`` queries; a linear head gives
+sigmoid class logits (no no-object class, focal loss) and a 3-layer MLP box-logit deltas added to
+the inverse sigmoid of each layer's reference point.
+
+Weight-compatible with Hugging Face's ``DeformableDetrForObjectDetection`` (SenseTime/deformable-detr
+and its refine / two-stage variants): :func:`deformable_state_dict_from_hf` maps its state dict, in
+the current and the older key naming, onto ours.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+
+from detrkit.models.backbone import RESNET_CHANNELS, Backbone, downsample_mask
+from detrkit.models.base import Detector, check_inputs, postprocess_sigmoid_topk
+from detrkit.models.criterion import SetCriterion
+from detrkit.models.deformable_transformer import DeformableTransformer, refine_reference
+from detrkit.models.matcher import HungarianMatcher
+from detrkit.models.position import PositionEmbeddingSine
+from detrkit.models.registry import register_model
+
+__all__ = ["MLP", "DeformableDETR", "build_deformable_detr", "deformable_state_dict_from_hf"]
+
+_BACKBONE_STAGES = ("layer2", "layer3", "layer4")  # C3, C4, C5
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them: ``[..., in_dim] -> [..., out_dim]``."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [out_dim], strict=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class MultiScaleBackbone(nn.Module):
+    """A :class:`~detrkit.models.backbone.Backbone` trunk returning several stages.
+
+    Args:
+        trunk: the ResNet (frozen BatchNorm, trainable stages and weights already set up).
+        stages: stage names to return, e.g. ``("layer2", "layer3", "layer4")`` (C3-C5).
+    """
+
+    def __init__(self, trunk: Backbone, stages: Sequence[str]) -> None:
+        super().__init__()
+        self.body = IntermediateLayerGetter(trunk.body, return_layers={s: s for s in stages})
+        self.stages = tuple(stages)
+        self.num_channels = [RESNET_CHANNELS[trunk.name][s] for s in stages]
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """``float[B, 3, H, W]`` -> one ``[B, C_s, H / stride_s, W / stride_s]`` map per stage."""
+        out = self.body(images)
+        return [out[s] for s in self.stages]
+
+
+class DeformableDETR(Detector):
+    """Deformable DETR detector (see the module docstring).
+
+    Args:
+        backbone: returns ``len(backbone.num_channels)`` feature maps, finest first.
+        transformer: the deformable transformer (its ``two_stage`` decides the variant).
+        num_classes: number of classes ``K``.
+        num_feature_levels: levels fed to the transformer; the backbone gives the first ones, 3x3
+            stride-2 convolutions the rest.
+        with_box_refine: per-layer box (and class) heads, each decoder layer refining the boxes.
+        aux_loss: supervise every decoder layer (outputs ``aux_outputs``).
+        criterion: the loss; ``None`` disallows ``targets`` in :meth:`forward`.
+        top_k: detections kept per image by :meth:`postprocess`.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        transformer: DeformableTransformer,
+        num_classes: int,
+        num_feature_levels: int = 4,
+        with_box_refine: bool = False,
+        aux_loss: bool = True,
+        criterion: SetCriterion | None = None,
+        top_k: int = 100,
+    ) -> None:
+        super().__init__()
+        d_model = transformer.d_model
+        if d_model % 32:
+            raise ValueError(f"d_model must be a multiple of 32 (GroupNorm with 32 groups), got {d_model}")
+        channels = list(backbone.num_channels)
+        if len(channels) > num_feature_levels:
+            raise ValueError(f"the backbone gives {len(channels)} levels, more than num_feature_levels")
+        self.num_classes = num_classes
+        self.model_name = "deformable-detr"
+        self.num_feature_levels = num_feature_levels
+        self.with_box_refine = with_box_refine
+        self.two_stage = transformer.two_stage
+        self.aux_loss = aux_loss
+        self.top_k = top_k
+        self.backbone = backbone
+        self.position_embedding = PositionEmbeddingSine(d_model // 2, normalize=True, offset=-0.5)
+        projections = [nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(32, d_model)) for c in channels]
+        in_ch = channels[-1]
+        for _ in range(num_feature_levels - len(channels)):
+            projections.append(nn.Sequential(nn.Conv2d(in_ch, d_model, 3, 2, 1), nn.GroupNorm(32, d_model)))
+            in_ch = d_model
+        self.input_proj = nn.ModuleList(projections)
+        self.transformer = transformer
+
+        class_head = nn.Linear(d_model, num_classes)
+        box_head = MLP(d_model, d_model, 4, 3)
+        nn.init.constant_(class_head.bias, -math.log((1 - 0.01) / 0.01))  # prior probability 0.01
+        nn.init.zeros_(box_head.layers[-1].weight)
+        nn.init.zeros_(box_head.layers[-1].bias)
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.zeros_(proj[0].bias)
+        num_pred = len(transformer.decoder_layers) + int(self.two_stage)
+        if with_box_refine:  # independent heads per layer
+            self.class_embed = nn.ModuleList(copy.deepcopy(class_head) for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_pred))
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+        else:  # one head shared by all layers (repeated, so state dicts list every layer)
+            nn.init.constant_(box_head.layers[-1].bias[2:], -2.0)
+            self.class_embed = nn.ModuleList([class_head] * num_pred)
+            self.bbox_embed = nn.ModuleList([box_head] * num_pred)
+        if self.two_stage:
+            for head in self.bbox_embed:
+                nn.init.zeros_(head.layers[-1].bias[2:])
+        self.criterion = criterion
+
+    def forward(
+        self, images: Tensor, pixel_mask: Tensor, targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Any]:
+        """Detect.
+
+        Args:
+            images: ``float[B, 3, H, W]`` normalised, zero-padded bottom/right.
+            pixel_mask: ``bool[B, H, W]``, True on real pixels.
+            targets: optional ``B`` dicts with ``"boxes"`` ``[N_i, 4]`` cxcywh normalised and
+                ``"labels"`` ``int64[N_i]``; adds the losses to the output.
+        Returns:
+            ``"pred_logits"`` ``[B, Q, K]`` (sigmoid), ``"pred_boxes"`` ``[B, Q, 4]`` cxcywh
+            normalised to the unpadded image, ``"aux_outputs"`` (the same for the first ``N - 1``
+            decoder layers; empty without ``aux_loss``), two-stage also ``"enc_outputs"``
+            (``pred_logits [B, S, K]``, ``pred_boxes [B, S, 4]`` of every encoder proposal); with
+            targets ``"loss"`` and the detached components of :class:`SetCriterion`.
+        """
+        check_inputs(images, pixel_mask, targets)
+        if targets is not None and self.criterion is None:
+            raise ValueError("this model was built without a criterion; pass targets=None")
+        features = self.backbone(images)
+        srcs = [proj(f) for proj, f in zip(self.input_proj, features, strict=False)]
+        for level in range(len(features), self.num_feature_levels):
+            srcs.append(self.input_proj[level](features[-1] if level == len(features) else srcs[-1]))
+        masks = [downsample_mask(pixel_mask, tuple(s.shape[-2:])) for s in srcs]
+        pos = [self.position_embedding(m, dtype=s.dtype) for m, s in zip(masks, srcs, strict=True)]
+
+        num_layers = len(self.transformer.decoder_layers)
+        out = self.transformer(
+            srcs,
+            masks,
+            pos,
+            bbox_heads=self.bbox_embed[:num_layers] if self.with_box_refine else None,
+            proposal_heads=(self.class_embed[-1], self.bbox_embed[-1]) if self.two_stage else None,
+        )
+        logits, boxes = [], []
+        for layer in range(num_layers):
+            reference = out.init_reference if layer == 0 else out.references[layer - 1]
+            logits.append(self.class_embed[layer](out.hidden[layer]))
+            boxes.append(refine_reference(reference, self.bbox_embed[layer](out.hidden[layer])))
+        outputs: dict[str, Any] = {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "aux_outputs": (
+                [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1], strict=True)]
+                if self.aux_loss
+                else []
+            ),
+        }
+        if self.two_stage:
+            outputs["enc_outputs"] = {
+                "pred_logits": out.enc_class_logits,
+                "pred_boxes": out.enc_box_logits.sigmoid(),
+            }
+        if targets is not None:
+            outputs.update(self.criterion(outputs, targets))
+        return outputs
+
+    def postprocess(self, outputs: dict[str, Any], orig_sizes_hw: Tensor) -> list[dict[str, Tensor]]:
+        """Sigmoid scores, top ``top_k`` (query, class) pairs per image, boxes in original pixels.
+
+        Args:
+            outputs: :meth:`forward`'s dict.
+            orig_sizes_hw: ``[B, 2]`` (height, width) of the original images.
+        Returns:
+            ``B`` dicts of ``boxes [N, 4]`` xyxy pixels, ``scores [N]`` descending, ``labels [N]``.
+        """
+        return postprocess_sigmoid_topk(
+            outputs["pred_logits"], outputs["pred_boxes"], orig_sizes_hw, top_k=self.top_k
+        )
+
+
+def build_deformable_detr(
+    *,
+    num_classes: int,
+    backbone: str = "resnet50",
+    backbone_weights: str | Path | None = None,
+    trainable_backbone_layers: int = 3,
+    d_model: int = 256,
+    n_heads: int = 8,
+    num_encoder_layers: int = 6,
+    num_decoder_layers: int = 6,
+    ffn_dim: int = 1024,
+    dropout: float = 0.1,
+    num_feature_levels: int = 4,
+    enc_n_points: int = 4,
+    dec_n_points: int = 4,
+    num_queries: int = 300,
+    with_box_refine: bool = False,
+    two_stage: bool = False,
+    aux_loss: bool = True,
+    cost_class: float = 2.0,
+    cost_bbox: float = 5.0,
+    cost_giou: float = 2.0,
+    weight_ce: float = 2.0,
+    weight_bbox: float = 5.0,
+    weight_giou: float = 2.0,
+    focal_alpha: float = 0.25,
+    top_k: int = 100,
+) -> DeformableDETR:
+    """Build a Deformable DETR with random weights (defaults: the paper's R50 model and loss).
+
+    ``backbone_weights`` optionally loads ImageNet weights into the ResNet (see
+    :class:`~detrkit.models.backbone.Backbone`). ``num_feature_levels`` 1 uses C5 only, 2 uses
+    C4-C5, 3 C3-C5 and more adds stride-2 convolutions on top. Matcher costs and loss weights
+    follow the paper (class 2, L1 5, GIoU 2, focal alpha 0.25).
+    """
+    if num_feature_levels < 1:
+        raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
+    trunk = Backbone(backbone, trainable_layers=trainable_backbone_layers, weights=backbone_weights)
+    stages = _BACKBONE_STAGES[-min(num_feature_levels, len(_BACKBONE_STAGES)) :]
+    transformer = DeformableTransformer(
+        d_model=d_model,
+        n_heads=n_heads,
+        num_encoder_layers=num_encoder_layers,
+        num_decoder_layers=num_decoder_layers,
+        ffn_dim=ffn_dim,
+        dropout=dropout,
+        n_levels=num_feature_levels,
+        enc_n_points=enc_n_points,
+        dec_n_points=dec_n_points,
+        num_queries=num_queries,
+        two_stage=two_stage,
+    )
+    matcher = HungarianMatcher(
+        cost_class=cost_class,
+        cost_bbox=cost_bbox,
+        cost_giou=cost_giou,
+        class_cost="focal",
+        focal_alpha=focal_alpha,
+    )
+    criterion = SetCriterion(
+        num_classes=num_classes,
+        matcher=matcher,
+        loss="focal",
+        weight_ce=weight_ce,
+        weight_bbox=weight_bbox,
+        weight_giou=weight_giou,
+        focal_alpha=focal_alpha,
+    )
+    return DeformableDETR(
+        backbone=MultiScaleBackbone(trunk, stages),
+        transformer=transformer,
+        num_classes=num_classes,
+        num_feature_levels=num_feature_levels,
+        with_box_refine=with_box_refine,
+        aux_loss=aux_loss,
+        criterion=criterion,
+        top_k=top_k,
+    )
+
+
+def _build_registered(
+    num_classes: int, defaults: dict[str, Any], overrides: dict[str, Any]
+) -> DeformableDETR:
+    allowed = set(inspect.signature(build_deformable_detr).parameters) - {"num_classes"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"unknown Deformable DETR option(s) {unknown}; valid options: {sorted(allowed)}")
+    return build_deformable_detr(num_classes=num_classes, **{**defaults, **overrides})
+
+
+@register_model("deformable-detr-r50", family="deformable-detr", hf_id="SenseTime/deformable-detr")
+def deformable_detr_r50(*, num_classes: int, **overrides: Any) -> DeformableDETR:
+    """Deformable DETR, ResNet-50, 4 levels, 300 queries, 6+6 layers (options of :func:`build_deformable_detr`)."""
+    return _build_registered(num_classes, {}, overrides)
+
+
+@register_model(
+    "deformable-detr-r50-refine", family="deformable-detr", hf_id="SenseTime/deformable-detr-with-box-refine"
+)
+def deformable_detr_r50_refine(*, num_classes: int, **overrides: Any) -> DeformableDETR:
+    """Deformable DETR R50 with iterative bounding box refinement."""
+    return _build_registered(num_classes, {"with_box_refine": True}, overrides)
+
+
+@register_model(
+    "deformable-detr-r50-two-stage",
+    family="deformable-detr",
+    hf_id="SenseTime/deformable-detr-with-box-refine-two-stage",
+)
+def deformable_detr_r50_two_stage(*, num_classes: int, **overrides: Any) -> DeformableDETR:
+    """Deformable DETR R50 with box refinement and two-stage proposals (the paper's best variant)."""
+    return _build_registered(num_classes, {"with_box_refine": True, "two_stage": True}, overrides)
+
+
+#: Options of the tiny test/CPU model.
+TINY_DEFAULTS: dict[str, Any] = {
+    "backbone": "resnet18",
+    "d_model": 32,
+    "n_heads": 2,
+    "num_encoder_layers": 1,
+    "num_decoder_layers": 2,
+    "ffn_dim": 64,
+    "enc_n_points": 2,
+    "dec_n_points": 2,
+    "num_queries": 20,
+}
+
+
+@register_model("deformable-detr-tiny", family="deformable-detr")
+def deformable_detr_tiny(*, num_classes: int, **overrides: Any) -> DeformableDETR:
+    """Tiny Deformable DETR for tests and CPU: ResNet-18, d_model 32, 1+2 layers, 20 queries, 2 points."""
+    return _build_registered(num_classes, TINY_DEFAULTS, overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face weights
+
+# Older transformers names -> current ones (transformers' conversion_mapping for deformable_detr).
+_HF_OLD_TO_NEW = [
+    (re.compile(r"backbone\.conv_encoder\."), "backbone."),
+    (re.compile(r"self_attn\.out_proj\."), "self_attn.o_proj."),
+    (re.compile(r"layers\.(\d+)\.fc([12])\."), r"layers.\1.mlp.fc\2."),
+]
+# Current transformers names -> ours: top-level prefixes, then per encoder/decoder layer.
+_HF_PREFIXES = {
+    "model.backbone.model.": "backbone.body.",
+    "model.input_proj.": "input_proj.",
+    "model.level_embed": "transformer.level_embed",
+    "model.query_position_embeddings.": "transformer.query_embed.",
+    "model.reference_points.": "transformer.reference_points.",
+    "model.enc_output.": "transformer.enc_output.",
+    "model.enc_output_norm.": "transformer.enc_output_norm.",
+    "model.pos_trans.": "transformer.pos_trans.",
+    "model.pos_trans_norm.": "transformer.pos_trans_norm.",
+}
+_HF_LAYER = {
+    "encoder": {"self_attn.": "self_attn.", "self_attn_layer_norm.": "norm1.", "mlp.fc1.": "linear1.",
+                "mlp.fc2.": "linear2.", "final_layer_norm.": "norm2."},
+    "decoder": {"self_attn.q_proj.": "q_proj.", "self_attn.k_proj.": "k_proj.", "self_attn.v_proj.": "v_proj.",
+                "self_attn.o_proj.": "out_proj.", "self_attn_layer_norm.": "norm1.", "encoder_attn.": "cross_attn.",
+                "encoder_attn_layer_norm.": "norm2.", "mlp.fc1.": "linear1.", "mlp.fc2.": "linear2.",
+                "final_layer_norm.": "norm3."},
+}  # fmt: skip
+_HF_LAYER_KEY = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.+)$")
+_HF_HEAD_KEY = re.compile(r"^(model\.decoder\.)?(class_embed|bbox_embed)\.(\d+)\.(.+)$")
+
+
+def _hf_key_to_ours(key: str) -> str | None:
+    for prefix, repl in _HF_PREFIXES.items():
+        if key.startswith(prefix):
+            return repl + key[len(prefix) :]
+    if m := _HF_LAYER_KEY.match(key):
+        part, index, rest = m.groups()
+        for prefix, repl in _HF_LAYER[part].items():
+            if rest.startswith(prefix):
+                return f"transformer.{part}_layers.{index}.{repl}{rest[len(prefix) :]}"
+    return None
+
+
+def deformable_state_dict_from_hf(hf_state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map a ``DeformableDetrForObjectDetection`` state dict onto :class:`DeformableDETR`'s.
+
+    Accepts the current transformers names and the older ones of checkpoints published on the Hub
+    (``backbone.conv_encoder``, ``self_attn.out_proj``, ``layers.N.fc1``), with the timm ResNet
+    backbone of the SenseTime checkpoints. Heads that transformers ties (shared across layers, or
+    duplicated under ``model.decoder``) may be absent from a saved file: head ``i`` of the ``N``
+    (+1 with two-stage) is ``class_embed.i``, else ``model.decoder.class_embed.i``, else
+    ``class_embed.0`` (likewise ``bbox_embed``).
+
+    Args:
+        hf_state_dict: name -> tensor, as from ``model.state_dict()`` or a checkpoint file.
+    Returns:
+        A state dict for ``DeformableDETR.load_state_dict`` (the same tensors, not copies).
+    Raises:
+        ValueError: for keys without a counterpart (e.g. a non-timm backbone), naming them.
+    """
+    ours: dict[str, Tensor] = {}
+    heads: dict[tuple[str, str], dict[int, dict[bool, Tensor]]] = {}  # (name, param) -> i -> copy -> t
+    unknown = []
+    for key, value in hf_state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        for pattern, repl in _HF_OLD_TO_NEW:
+            key = pattern.sub(repl, key)
+        if m := _HF_HEAD_KEY.match(key):
+            decoder_copy, name, index, rest = m.groups()
+            heads.setdefault((name, rest), {}).setdefault(int(index), {})[decoder_copy is not None] = value
+        elif (new_key := _hf_key_to_ours(key)) is not None:
+            ours[new_key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        hint = ""
+        if any(k.startswith("model.backbone.") for k in unknown):
+            hint = " (only the timm ResNet backbone of the SenseTime checkpoints is supported)"
+        raise ValueError(
+            f"no Deformable DETR counterpart for {len(unknown)} key(s), e.g. {unknown[:3]}{hint}"
+        )
+    decoder_layers = {k.split(".")[2] for k in ours if k.startswith("transformer.decoder_layers.")}
+    num_pred = len(decoder_layers) + int("transformer.enc_output.weight" in ours)
+    for (name, rest), by_index in heads.items():
+        for i in range(num_pred):
+            copies = by_index.get(i) or by_index.get(0)
+            if copies:
+                ours[f"{name}.{i}.{rest}"] = copies.get(False, copies.get(True))
+    return ours
