@@ -302,8 +302,11 @@ def add_to_scene(
 
 def paste_instance(
     image: np.ndarray, scene: list[SceneObject], instance: Instance, rng: np.random.Generator, params: PasteParams,
+    *, category_id: int | None = None,
 ) -> dict[str, Any] | None:
     """Paste one instance into ``image`` (in place) and update ``scene`` (in place).
+
+    ``category_id`` overrides the id the new scene object gets (e.g. a contiguous label online).
 
     Returns a JSON-ready record of the paste (source ids, scale, flip, box, worst hidden fraction,
     number of objects shrunk and dropped), or None when the instance cannot fit at ``min_size``.
@@ -320,7 +323,8 @@ def paste_instance(
     x0, y0, worst = choose_position(scene, (h, w), (height, width), prepared.mask, rng, params)
     blend(image, prepared, x0, y0)
     shrunk, dropped = add_to_scene(
-        scene, LocalMask(x0, y0, prepared.mask.copy()), instance.category_id, instance.has_mask, (height, width), params
+        scene, LocalMask(x0, y0, prepared.mask.copy()),
+        instance.category_id if category_id is None else category_id, instance.has_mask, (height, width), params,
     )
     return {
         "category_id": instance.category_id,

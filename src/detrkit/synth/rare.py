@@ -1,16 +1,17 @@
-"""Which classes are rare: named by the user, or found from instance counts.
+"""Which classes are rare: named by the user, or found from counts.
 
-``find_rare_classes(index, fraction=0.05)`` returns the classes holding less than 5% of the
-(non-crowd) instances; ``find_rare_classes(index, k=2)`` the two least frequent. ``detrkit data
-stats`` marks the classes this returns, and ``detrkit synth --rare-k/--rare-fraction`` uses it.
+The definition is the one ``detrkit data stats`` marks (:func:`detrkit.data.stats.compute_stats`),
+so the two commands always agree: a class is rare when the number of training images showing it is
+below ``fraction`` times that of the most frequent class. ``k`` picks the ``k`` classes shown in the
+fewest images instead (ties: fewer instances first, then label order).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from difflib import get_close_matches
 
 from detrkit.data.coco import CocoIndex
+from detrkit.data.stats import compute_stats
 from detrkit.errors import DetrkitError
 
 
@@ -18,22 +19,16 @@ class SynthError(DetrkitError):
     """A synthesis request cannot be carried out (unknown class, no instances, missing extra)."""
 
 
-def instance_counts(index: CocoIndex) -> dict[str, int]:
-    """Non-crowd instances per class name, in contiguous label order (classes with none count 0)."""
-    counts = Counter(a.category_id for a in index.annotations if not a.iscrowd)
-    names = {c.id: c.name for c in index.categories}
-    return {names[cid]: counts.get(cid, 0) for cid in index.category_ids}
-
-
 def find_rare_classes(index: CocoIndex, *, fraction: float | None = None, k: int | None = None) -> list[str]:
-    """Rare class names, least frequent first (ties broken by contiguous label order).
+    """Rare class names, rarest first.
 
     Args:
-        index: the training annotations.
-        fraction: classes with fewer than ``fraction`` of all non-crowd instances are rare.
-        k: the ``k`` least frequent classes are rare. With both, a class must satisfy both.
+        index: the training annotations (crowd annotations are not counted).
+        fraction: classes shown in fewer than ``fraction`` x (images of the most frequent class)
+            images are rare -- exactly the classes ``detrkit data stats`` marks.
+        k: the ``k`` classes shown in the fewest images are rare. With both, both must hold.
     Returns:
-        names of the rare classes (classes with zero instances included).
+        names of the rare classes (classes with no instance at all included).
     Raises:
         ValueError: neither or an out-of-range ``fraction``/``k`` given.
     """
@@ -43,15 +38,14 @@ def find_rare_classes(index: CocoIndex, *, fraction: float | None = None, k: int
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     if k is not None and k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    counts = instance_counts(index)
-    items = list(counts.items())
-    ranked = [items[i][0] for i in sorted(range(len(items)), key=lambda i: (items[i][1], i))]
+    stats = compute_stats(index, rare_fraction=fraction if fraction is not None else 0.05)
+    ranked = sorted(enumerate(stats.classes), key=lambda t: (t[1].images, t[1].instances, t[0]))
+    chosen = [c for _, c in ranked]
     if k is not None:
-        ranked = ranked[:k]
+        chosen = chosen[:k]
     if fraction is not None:
-        total = sum(counts.values())
-        ranked = [n for n in ranked if counts[n] < fraction * total]
-    return ranked
+        chosen = [c for c in chosen if c.rare]
+    return [c.name for c in chosen]
 
 
 def resolve_classes(index: CocoIndex, names: list[str]) -> list[int]:
