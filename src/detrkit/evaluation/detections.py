@@ -126,9 +126,8 @@ def load_detections(gt: GtSource, predictions: PredSource) -> DetectionData:
         predictions: path to a COCO results JSON or a list of ``{"image_id", "category_id",
             "bbox": xywh pixels, "score"}`` dicts.
     Raises:
-        AnnotationError: malformed files, or a prediction whose ``category_id`` is not a category
-            of the ground truth. Predictions on images absent from the ground truth are dropped
-            (as pycocotools would refuse them, we keep the analysis going and ignore them).
+        AnnotationError: malformed files, or a prediction whose ``image_id`` or ``category_id``
+            is not in the ground truth (the predictions were made for another dataset).
     """
     gt_dict, gt_source = _gt_dict(gt)
     if not isinstance(gt_dict, dict) or "images" not in gt_dict or "annotations" not in gt_dict:
@@ -180,7 +179,11 @@ def load_detections(gt: GtSource, predictions: PredSource) -> DetectionData:
         dt_source, preds = "<predictions>", predictions
     if not isinstance(preds, list):
         raise AnnotationError(f"{dt_source}: a COCO results file must hold a JSON list of detections")
-    d_img, d_found = image_index(np.asarray(_column(preds, "image_id", dt_source, "detection"), np.int64))
+    d_img_ids = np.asarray(_column(preds, "image_id", dt_source, "detection"), np.int64)
+    d_img, d_found = image_index(d_img_ids)
+    if not d_found.all():
+        bad = int(d_img_ids[~d_found][0])
+        raise AnnotationError(f"{dt_source}: detection image_id {bad} is not an image of {gt_source}")
     d_cat = np.asarray(_column(preds, "category_id", dt_source, "detection"), np.int64)
     d_lab, dl_found = label_index(d_cat)
     if not dl_found.all():
@@ -191,8 +194,9 @@ def load_detections(gt: GtSource, predictions: PredSource) -> DetectionData:
         d_score = np.asarray(_column(preds, "score", dt_source, "detection"), dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as err:
         raise AnnotationError(f"{dt_source}: every detection 'score' must be a number") from err
-    keep = np.flatnonzero(d_found)
-    d_order = keep[np.lexsort((-d_score[keep], d_img[keep]))]
+    if len(d_score) != len(d_img) or not np.isfinite(d_score).all():
+        raise AnnotationError(f"{dt_source}: every detection 'score' must be a finite number")
+    d_order = np.lexsort((-d_score, d_img))
 
     return DetectionData(
         image_ids=image_ids,
@@ -239,37 +243,61 @@ def top_k_mask(data: DetectionData, max_dets: int | None, *, per_class: bool) ->
 
 @dataclass(frozen=True)
 class Pairs:
-    """Every (prediction, ground truth) pair that share an image, sorted by prediction then GT.
+    """The overlapping (prediction, ground truth) pairs of each image, sorted by prediction then GT.
 
-    ``dt``/``gt``: int64 ``[P]`` row indices; ``iou``: float64 ``[P]``, computed exactly as
-    pycocotools' ``bbIou`` (for crowd GT the union is the prediction's area).
+    ``dt``/``gt``: int64 ``[P]`` row indices; ``iou``: float64 ``[P]`` > 0, computed exactly as
+    pycocotools' ``bbIou`` (for crowd GT the union is the prediction's area). Pairs that do not
+    overlap are left out: every consumer treats a missing pair as IoU 0.
     """
 
     dt: np.ndarray
     gt: np.ndarray
     iou: np.ndarray
 
+    def select(self, keep: np.ndarray) -> Pairs:
+        """The pairs where ``keep [P]`` is True."""
+        return Pairs(dt=self.dt[keep], gt=self.gt[keep], iou=self.iou[keep])
 
-def image_pairs(data: DetectionData, dt_index: np.ndarray) -> Pairs:
-    """All pairs between the predictions ``dt_index`` (int64, ascending) and the GT of their image."""
+    def select_dt(self, dt_mask: np.ndarray) -> Pairs:
+        """The pairs whose prediction is in ``dt_mask [D]`` (all of them when it is all True)."""
+        return self if bool(dt_mask.all()) else self.select(dt_mask[self.dt])
+
+
+def image_pairs(data: DetectionData, dt_index: np.ndarray | None = None, *, chunk: int = 4_000_000) -> Pairs:
+    """Overlapping pairs between the predictions ``dt_index`` (int64, ascending; default all) and
+    the GT of their image. Works in chunks of about ``chunk`` candidate pairs to bound memory."""
+    if dt_index is None:
+        dt_index = np.arange(len(data.dt_score))
     gs, ge = data.gt_segments()
-    img = data.dt_image[dt_index]
-    counts = (ge - gs)[img]
-    total = int(counts.sum())
-    pair_dt = np.repeat(dt_index, counts)
-    offsets = np.repeat(np.cumsum(counts) - counts, counts)
-    pair_gt = np.repeat(gs[img], counts) + (np.arange(total) - offsets)
-    d = data.dt_boxes_xywh[pair_dt]
-    g = data.gt_boxes_xywh[pair_gt]
-    w = np.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - np.maximum(d[:, 0], g[:, 0])
-    h = np.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - np.maximum(d[:, 1], g[:, 1])
-    inter = np.where((w > 0) & (h > 0), w * h, 0.0)
-    da = d[:, 2] * d[:, 3]
-    ga = g[:, 2] * g[:, 3]
-    union = np.where(data.gt_crowd[pair_gt], da, da + ga - inter)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(inter > 0, inter / union, 0.0)
-    return Pairs(dt=pair_dt, gt=pair_gt, iou=iou)
+    counts_all = (ge - gs)[data.dt_image[dt_index]]
+    cum = np.cumsum(counts_all)
+    n_chunks = int(np.ceil(cum[-1] / chunk)) if len(cum) and cum[-1] > 0 else 1
+    edges = np.unique(np.r_[0, np.searchsorted(cum, np.arange(1, n_chunks) * chunk), len(dt_index)])
+    gx, gy, gw, gh = (np.ascontiguousarray(data.gt_boxes_xywh[:, i]) for i in range(4))
+    gx1, gy1, garea = gx + gw, gy + gh, gw * gh
+    dxa, dya, dwa, dha = (np.ascontiguousarray(data.dt_boxes_xywh[:, i]) for i in range(4))
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        idx, counts = dt_index[lo:hi], counts_all[lo:hi]
+        total = int(counts.sum())
+        pair_dt = np.repeat(idx, counts)
+        offsets = np.repeat(np.cumsum(counts) - counts, counts)
+        pair_gt = np.repeat(gs[data.dt_image[idx]], counts) + (np.arange(total) - offsets)
+        dx, dy, dw, dh = dxa[pair_dt], dya[pair_dt], dwa[pair_dt], dha[pair_dt]
+        w = np.minimum(dw + dx, gx1[pair_gt]) - np.maximum(dx, gx[pair_gt])
+        h = np.minimum(dh + dy, gy1[pair_gt]) - np.maximum(dy, gy[pair_gt])
+        hit = (w > 0) & (h > 0)
+        pair_dt, pair_gt, w, h = pair_dt[hit], pair_gt[hit], w[hit], h[hit]
+        inter = w * h
+        da = dwa[pair_dt] * dha[pair_dt]
+        union = np.where(data.gt_crowd[pair_gt], da, da + garea[pair_gt] - inter)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = inter / union
+        ok = iou > 0
+        parts.append((pair_dt[ok], pair_gt[ok], iou[ok]))
+    if not parts:
+        return Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    return Pairs(*(np.concatenate(x) for x in zip(*parts, strict=True)))
 
 
 def greedy_match(num_dt: int, num_gt: int, cand_dt: np.ndarray, cand_gt: np.ndarray,

@@ -27,6 +27,7 @@ import numpy as np
 
 from detrkit.evaluation.detections import (
     DetectionData,
+    Pairs,
     greedy_match,
     image_pairs,
     segment_max,
@@ -123,20 +124,20 @@ def _num(v: float) -> float | None:
     return None if np.isnan(v) else round(float(v), 4)
 
 
-def tide_ap_per_class(labels: np.ndarray, scores: np.ndarray, is_tp: np.ndarray, order_key: np.ndarray,
+def tide_ap_per_class(labels: np.ndarray, priority: np.ndarray, is_tp: np.ndarray,
                       num_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """TIDE's AP (101-point, percent) of each class from scored true/false positives.
+    """TIDE's AP (101-point, percent) of each class from ranked true/false positives.
 
     Args:
-        labels: int64 ``[N]``; scores: float64 ``[N]``; is_tp: bool ``[N]``; order_key: int64
-            ``[N]`` tie-break among equal scores (lower first); num_gt: int64 ``[K]``.
+        labels: int64 ``[N]``; priority: int64 ``[N]`` position in descending-score order (ties
+            broken by file order), unique; is_tp: bool ``[N]``; num_gt: int64 ``[K]``.
     Returns:
         ``(ap [K], non_empty [K])``: a class counts in the mean when it has GT or predictions;
         a class with predictions but no GT has AP 0 (TIDE's rule, unlike COCO's).
     """
     k = len(num_gt)
     ap = np.zeros(k)
-    order = np.lexsort((order_key, -scores, labels))
+    order = np.argsort(labels * (int(priority.max(initial=0)) + 1) + priority, kind="stable")
     lab, tp = labels[order], is_tp[order]
     starts = np.searchsorted(lab, np.arange(k), side="left")
     ends = np.searchsorted(lab, np.arange(k), side="right")
@@ -159,7 +160,7 @@ def _mean(ap: np.ndarray, non_empty: np.ndarray) -> float:
 
 
 def analyze_errors(data: DetectionData, *, pos_thresh: float = 0.5, bg_thresh: float = 0.1,
-                   max_dets: int | None = 100) -> ErrorAnalysis:
+                   max_dets: int | None = 100, pairs: Pairs | None = None) -> ErrorAnalysis:
     """Classify every error and measure the dAP of each error type, overall and per class.
 
     Args:
@@ -167,10 +168,15 @@ def analyze_errors(data: DetectionData, *, pos_thresh: float = 0.5, bg_thresh: f
         pos_thresh: foreground IoU (a true positive needs IoU >= it).
         bg_thresh: background IoU (below it, a prediction is on background).
         max_dets: predictions kept per image (highest scores, across classes), None for all.
+        pairs: :func:`~detrkit.evaluation.detections.image_pairs` of ``data`` if already computed.
+    Raises:
+        ValueError: unless ``0 < bg_thresh < pos_thresh <= 1``.
     """
+    if not 0 < bg_thresh < pos_thresh <= 1:
+        raise ValueError(f"need 0 < bg_thresh < pos_thresh <= 1, got bg {bg_thresh} and fg {pos_thresh}")
     n_dt, n_gt, k = len(data.dt_score), len(data.gt_label), data.num_classes
     kept = top_k_mask(data, max_dets, per_class=False)
-    pairs = image_pairs(data, np.flatnonzero(kept))
+    pairs = (pairs if pairs is not None else image_pairs(data)).select_dt(kept)
     crowd_pair = data.gt_crowd[pairs.gt]
     same = data.dt_label[pairs.dt] == data.gt_label[pairs.gt]
 
@@ -228,23 +234,26 @@ def analyze_errors(data: DetectionData, *, pos_thresh: float = 0.5, bg_thresh: f
 
     num_gt = np.bincount(data.gt_label[~data.gt_crowd], minlength=k)
     in_ap = kept & ~ignored
-    base_lab, base_score = data.dt_label[in_ap], data.dt_score[in_ap]
-    base_tp, base_key = kind[in_ap] == TP, np.flatnonzero(in_ap)
-    ap_base, ne_base = tide_ap_per_class(base_lab, base_score, base_tp, base_key, num_gt)
+    priority = np.lexsort((np.arange(n_dt), -data.dt_score))  # descending score, then file order
+    rank = np.empty(n_dt, np.int64)
+    rank[priority] = np.arange(n_dt)
+    base_lab, base_rank = data.dt_label[in_ap], rank[in_ap]
+    base_tp = kind[in_ap] == TP
+    ap_base, ne_base = tide_ap_per_class(base_lab, base_rank, base_tp, num_gt)
     map_base = _mean(ap_base, ne_base)
 
     def scenario(drop_kind: int | None = None, fix_kind: int | None = None, num_gt_fixed: np.ndarray = num_gt,
-                 scores: np.ndarray = base_score) -> tuple[np.ndarray, float]:
+                 tp_first: bool = False) -> tuple[np.ndarray, float]:
         keep = np.ones(len(base_lab), bool) if drop_kind is None else kind[in_ap] != drop_kind
-        lab, sc, tp, key = base_lab[keep], scores[keep], base_tp[keep], base_key[keep]
+        lab, rk, tp = base_lab[keep], base_rank[keep], base_tp[keep]
         if fix_kind is not None:
             fixed = np.flatnonzero((kind == fix_kind) & is_best)
             new_lab = data.gt_label[target[fixed]] if fix_kind == CLS else data.dt_label[fixed]
-            lab = np.r_[lab, new_lab]
-            sc = np.r_[sc, data.dt_score[fixed]]
+            lab, rk = np.r_[lab, new_lab], np.r_[rk, rank[fixed]]
             tp = np.r_[tp, np.ones(len(fixed), bool)]
-            key = np.r_[key, fixed]
-        ap_c, ne = tide_ap_per_class(lab, sc, tp, key, num_gt_fixed)
+        if tp_first:  # TIDE's FalsePos oracle: every TP scored 1, every FP 0
+            rk = rk + np.where(tp, 0, n_dt)
+        ap_c, ne = tide_ap_per_class(lab, rk, tp, num_gt_fixed)
         return np.where(ne, ap_c, 0.0), _mean(ap_c, ne)
 
     ap_base_masked = np.where(ne_base, ap_base, np.nan)
@@ -261,7 +270,7 @@ def analyze_errors(data: DetectionData, *, pos_thresh: float = 0.5, bg_thresh: f
 
     fn_all = np.bincount(data.gt_label[(gt_kind != GT_MATCHED) & (gt_kind != GT_CROWD)], minlength=k)
     special = {
-        "false_pos": scenario(scores=base_tp.astype(np.float64))[1] - map_base,
+        "false_pos": scenario(tp_first=True)[1] - map_base,
         "false_neg": scenario(num_gt_fixed=num_gt - fn_all)[1] - map_base,
     }
 
