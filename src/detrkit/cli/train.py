@@ -1,0 +1,103 @@
+"""``detrkit train`` and ``detrkit val``: thin wrappers over :mod:`detrkit.engine`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def _print_per_class(console: Console, per_class: list[dict[str, Any]] | None, title: str) -> None:
+    if not per_class:
+        return
+    table = Table(title=title)
+    for col in ("class", "gt", "pred", "AP", "AP50", "AP75", "AR100"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in per_class:
+        fmt = lambda v: "-" if v is None or v < 0 else f"{v:.3f}"  # noqa: E731
+        table.add_row(
+            c["name"],
+            str(c["num_gt"]),
+            str(c["num_pred"]),
+            fmt(c["AP"]),
+            fmt(c["AP50"]),
+            fmt(c["AP75"]),
+            fmt(c["AR100"]),
+        )
+    console.print(table)
+
+
+def train(
+    overrides: list[str] = typer.Argument(
+        None, help="key=value overrides with dotted keys, e.g. optim.lr=1e-4 train.epochs=5"
+    ),
+    config: str = typer.Option(
+        None, "--config", "-c", help="YAML config file, or a packaged name (demo, detr_r50_coco10, ...)"
+    ),
+    resume: Path = typer.Option(
+        None, "--resume", help="continue the run in this folder from checkpoints/last.pt"
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="stop after the preflight (one step, one val batch, checkpoint round trip)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the final summary as JSON on stdout"),
+) -> None:
+    """Train a detector: preflight, then epochs with validation, checkpoints and logs in a run folder."""
+    from detrkit.engine.trainer import summary_json, train_from_config
+    from detrkit.errors import ConfigError
+
+    if config is None and resume is None:
+        raise ConfigError(
+            "detrkit train: give --config FILE (or a packaged name such as demo) or --resume RUN_DIR"
+        )
+    console = Console(stderr=as_json)
+    summary = train_from_config(
+        config, list(overrides or []), resume=resume, dry_run=dry_run, console=console
+    )
+    if as_json:
+        typer.echo(summary_json({k: v for k, v in summary.items()}))
+        return
+    if dry_run:
+        console.print(f"dry run ok: {summary['run_dir']} (preflight: {summary['preflight']})")
+        return
+    _print_per_class(console, summary.get("per_class"), "per-class metrics (last validation)")
+    console.print(f"run folder: {summary['run_dir']}")
+
+
+def val(
+    run: Path = typer.Option(..., "--run", help="run folder"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, epoch_N or a checkpoint file"),
+    data: Path = typer.Option(None, "--data", help="COCO annotation file (default: the run's val set)"),
+    images: Path = typer.Option(None, "--images", help="image folder of --data"),
+    batch_size: int = typer.Option(None, "--batch-size", help="images per batch"),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+) -> None:
+    """Re-evaluate a run's checkpoint with COCO metrics (faster-coco-eval), overall and per class."""
+    from detrkit.engine.evaluate_run import evaluate_run
+
+    result = evaluate_run(
+        run, checkpoint=checkpoint, ann=data, images=images, batch_size=batch_size, device=device
+    )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    console = Console()
+    m = result["metrics"]
+    table = Table(
+        title=f"{result['checkpoint']} on {result['ann']} ({result['num_images']} images)", show_header=False
+    )
+    for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
+        table.add_row(k, f"{m[k]:.4f}")
+    console.print(table)
+    _print_per_class(console, m.get("per_class"), "per class")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``val`` to the ``detrkit`` app."""
+    app.command("train", context_settings={"allow_extra_args": False})(train)
+    app.command("val")(val)

@@ -1,0 +1,404 @@
+"""Typed run configuration: YAML file(s) + ``key=value`` overrides -> :class:`RunConfig`.
+
+A config file has up to six sections (``model``, ``data``, ``train``, ``optim``, ``eval``,
+``output``) whose keys are the fields of the dataclasses below. A file may start from other files
+with ``_base_: [a.yaml, b.yaml]`` (paths relative to the file; later bases and then the file itself
+override earlier ones, dictionaries merge key by key, as in RT-DETR). Overrides on the command line
+use dotted keys: ``optim.lr=1e-4 train.epochs=5 model.freeze=[backbone]``.
+
+Every value is type-checked against the dataclass field; a wrong key or value raises
+:class:`~detrkit.errors.ConfigError` naming the file and the key. ``--config demo`` (a bare name)
+resolves to the configs shipped inside the package (``detrkit/configs/demo.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from detrkit.errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class ModelConfig:
+    """What to build: ``build_model(name, num_classes=..., **overrides)``, weights and freezing."""
+
+    name: str = "detr-tiny"
+    #: keyword overrides for the builder (e.g. ``{num_queries: 50, hidden_dim: 128}``).
+    overrides: dict[str, Any] = field(default_factory=dict)
+    #: Hugging Face weights: Hub id, local folder or file (``load_hf_weights``).
+    pretrained: str | None = None
+    #: a detrkit checkpoint (or run folder) whose tensors are copied where names and shapes match.
+    init_from: str | None = None
+    #: parameter-name keywords to freeze, e.g. ``[backbone]`` (matches names containing the word).
+    freeze: list[str] = field(default_factory=list)
+    #: freeze the backbone stem and its first k residual stages (0 = none, 4 = whole ResNet).
+    freeze_backbone_stages: int = 0
+    #: keep every BatchNorm layer in eval mode with frozen affine parameters.
+    freeze_bn: bool = False
+
+
+@dataclass
+class ShapesConfig:
+    """The built-in synthetic dataset, generated on first use when ``data.shapes`` is set."""
+
+    out: str = "data/shapes"
+    train: int = 400
+    val: int = 100
+    size: int = 160
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """COCO-format train/val data and loader settings."""
+
+    train_ann: str | None = None
+    train_images: str | None = None
+    val_ann: str | None = None
+    val_images: str | None = None
+    #: generate the built-in shapes dataset and use it (fills the four paths above).
+    shapes: ShapesConfig | None = None
+    #: ``build_transforms`` presets for training and validation, and extra keyword arguments.
+    train_preset: str = "detr"
+    val_preset: str = "val"
+    transform_args: dict[str, Any] = field(default_factory=dict)
+    #: pad batches to a multiple of this many pixels (0: to the largest image only).
+    size_divisibility: int = 0
+    #: repeat-factor sampling (LVIS) for rare classes: threshold t (0 disables).
+    repeat_factor_threshold: float = 0.0
+    num_workers: int = 2
+    pin_memory: bool = True
+    #: what to do with a degenerate box: ``drop`` it or ``error``.
+    on_bad_box: str = "drop"
+
+
+@dataclass
+class TrainConfig:
+    """The loop: epochs, batch, precision, checkpoints, faults."""
+
+    epochs: int = 10
+    #: images per process per step, or ``auto`` (largest that fits; a fixed choice on CPU).
+    batch_size: int | Literal["auto"] = 4
+    grad_accum: int = 1
+    #: clip the global gradient norm (DETR uses 0.1); ``null`` disables clipping.
+    clip_grad_norm: float | None = 0.1
+    precision: Precision = "fp32"
+    seed: int = 42
+    ema: bool = False
+    ema_decay: float = 0.9998
+    #: EMA warm-up: the decay ramps up as ``decay * (1 - exp(-updates / ema_warmup))``.
+    ema_warmup: int = 2000
+    #: save ``epoch_N.pt`` every N epochs (0 = only ``last`` and ``best``).
+    checkpoint_every: int = 1
+    #: also save ``last.pt`` every N optimizer steps inside an epoch (0 = only at epoch ends).
+    checkpoint_every_steps: int = 0
+    #: abort after this many consecutive non-finite losses.
+    max_nonfinite: int = 5
+    #: stop each epoch after this many steps (0 = whole epoch); for smoke runs.
+    max_steps_per_epoch: int = 0
+    #: run on the CPU even when a GPU is present.
+    cpu: bool = False
+    #: write a torch.profiler trace of a few steps of the first epoch to ``profile/``.
+    profile: bool = False
+    profile_steps: int = 5
+    #: skip the preflight checks (not recommended).
+    preflight: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, parameter groups and the learning-rate schedule."""
+
+    lr: float = 1e-4
+    #: learning rate of parameters whose name contains ``backbone``.
+    backbone_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    #: no weight decay on norms, biases and embeddings.
+    no_decay_norm_bias: bool = True
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    #: step schedule: multiply by ``gamma`` at these epochs.
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    #: cosine schedule: final lr as a fraction of the initial lr.
+    min_lr_ratio: float = 0.01
+    #: linear warm-up length in optimizer steps.
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.001
+    #: fused/foreach AdamW: ``auto`` picks fused on CUDA, foreach otherwise.
+    impl: Literal["auto", "fused", "foreach", "loop"] = "auto"
+
+
+@dataclass
+class EvalConfig:
+    """Validation during training."""
+
+    every: int = 1
+    batch_size: int | None = None
+    #: metric of ``best.pt`` (a CocoMetrics stat name).
+    best_metric: str = "AP"
+    #: keep detections scoring at least this (0 keeps the model's top-k).
+    score_threshold: float = 0.0
+
+
+@dataclass
+class OutputConfig:
+    """Where the run folder goes: ``dir``, or ``root/name`` auto-incremented (name, name2, ...)."""
+
+    root: str = "runs"
+    name: str | None = None
+    dir: str | None = None
+    tensorboard: bool = True
+    plots: bool = True
+
+
+@dataclass
+class RunConfig:
+    """The whole run; ``source`` is the file it came from (for messages), not a config key."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of every config key (``source`` left out)."""
+        d = dataclasses.asdict(self)
+        d.pop("source", None)
+        return d
+
+    def save(self, path: str | Path) -> None:
+        """Write the resolved config as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def packaged_config_names() -> list[str]:
+    """Names of the configs shipped in ``detrkit/configs`` (usable as ``--config NAME``)."""
+    folder = resources.files("detrkit") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config_path(source: str | Path) -> Path:
+    """A config file path, or a bare packaged name (``demo``) -> the file to read."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    name = str(source)
+    if "/" not in name and "\\" not in name:
+        packaged = resources.files("detrkit") / "configs" / f"{name.removesuffix('.yaml')}.yaml"
+        if packaged.is_file():
+            return Path(str(packaged))
+    names = ", ".join(packaged_config_names())
+    raise ConfigError(f"{source}: no such config file (packaged configs: {names})")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ cycle ({' -> '.join(p.name for p in (*seen, path))})")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: _base_ file {base} not found (looked in {path.parent})")
+        merged = _deep_merge(merged, _load_with_bases(base_path, (*seen, path)))
+    return _deep_merge(merged, data)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert strings from the command line."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _build_dataclass(tp, value, where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [] if value.strip() in ("", "[]") else yaml.safe_load(value)
+            value = value if isinstance(value, list) else [value]
+        if not isinstance(value, (list, tuple)):
+            value = [value] if item_tp is str else value
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported config type {_type_name(tp)}")
+
+
+def _build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    kwargs: dict[str, Any] = {}
+    prefix = where if where.endswith(": ") else f"{where}."
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            dotted = prefix.split(": ", 1)[-1]
+            hint = f" (did you mean {dotted}{close[0]}?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: typing.Sequence[str], source: str = "<command line>") -> dict[str, Any]:
+    """``["optim.lr=1e-4", "train.epochs=5"]`` -> nested dict; values parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"{source}: override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: override {item!r} conflicts with {part}={child!r}")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    """Validate a nested dict (the YAML content) into a :class:`RunConfig`."""
+    cfg = _build_dataclass(RunConfig, data, f"{source}: ")
+    cfg.source = source
+    return cfg
+
+
+def load_config(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Read a config file (path or packaged name, with ``_base_``), apply overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or invalid, a key is unknown or a value has the wrong type;
+        the message names the file and the dotted key.
+    """
+    data: dict[str, Any] = {}
+    label = "<defaults>"
+    if source is not None:
+        path = resolve_config_path(source)
+        data = _load_with_bases(path)
+        label = str(source)
+    if overrides:
+        config_from_dict(data, label)  # errors in the file itself name the file
+        data = _deep_merge(data, parse_overrides(overrides, label))
+        cfg = config_from_dict(data, "<command line>")
+        cfg.source = label
+        return cfg
+    return config_from_dict(data, label)

@@ -1,0 +1,102 @@
+"""``detrkit val``: re-evaluate a run's checkpoint on its validation set or on other data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detrkit.config import config_from_dict
+from detrkit.engine.checkpoint import inference_state_dict, load_checkpoint, resolve_checkpoint
+from detrkit.engine.sampling import EvalBatchSampler
+from detrkit.engine.validate import validate
+from detrkit.errors import CheckpointError, ConfigError, DataError
+
+
+def evaluate_run(
+    run: str | Path,
+    *,
+    checkpoint: str = "best",
+    ann: str | Path | None = None,
+    images: str | Path | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Evaluate ``run``'s checkpoint (``best``, ``last``, ``epoch_N`` or a file path).
+
+    The model is rebuilt from the checkpoint's config and classes; the data defaults to the run's
+    validation set (``data.val_ann``/``data.val_images``), transformed with the run's val preset.
+    Returns ``{"checkpoint", "ann", "num_images", "metrics": {AP, AP50, ..., per_class}, "losses"}``.
+
+    Raises:
+        CheckpointError: no such run/checkpoint; DataError: data whose classes differ from the run's.
+    """
+    from detrkit.data.collate import DetectionCollator
+    from detrkit.data.dataset import CocoDetection
+    from detrkit.data.transforms import build_transforms
+    from detrkit.models.registry import build_model
+
+    path = resolve_checkpoint(run, checkpoint) if not Path(checkpoint).is_file() else Path(checkpoint)
+    ckpt = load_checkpoint(path)
+    if "config" not in ckpt or "classes" not in ckpt:
+        raise CheckpointError(f"{path}: checkpoint lacks config/classes; was it written by detrkit train?")
+    cfg = config_from_dict(ckpt["config"], str(path))
+    classes = ckpt["classes"]
+    if (ann is None) != (images is None):
+        raise ConfigError(
+            f"{run}: give both --data ANN and --images DIR, or neither (to use the run's val set)"
+        )
+    ann = Path(ann or cfg.data.val_ann or "")
+    images = Path(images or cfg.data.val_images or "")
+    if not ann.is_file():
+        raise DataError(f"{ann}: validation annotation file not found (pass --data ANN --images DIR)")
+    if not images.is_dir():
+        raise DataError(f"{images}: image folder not found")
+    transforms = build_transforms(cfg.data.val_preset, train=False, **cfg.data.transform_args)
+    ds = CocoDetection(ann, images, transforms=transforms, on_bad_box=cfg.data.on_bad_box)
+    if list(ds.category_ids) != list(classes["category_ids"]):
+        if sorted(ds.class_names) == sorted(classes["names"]) and list(ds.class_names) != list(
+            classes["names"]
+        ):
+            hint = "same names in another order"
+        else:
+            hint = f"data has {list(ds.class_names)}, model has {list(classes['names'])}"
+        raise DataError(
+            f"{ann}: categories differ from the run's classes ({hint}); remap with `detrkit data merge`"
+        )
+    try:
+        model = build_model(cfg.model.name, num_classes=len(classes["names"]), **cfg.model.overrides)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: cannot rebuild model {cfg.model.name!r}: {err}") from None
+    missing, unexpected = model.load_state_dict(inference_state_dict(ckpt), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit {cfg.model.name} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"))
+    model.to(dev)
+    bs = batch_size or cfg.eval.batch_size or (cfg.train.batch_size if cfg.train.batch_size != "auto" else 4)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=EvalBatchSampler(len(ds), int(bs)),
+        collate_fn=DetectionCollator(size_divisibility=cfg.data.size_divisibility),
+        num_workers=num_workers,
+    )
+    metrics, losses = validate(
+        model,
+        loader,
+        device=dev,
+        label_to_cat_id=list(classes["category_ids"]),
+        gt=ann,
+        score_threshold=cfg.eval.score_threshold,
+    )
+    return {
+        "checkpoint": str(path),
+        "epoch": ckpt.get("epoch"),
+        "ann": str(ann),
+        "num_images": len(ds),
+        "metrics": metrics,
+        "losses": losses,
+    }

@@ -1,0 +1,477 @@
+"""The training loop on Hugging Face Accelerate (CPU, one GPU, DDP across GPUs and nodes).
+
+``Trainer(config).fit()`` builds data and model from the config, creates the run folder, runs the
+preflight (one step, one validation batch, a checkpoint round trip, peak memory), then trains:
+AdamW with backbone/head and decay/no-decay groups, warm-up + step/cosine schedule, fp32/bf16/fp16,
+gradient accumulation and clipping, optional EMA, non-finite-loss skipping, step-level checkpoints,
+exact resume (``resume=RUN_DIR``) and Ctrl-C handling (``last.pt`` is saved, then
+``KeyboardInterrupt`` is raised). Datasets, model and collate function can be injected for library
+use and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from detrkit.config import RunConfig, load_config
+from detrkit.engine import checkpoint as ckpt_io
+from detrkit.engine.builders import DataSplits, build_data, build_detector, ensure_shapes
+from detrkit.engine.callbacks import RunLogger, plot_curves, read_metrics_csv
+from detrkit.engine.ema import ModelEMA
+from detrkit.engine.loop import StepRunner
+from detrkit.engine.optim import apply_freezing, build_optimizer, build_scheduler, set_bn_eval
+from detrkit.engine.rundir import check_resumable, environment, make_run_dir, write_json
+from detrkit.engine.sampling import EvalBatchSampler, ResumableBatchSampler, SeededDataset
+from detrkit.engine.validate import validate
+from detrkit.errors import ConfigError
+
+
+def _make_accelerator(cfg: RunConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
+    use_cpu = cfg.train.cpu or not torch.cuda.is_available()
+    if mp == "fp16" and use_cpu:
+        raise ConfigError(f"{cfg.source}: train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    # Several runs in one process (library use, tests): start from a clean Accelerate state.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(
+        mixed_precision=mp,
+        cpu=use_cpu,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+
+
+class Trainer:
+    """Trains one run.
+
+    Args:
+        config: the run config (see :mod:`detrkit.config`).
+        resume: a run folder to continue from its ``checkpoints/last.pt`` (its ``config.yaml`` is
+            used; ``config`` may override keys such as ``train.epochs``).
+        model, train_dataset, val_dataset, classes, val_gt, collate_fn: inject components instead
+            of building them from the config (``classes = {"names": [...], "category_ids": [...]}``;
+            ``val_gt`` is the COCO ground truth of ``val_dataset``).
+        console: where progress and messages go; ``quiet`` turns the console output off.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        resume: str | Path | None = None,
+        model: nn.Module | None = None,
+        train_dataset: Dataset | None = None,
+        val_dataset: Dataset | None = None,
+        classes: dict[str, list] | None = None,
+        val_gt: Any = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        console: Console | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.cfg = config
+        self.resume_dir = Path(resume) if resume is not None else None
+        self._model_in = model
+        self._data_in = (train_dataset, val_dataset, classes, val_gt)
+        self._collate = collate_fn
+        self.console = console or Console()
+        self.quiet = quiet
+        self.run_dir: Path | None = None
+        self.stop_requested = False
+
+    # ----------------------------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.acc = acc = _make_accelerator(cfg)
+        self.device = acc.device
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.train.seed)
+        self.data = self._build_data()
+        self.label_to_cat_id = self.data.category_ids
+        num_classes = len(self.data.class_names)
+        self.run_dir = self._make_run_dir()
+        self.log = RunLogger(
+            self.run_dir if acc.is_main_process else None,
+            enabled=acc.is_main_process,
+            tensorboard=cfg.output.tensorboard,
+            console=self.console,
+            quiet=self.quiet,
+        )
+        model = self._model_in or build_detector(
+            cfg.model, num_classes=num_classes, source=cfg.source, log=self.log.info
+        )
+        frozen = apply_freezing(model, cfg.model, source=cfg.source)
+        if frozen:
+            self.log.info(
+                f"frozen: {len(frozen)} parameter tensors ({', '.join(cfg.model.freeze) or 'stages/bn'})"
+            )
+        self.model_name = str(getattr(model, "model_name", type(model).__name__))
+        model.to(self.device)
+        self.ema = (
+            ModelEMA(model, decay=cfg.train.ema_decay, warmup=cfg.train.ema_warmup) if cfg.train.ema else None
+        )
+        optimizer = build_optimizer(model, cfg.optim, device_type=self.device.type, source=cfg.source)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.batch_size = self._resolve_batch_size()
+        self._build_loaders()
+        self.scheduler = build_scheduler(
+            self.optimizer.optimizer, cfg.optim, steps_per_epoch=self.steps_per_epoch, epochs=cfg.train.epochs
+        )
+        self.runner = StepRunner(self)
+        self.epoch = 0
+        self.epoch_batches = 0  # micro-batches of ``epoch`` already consumed
+        self.best: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self.last_metrics: dict[str, Any] = {}
+
+    def _build_data(self) -> DataSplits:
+        train, val, classes, val_gt = self._data_in
+        if train is not None:
+            if classes is None:
+                raise ConfigError(
+                    f"{self.cfg.source}: an injected train_dataset needs classes={{'names', 'category_ids'}}"
+                )
+            return DataSplits(train, val, list(classes["names"]), list(classes["category_ids"]), val_gt)
+        self.cfg.data = ensure_shapes(self.cfg.data, main_process=self.acc.is_main_process)
+        self.acc.wait_for_everyone()
+        return build_data(self.cfg)
+
+    def _make_run_dir(self) -> Path:
+        out = self.cfg.output
+        if self.resume_dir is not None:
+            check_resumable(self.resume_dir)
+            return self.resume_dir
+        path = None
+        if self.acc.is_main_process:
+            name = out.name or Path(self.cfg.source).stem.replace("<", "").replace(">", "") or "run"
+            path = make_run_dir(root=out.root, name=name, explicit=out.dir, source=self.cfg.source)
+        from accelerate.utils import broadcast_object_list
+
+        return Path(broadcast_object_list([str(path) if path else None])[0])
+
+    def _resolve_batch_size(self) -> int:
+        bs = self.cfg.train.batch_size
+        if bs != "auto":
+            return int(bs)
+        from detrkit.engine.preflight import auto_batch_size
+
+        return auto_batch_size(self)
+
+    def _build_loaders(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        collate = self._collate or _default_collate(cfg.data.size_divisibility)
+        workers = cfg.data.num_workers
+        common = {
+            "collate_fn": collate,
+            "num_workers": workers,
+            "pin_memory": cfg.data.pin_memory and self.device.type == "cuda",
+        }
+        if workers > 0:
+            common["persistent_workers"] = True
+        self.train_sampler = ResumableBatchSampler(
+            len(self.data.train),
+            self.batch_size,
+            seed=cfg.train.seed,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            shuffle=True,
+            drop_last=True,
+            weights=self._repeat_factors(),
+        )
+        if self.train_sampler.batches_per_epoch() == 0:
+            raise ConfigError(
+                f"{cfg.source}: train.batch_size={self.batch_size} x {acc.num_processes} process(es) is larger "
+                f"than the training set ({len(self.data.train)} images)"
+            )
+        self.train_loader = DataLoader(
+            SeededDataset(self.data.train), batch_sampler=self.train_sampler, **common
+        )
+        self.val_loader = None
+        if self.data.val is not None:
+            eval_bs = cfg.eval.batch_size or self.batch_size
+            sampler = EvalBatchSampler(
+                len(self.data.val), eval_bs, rank=acc.process_index, world_size=acc.num_processes
+            )
+            self.val_loader = DataLoader(self.data.val, batch_sampler=sampler, **common)
+        accum = cfg.train.grad_accum
+        if accum < 1:
+            raise ConfigError(f"{cfg.source}: train.grad_accum must be >= 1, got {accum}")
+        self.steps_per_epoch = math.ceil(self.train_sampler.batches_per_epoch() / accum)
+        if cfg.train.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
+
+    def _repeat_factors(self) -> list[float] | None:
+        threshold = self.cfg.data.repeat_factor_threshold
+        if threshold <= 0:
+            return None
+        labels = getattr(self.data.train, "labels_per_image", None)
+        if labels is None:
+            raise ConfigError(
+                f"{self.cfg.source}: data.repeat_factor_threshold needs a dataset with labels_per_image()"
+            )
+        from detrkit.data.samplers import repeat_factors
+
+        factors = repeat_factors(labels(), threshold=threshold)
+        self.log.info(
+            f"repeat-factor sampling (t={threshold}): {factors.sum():.0f} images per epoch instead of {len(factors)}"
+        )
+        return factors.tolist()
+
+    # ------------------------------------------------------------------------------ checkpoints
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.acc.unwrap_model(self.model)
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint dict (collective: every process must call it)."""
+        rng = ckpt_io.rng_state()
+        if self.acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            rng = gather_object([rng])
+        else:
+            rng = [rng]
+        return {
+            "model": self.unwrapped.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "step": self.runner.global_step,
+            "epoch_step": self.epoch_batches,
+            "rng": rng,
+            "config": self.cfg.to_dict(),
+            "classes": self.data.classes,
+            "model_name": self.model_name,
+            "metrics": self.last_metrics,
+            "best": self.best,
+            "runner": self.runner.state_dict(),
+            "world_size": self.acc.num_processes,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore everything :meth:`state` saved, including this process's RNG streams."""
+        self.unwrapped.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.acc.scaler is not None and state.get("scaler"):
+            self.acc.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.epoch = int(state["epoch"])
+        self.epoch_batches = int(state["epoch_step"])
+        self.best = state.get("best")
+        self.last_metrics = state.get("metrics") or {}
+        self.runner.load_state_dict(state["runner"])
+        rngs = state["rng"]
+        if len(rngs) != self.acc.num_processes:
+            self.log.warn(
+                f"checkpoint from {len(rngs)} process(es) resumed on {self.acc.num_processes}: random streams differ"
+            )
+        ckpt_io.set_rng_state(rngs[min(self.acc.process_index, len(rngs) - 1)])
+
+    def save(self, names: list[str]) -> None:
+        """Write the current state as ``checkpoints/<name>.pt`` for each name (main process)."""
+        state = self.state()
+        if not self.acc.is_main_process or self.run_dir is None:
+            return
+        folder = self.run_dir / "checkpoints"
+        first = ckpt_io.atomic_save(state, folder / f"{names[0]}.pt")
+        for name in names[1:]:
+            tmp = folder / f".{name}.pt.copy"
+            shutil.copyfile(first, tmp)
+            tmp.replace(folder / f"{name}.pt")
+
+    # ------------------------------------------------------------------------------ the run
+    def fit(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Preflight, then train (unless ``dry_run``); returns the final summary."""
+        self._setup()
+        acc, cfg = self.acc, self.cfg
+        if self.resume_dir is not None:
+            self.load_state(ckpt_io.load_checkpoint(check_resumable(self.resume_dir)))
+            self.history = read_metrics_csv(self.run_dir / "metrics.csv")
+            self.history = [r for r in self.history if int(r["epoch"]) <= self.epoch]
+            self.log.info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.epoch_batches}")
+        elif acc.is_main_process:
+            cfg.save(self.run_dir / "config.yaml")
+            write_json(self.run_dir / "classes.json", self.data.classes)
+        if acc.is_main_process:
+            write_json(
+                self.run_dir / "env.json",
+                environment(self.device, num_processes=acc.num_processes, precision=cfg.train.precision),
+            )
+        self.log.info(
+            f"run {self.run_dir}: {self.model_name}, {len(self.data.train)} train images, "
+            f"batch {self.batch_size} x {acc.num_processes} process(es) x {cfg.train.grad_accum} accum, "
+            f"{self.steps_per_epoch} steps/epoch, device {self.device}, {cfg.train.precision}"
+        )
+        preflight = None
+        if cfg.train.preflight or dry_run:
+            from detrkit.engine.preflight import run_preflight
+
+            preflight = run_preflight(self)
+        if dry_run:
+            self.log.close()
+            return {"run_dir": str(self.run_dir), "preflight": preflight, "dry_run": True}
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread
+            previous = None
+        try:
+            summary = self._train()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            self.log.close()
+        summary["preflight"] = preflight
+        return summary
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.stop_requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def _train(self) -> dict[str, Any]:
+        cfg, acc = self.cfg, self.acc
+        t_start = time.perf_counter()
+        for epoch in range(self.epoch, cfg.train.epochs):
+            self.epoch = epoch
+            row = self.runner.run_epoch(epoch)
+            if row is None:  # interrupted: last.pt already saved
+                raise KeyboardInterrupt
+            self.epoch, self.epoch_batches = epoch + 1, 0
+            is_last = epoch + 1 == cfg.train.epochs
+            if self.val_loader is not None and ((epoch + 1) % max(cfg.eval.every, 1) == 0 or is_last):
+                metrics, losses = self.evaluate()
+                row.update({f"val/{k}": v for k, v in losses.items()})
+                row.update({f"val/{k}": v for k, v in metrics.items() if k != "per_class"})
+                self.last_metrics = metrics
+            names = ["last"]
+            key = f"val/{cfg.eval.best_metric}"
+            if key in row and (self.best is None or row[key] > self.best):
+                self.best = row[key]
+                names.append("best")
+            if cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0:
+                names.append(f"epoch_{epoch + 1}")
+            self.history.append(row)
+            self.save(names)
+            self.log.csv_row(row)
+            self.log.scalars(
+                {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("val/")}, epoch + 1, "val"
+            )
+            self.log.scalars({"images_per_s": row["train/images_per_s"]}, epoch + 1, "train")
+            self.log.info(_epoch_line(row, cfg.train.epochs, cfg.eval.best_metric))
+        wall = time.perf_counter() - t_start
+        final = {k: v for k, v in (self.history[-1] if self.history else {}).items()}
+        summary = {
+            "run_dir": str(self.run_dir),
+            "epochs": cfg.train.epochs,
+            "wall_s": round(wall, 1),
+            "best": self.best,
+            "best_metric": cfg.eval.best_metric,
+            "nonfinite_steps": self.runner.nonfinite_total,
+            "final": final,
+            "per_class": self.last_metrics.get("per_class"),
+        }
+        if acc.is_main_process:
+            write_json(self.run_dir / "metrics.json", summary)
+            if cfg.output.plots:
+                plot_curves(self.history, self.run_dir / "plots")
+            self.log.table(
+                f"{self.model_name}: {self.run_dir}",
+                {
+                    k: v
+                    for k, v in final.items()
+                    if k.startswith(("val/AP", "train/loss", "val/loss")) and k.count("_") < 1
+                }
+                | {
+                    "best " + cfg.eval.best_metric: self.best if self.best is not None else "n/a",
+                    "wall s": round(wall, 1),
+                },
+            )
+        return summary
+
+    def evaluate(self, *, max_batches: int | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+        """COCO metrics and mean losses on the validation set (EMA weights when kept)."""
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        model = self.ema.module if self.ema is not None else self.unwrapped
+        multi = self.acc.num_processes > 1
+        metrics, losses = validate(
+            model,
+            self.val_loader,
+            device=self.device,
+            label_to_cat_id=self.label_to_cat_id,
+            gt=self.data.val_ann,
+            score_threshold=self.cfg.eval.score_threshold,
+            gather=gather_object if multi else None,
+            is_main=self.acc.is_main_process,
+            broadcast=(lambda m: broadcast_object_list([m])[0]) if multi else None,
+            max_batches=max_batches,
+        )
+        if multi:
+            keys = sorted(losses)
+            t = self.acc.reduce(torch.tensor([losses[k] for k in keys], device=self.device), reduction="mean")
+            losses = dict(zip(keys, t.tolist(), strict=False))
+        if self.cfg.model.freeze_bn:
+            set_bn_eval(self.unwrapped)
+        return metrics, losses
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, best_metric: str) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row.get('train/loss', float('nan')):.4f}"]
+    if "val/loss" in row:
+        parts.append(f"val loss {row['val/loss']:.4f}")
+    for k in ("AP", "AP50", "AP75"):
+        if f"val/{k}" in row:
+            parts.append(f"{k} {row[f'val/{k}']:.3f}")
+    parts += [f"{row['train/images_per_s']:.1f} img/s", f"{row['time_s']:.0f}s"]
+    if row.get("nonfinite"):
+        parts.append(f"{row['nonfinite']} non-finite steps skipped")
+    return "  ".join(parts)
+
+
+def _default_collate(size_divisibility: int) -> Callable[[list[Any]], Any]:
+    from detrkit.data.collate import DetectionCollator
+
+    return DetectionCollator(size_divisibility=size_divisibility)
+
+
+def train_from_config(
+    config: str | Path | None,
+    overrides: list[str] | None = None,
+    *,
+    resume: str | Path | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Load a config (or the resumed run's ``config.yaml``), train, return the summary."""
+    if resume is not None:
+        check_resumable(resume)
+        cfg = load_config(Path(resume) / "config.yaml", overrides or [])
+    else:
+        cfg = load_config(config, overrides or [])
+    dry_run = kwargs.pop("dry_run", False)
+    return Trainer(cfg, resume=resume, **kwargs).fit(dry_run=dry_run)
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    """The ``--json`` output."""
+    return json.dumps(summary, indent=2, default=str)
