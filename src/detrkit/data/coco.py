@@ -150,7 +150,7 @@ class CocoIndex:
                 raise fail(f"image id={iid} field 'file_name' must be a non-empty string")
             if not (_is_int(w) and _is_int(h)):
                 raise fail(f"image id={iid} fields 'width'/'height' must be integers, got {w!r}x{h!r}")
-            extra = {k: v for k, v in im.items() if k not in _IMAGE_KEYS} if len(im) > 4 else {}
+            extra = {k: v for k, v in im.items() if k not in _IMAGE_KEYS}
             images.append(ImageInfo(int(iid), fn, int(w), int(h), extra))
 
         annotations: list[Annotation] = []
@@ -196,7 +196,7 @@ class CocoIndex:
                 if type(crowd) is not bool:
                     raise fail(f"annotation id={aid} field 'iscrowd' must be 0 or 1, got {crowd!r}")
                 crowd = int(crowd)
-            extra = {k: v for k, v in a.items() if k not in _ANN_KEYS} if len(a) > 7 else {}
+            extra = {k: v for k, v in a.items() if k not in _ANN_KEYS} if not a.keys() <= _ANN_KEYS else {}
             append(Annotation(aid, img_id, cat_id, (x, y, w, h), area, crowd, a.get("segmentation"), extra))
 
         categories: list[Category] = []

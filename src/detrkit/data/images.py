@@ -93,6 +93,13 @@ def read_image_tensor(path: str | Path) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation without decoding pixels (PNG's ``getexif`` would load the whole image)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+
+
 def image_size(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
     """Sizes from the header only (no decode): ``((width, height), (raw_width, raw_height))``.
 
@@ -102,7 +109,7 @@ def image_size(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
     try:
         with Image.open(path) as im:
             raw = im.size
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+            orientation = _orientation(im)
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found", path=path) from None
     except IsADirectoryError:
@@ -123,8 +130,8 @@ def verify_image(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
     try:
         with Image.open(path) as im:
             raw = im.size
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
             im.load()
+            orientation = _orientation(im)
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found", path=path) from None
     except IsADirectoryError:
