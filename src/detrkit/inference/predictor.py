@@ -1,0 +1,339 @@
+"""Run a trained detector on images: ``Predictor.from_run(dir).predict("images/")``.
+
+A :class:`Predictor` holds a :class:`~detrkit.models.base.Detector` in eval mode, its class names
+and COCO category ids, and the run's evaluation transform (the ``val`` preset by default). Images
+are preprocessed exactly as in validation (resize, ImageNet normalisation), batched with
+:func:`~detrkit.data.collate.collate_detection` (zero padding + ``pixel_mask``), and the model's
+:meth:`~detrkit.models.base.Detector.postprocess` maps boxes back to pixels of the *original*
+images. Detections below ``threshold`` are dropped.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from detrkit.errors import CheckpointError, DataError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+ImageSource = Image.Image | str | Path | Sequence[Image.Image | str | Path]
+
+
+@dataclass
+class Detections:
+    """Detections of one image.
+
+    Attributes:
+        boxes_xyxy: ``float32 [N, 4]`` xyxy in pixels of the original image.
+        scores: ``float32 [N]``, descending.
+        labels: ``int64 [N]`` contiguous labels ``0..K-1``.
+        class_names: the model's ``K`` class names (``class_names[labels[i]]`` names detection i).
+        image_size: ``(height, width)`` of the original image.
+        source: the image file, when the image came from one.
+    """
+
+    boxes_xyxy: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    image_size: tuple[int, int]
+    source: Path | None = None
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of each detection."""
+        return [self.class_names[int(i)] for i in self.labels]
+
+    def to_coco_results(self, image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """COCO results entries ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
+
+        Args:
+            image_id: the COCO image id.
+            category_ids: COCO category id of each contiguous label (``len == K``).
+        """
+        out = []
+        for (x0, y0, x1, y1), score, label in zip(
+            self.boxes_xyxy.tolist(), self.scores.tolist(), self.labels.tolist(), strict=True
+        ):
+            out.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(category_ids[label]),
+                    "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
+                    "score": round(float(score), 6),
+                }
+            )
+        return out
+
+
+@dataclass
+class Predictor:
+    """A detector ready for inference (see the module docstring).
+
+    Attributes:
+        model: the :class:`Detector` (eval mode, on ``device``).
+        class_names: ``K`` names of the contiguous labels.
+        category_ids: ``K`` COCO category ids of the contiguous labels.
+        transform: ``(image uint8 [3,H,W], target) -> (image, target)`` evaluation transform.
+        size_divisibility: pad batches to a multiple of this (0: no rounding).
+    """
+
+    model: nn.Module
+    class_names: list[str]
+    category_ids: list[int]
+    transform: Callable[..., Any] | None = None
+    size_divisibility: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        if self.transform is None:
+            from detrkit.data.transforms import build_transforms
+
+            self.transform = build_transforms("val", train=False)
+        self.model.eval().to(self.device)
+
+    # ------------------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_run(
+        cls, run_dir: str | Path, *, checkpoint: str = "best", device: str | torch.device | None = None
+    ) -> Predictor:
+        """Load ``run_dir/checkpoints/{checkpoint}.pt`` (``best`` falls back to ``last``)."""
+        from detrkit.engine.checkpoint import resolve_checkpoint
+
+        return cls.from_checkpoint(resolve_checkpoint(run_dir, checkpoint), device=device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device | None = None) -> Predictor:
+        """Rebuild the model from a detrkit checkpoint (``model_name``, ``config``, ``classes``)."""
+        from detrkit.data.transforms import build_transforms
+        from detrkit.engine.checkpoint import inference_state_dict, load_checkpoint
+        from detrkit.models.registry import build_model
+
+        ckpt = load_checkpoint(path)
+        for key in ("model_name", "classes"):
+            if key not in ckpt:
+                raise CheckpointError(
+                    f"{path}: checkpoint has no {key!r} entry (not written by detrkit train?)"
+                )
+        names = [str(n) for n in ckpt["classes"]["names"]]
+        cat_ids = [int(c) for c in ckpt["classes"].get("category_ids", range(1, len(names) + 1))]
+        config = ckpt.get("config") or {}
+        model_cfg = config.get("model", {}) or {}
+        data_cfg = config.get("data", {}) or {}
+        try:
+            model = build_model(
+                ckpt["model_name"], num_classes=len(names), **(model_cfg.get("overrides") or {})
+            )
+        except ValueError as err:
+            raise CheckpointError(f"{path}: cannot rebuild model {ckpt['model_name']!r}: {err}") from None
+        missing, unexpected = model.load_state_dict(inference_state_dict(ckpt), strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: weights do not fit {ckpt['model_name']!r} ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
+            )
+        transform = build_transforms(
+            data_cfg.get("val_preset", "val"), train=False, **(data_cfg.get("transform_args") or {})
+        )
+        return cls(
+            model=model,
+            class_names=names,
+            category_ids=cat_ids,
+            transform=transform,
+            size_divisibility=int(data_cfg.get("size_divisibility", 0) or 0),
+            device=_device(device),
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        model_name: str | None = None,
+        device: str | torch.device | None = None,
+        size: int | None = None,
+    ) -> Predictor:
+        """Hugging Face DETR weights (Hub id or local folder with ``config.json``).
+
+        The registry model comes from the config's ``model_type`` and backbone (``detr-r50``,
+        ``detr-r101``, ``deformable-detr-r50``) unless ``model_name`` is given; class names come
+        from ``id2label`` (labels are the checkpoint's class indices, used as category ids).
+        """
+        from detrkit.data.transforms import build_transforms
+        from detrkit.models.hf_weights import load_hf_weights
+        from detrkit.models.registry import build_model
+
+        hf_config = _read_hf_config(name_or_path)
+        id2label = {int(k): str(v) for k, v in (hf_config.get("id2label") or {}).items()}
+        if not id2label:
+            raise CheckpointError(f"{name_or_path}: config.json has no id2label; cannot name the classes")
+        num_classes = max(id2label) + 1
+        names = [id2label.get(i, f"class{i}") for i in range(num_classes)]
+        name = model_name or _registry_name(hf_config, name_or_path)
+        overrides = {"num_queries": int(hf_config.get("num_queries", 100))}
+        model = build_model(name, num_classes=num_classes, **overrides)
+        load_hf_weights(model, str(name_or_path))
+        return cls(
+            model=model,
+            class_names=names,
+            category_ids=list(range(num_classes)),
+            transform=build_transforms("val", train=False, size=size),
+            device=_device(device),
+        )
+
+    # ------------------------------------------------------------------------------ prediction
+
+    @torch.inference_mode()
+    def predict(
+        self, images: ImageSource, *, threshold: float = 0.5, batch_size: int = 8
+    ) -> list[Detections]:
+        """Detect objects in one image, a list of images/paths, a folder or a glob pattern.
+
+        Args:
+            images: a PIL image, a path (file, folder or glob such as ``"imgs/*.jpg"``) or a list.
+            threshold: minimum score kept.
+            batch_size: images per forward pass.
+        Returns:
+            One :class:`Detections` per image, in input order (folders: sorted file names).
+        """
+        items = resolve_images(images)
+        out: list[Detections] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            out.extend(self._predict_batch(items[start : start + batch_size], threshold))
+        return out
+
+    def _predict_batch(self, items: list[Image.Image | Path], threshold: float) -> list[Detections]:
+        from detrkit.data.collate import collate_detection
+        from detrkit.data.images import load_image_rgb
+
+        pils = [load_image_rgb(i) if isinstance(i, Path) else i.convert("RGB") for i in items]
+        batch = collate_detection(
+            [self.preprocess(im) for im in pils], size_divisibility=self.size_divisibility
+        )
+        sizes_hw = torch.tensor([[im.height, im.width] for im in pils], device=self.device)
+        outputs = self.model(batch.images.to(self.device), batch.pixel_mask.to(self.device))
+        results = self.model.postprocess(outputs, sizes_hw)
+        dets = []
+        for item, im, r in zip(items, pils, results, strict=True):
+            keep = r["scores"] >= threshold
+            dets.append(
+                Detections(
+                    boxes_xyxy=r["boxes"][keep].float().cpu().numpy(),
+                    scores=r["scores"][keep].float().cpu().numpy(),
+                    labels=r["labels"][keep].cpu().numpy().astype(np.int64),
+                    class_names=self.class_names,
+                    image_size=(im.height, im.width),
+                    source=item if isinstance(item, Path) else None,
+                )
+            )
+        return dets
+
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, dict[str, Any]]:
+        """PIL RGB -> ``(float32 [3, h, w] normalised, target dict)`` through the eval transform."""
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as F
+
+        from detrkit.data.transforms import make_target, normalize_uint8
+
+        tensor = tv_tensors.Image(F.pil_to_tensor(image))
+        target = make_target(
+            torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), (image.height, image.width)
+        )
+        tensor, target = self.transform(tensor, target)
+        return normalize_uint8(tensor.as_subclass(torch.Tensor)), {"orig_size": (image.height, image.width)}
+
+
+def resolve_images(images: ImageSource) -> list[Image.Image | Path]:
+    """Expand a path/folder/glob/list into PIL images and existing image files (sorted per folder)."""
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, (str, Path)):
+        return _expand(images)
+    out: list[Image.Image | Path] = []
+    for item in images:
+        out.extend([item] if isinstance(item, Image.Image) else _expand(item))
+    return out
+
+
+def _expand(source: str | Path) -> list[Image.Image | Path]:
+    p = Path(source)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+        if not files:
+            raise DataError(f"{p}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
+        return list(files)
+    if any(ch in str(source) for ch in "*?["):
+        files = sorted(
+            Path(f)
+            for f in globlib.glob(str(source), recursive=True)
+            if Path(f).suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            raise DataError(f"{source}: the pattern matches no image file")
+        return list(files)
+    raise DataError(f"{p}: no such image file or folder")
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _read_hf_config(name_or_path: str | Path) -> dict[str, Any]:
+    p = Path(name_or_path)
+    if p.is_dir():
+        cfg = p / "config.json"
+        if not cfg.is_file():
+            raise CheckpointError(f"{p}: no config.json in the folder (expected a Hugging Face model folder)")
+        return json.loads(cfg.read_text())
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(str(name_or_path), "config.json")).read_text())
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, ...: one line for the user
+        raise CheckpointError(
+            f"{name_or_path}: cannot read config.json from the Hub ({type(err).__name__})"
+        ) from None
+
+
+def _registry_name(hf_config: dict[str, Any], source: str | Path) -> str:
+    model_type = str(hf_config.get("model_type", "detr"))
+    backbone = str(
+        hf_config.get("backbone") or (hf_config.get("backbone_config") or {}).get("model_type", "resnet50")
+    )
+    depth = "r101" if "101" in backbone else "r50"
+    if model_type == "detr":
+        return f"detr-{depth}"
+    if model_type == "deformable_detr":
+        return "deformable-detr-r50"
+    raise CheckpointError(
+        f"{source}: unsupported model_type {model_type!r} (expected detr or deformable_detr)"
+    )
+
+
+def iter_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
