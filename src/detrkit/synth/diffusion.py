@@ -74,10 +74,14 @@ def load_inpaint_pipeline(model: str, *, device: str | None = None, half: bool |
     diffusers = require_diffusers()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     half = device.startswith("cuda") if half is None else half
+    # diffusers renamed `torch_dtype` to `dtype` (the old name warns); pass the one it knows.
+    from diffusers.utils import deprecation_utils
+
+    dtype_key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
     try:
         pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
-            model, torch_dtype=torch.float16 if half else torch.float32, safety_checker=None,
-            requires_safety_checker=False,
+            model, safety_checker=None, requires_safety_checker=False,
+            **{dtype_key: torch.float16 if half else torch.float32},
         )
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
