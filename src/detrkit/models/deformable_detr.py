@@ -385,10 +385,16 @@ _HF_LAYER_KEY = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.+)$")
 _HF_HEAD_KEY = re.compile(r"^(model\.decoder\.)?(class_embed|bbox_embed)\.(\d+)\.(.+)$")
 
 
+_TIMM_RESNET_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
+
+
 def _hf_key_to_ours(key: str) -> str | None:
     for prefix, repl in _HF_PREFIXES.items():
         if key.startswith(prefix):
-            return repl + key[len(prefix) :]
+            rest = key[len(prefix) :]
+            if prefix == "model.backbone.model." and not _TIMM_RESNET_KEY.match(rest):
+                return None
+            return repl + rest
     if m := _HF_LAYER_KEY.match(key):
         part, index, rest = m.groups()
         for prefix, repl in _HF_LAYER[part].items():

@@ -42,6 +42,12 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def _device_ints(values: Sequence[int], device: torch.device) -> Tensor:
+    """``int64[len(values)]`` on ``device`` built by fill kernels: unlike ``torch.tensor(values,
+    device=cuda)``, no blocking host-to-device copy (a host sync) in the forward pass."""
+    return torch.stack([torch.full((), v, dtype=torch.long, device=device) for v in values])
+
+
 @dataclass
 class FlatLevels:
     """The feature levels flattened into one sequence of ``S`` positions, and their geometry.
@@ -74,9 +80,9 @@ class FlatLevels:
             torch.stack([m[:, 0, :].sum(1) / m.shape[2], m[:, :, 0].sum(1) / m.shape[1]], -1) for m in masks
         ]
         return cls(
-            shapes=torch.as_tensor(shapes_list, dtype=torch.long, device=device),
+            shapes=_device_ints([v for hw in shapes_list for v in hw], device).view(-1, 2),
             shapes_list=shapes_list,
-            start_index=torch.as_tensor(starts, dtype=torch.long, device=device),
+            start_index=_device_ints(starts, device),
             start_index_list=starts,
             valid_mask=torch.cat([m.flatten(1) for m in masks], 1),
             valid_ratios=torch.stack(ratios, 1).float(),

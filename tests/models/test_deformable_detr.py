@@ -1,0 +1,248 @@
+"""Deformable DETR: parity with Hugging Face transformers (outputs and loss, current and old key
+names), shapes, gradients, padding, postprocessing, registry."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from detrkit.models.deformable_detr import DeformableDETR, deformable_state_dict_from_hf
+from detrkit.models.registry import build_model, list_models
+
+NUM_CLASSES = 5
+NUM_QUERIES = 10
+VARIANTS = {
+    "plain": {},
+    "refine": {"with_box_refine": True},
+    "two-stage": {"with_box_refine": True, "two_stage": True},
+}
+
+
+def _rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
+
+
+def _hf_model(variant: dict, *, class_cost: int = 1):
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+    config = DeformableDetrConfig(
+        use_timm_backbone=True,
+        backbone="resnet18",
+        use_pretrained_backbone=False,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        num_queries=NUM_QUERIES,
+        two_stage_num_proposals=NUM_QUERIES,
+        num_labels=NUM_CLASSES,
+        dropout=0.0,
+        auxiliary_loss=True,
+        class_cost=class_cost,
+        **variant,
+    )
+    torch.manual_seed(0)
+    model = DeformableDetrForObjectDetection(config).eval()
+    # Transformers zero-initialises several weights (attention weights, offsets' weights, box
+    # heads); perturb everything so that parity exercises every weight.
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 0.02 if ".backbone." in name else 0.1
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+            elif name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+    return model
+
+
+def _ours(variant: dict, **overrides) -> DeformableDETR:
+    kwargs = {"num_queries": NUM_QUERIES, "dropout": 0.0, **variant, **overrides}
+    return build_model("deformable-detr-tiny", num_classes=NUM_CLASSES, **kwargs).eval()
+
+
+def _batch():
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(2, 3, 96, 128, generator=g)
+    mask = torch.ones(2, 96, 128, dtype=torch.bool)
+    mask[1, 70:] = False  # second image is 70 x 90, padded bottom and right
+    mask[1, :, 90:] = False
+    images[1, :, 70:] = 0
+    images[1, :, :, 90:] = 0
+    return images, mask
+
+
+def _old_style(hf_state: dict) -> dict:
+    """Invert transformers' renames to produce a checkpoint with the older key names."""
+    old = {}
+    for key, value in hf_state.items():
+        key = key.replace("model.backbone.", "model.backbone.conv_encoder.")
+        key = key.replace("self_attn.o_proj.", "self_attn.out_proj.")
+        key = re.sub(r"layers\.(\d+)\.mlp\.fc([12])\.", r"layers.\1.fc\2.", key)
+        old[key] = value
+    return old
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_parity_with_transformers(name):
+    variant = VARIANTS[name]
+    hf = _hf_model(variant)
+    ours = _ours(variant)
+    result = ours.load_state_dict(deformable_state_dict_from_hf(hf.state_dict()), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    images, mask = _batch()
+    with torch.no_grad():
+        ref = hf(pixel_values=images, pixel_mask=mask.long())
+        out = ours(images, mask)
+    assert out["pred_logits"].shape == (2, NUM_QUERIES, NUM_CLASSES)
+    assert _rel_err(out["pred_logits"], ref.logits) <= 1e-4
+    assert _rel_err(out["pred_boxes"], ref.pred_boxes) <= 1e-4
+    if variant.get("two_stage"):
+        finite = ref.enc_outputs_coord_logits.isfinite().all(-1)
+        assert finite.any() and not finite.all()  # padded and border positions are excluded
+        assert _rel_err(out["enc_outputs"]["pred_logits"], ref.enc_outputs_class) <= 1e-4
+        torch.testing.assert_close(
+            out["enc_outputs"]["pred_boxes"], ref.enc_outputs_coord_logits.sigmoid(), rtol=1e-4, atol=1e-5
+        )
+    # Old key names (checkpoints published on the Hub before the renames) load the same weights,
+    # also when tied heads are saved once (as transformers' save_pretrained does).
+    old = _old_style(hf.state_dict())
+    assert any(".conv_encoder." in k for k in old) and any(re.search(r"layers\.\d+\.fc1\.", k) for k in old)
+    if name == "plain":
+        old = {k: v for k, v in old.items() if not re.match(r"(class|bbox)_embed\.[1-9]", k)}
+    if name == "refine":
+        old = {k: v for k, v in old.items() if not k.startswith("bbox_embed.")}  # kept in model.decoder
+    reloaded = _ours(variant)
+    reloaded.load_state_dict(deformable_state_dict_from_hf(old), strict=True)
+    with torch.no_grad():
+        again = reloaded(images, mask)
+    torch.testing.assert_close(again["pred_logits"], out["pred_logits"], rtol=0, atol=0)
+    torch.testing.assert_close(again["pred_boxes"], out["pred_boxes"], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["plain", "refine", "two-stage"])
+def test_loss_parity_with_transformers(name):
+    variant = VARIANTS[name]
+    hf = _hf_model(variant, class_cost=2)
+    # transformers weighs loss_ce by 1 and matches with its config's costs.
+    ours = _ours(variant, cost_class=2.0, weight_ce=1.0)
+    ours.load_state_dict(deformable_state_dict_from_hf(hf.state_dict()))
+    images, mask = _batch()
+    boxes = [torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.4, 0.5]]), torch.tensor([[0.5, 0.5, 0.6, 0.5]])]
+    labels = [torch.tensor([1, 4]), torch.tensor([2])]
+    with torch.no_grad():
+        ref = hf(
+            pixel_values=images,
+            pixel_mask=mask.long(),
+            labels=[{"class_labels": c, "boxes": b} for c, b in zip(labels, boxes, strict=True)],
+        )
+        out = ours(images, mask, [{"labels": c, "boxes": b} for c, b in zip(labels, boxes, strict=True)])
+    for key in ("loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_bbox_0", "loss_giou_0"):
+        assert abs(float(out[key]) - float(ref.loss_dict[key])) <= 1e-4 * abs(float(ref.loss_dict[key])), key
+    # transformers leaves out the two-stage encoder loss of the paper; we add it.
+    assert ("loss_ce_enc" in out) == bool(variant.get("two_stage"))
+    weights = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    enc = sum(w * float(out[f"{k}_enc"]) for k, w in weights.items()) if "loss_ce_enc" in out else 0.0
+    assert abs(float(out["loss"]) - enc - float(ref.loss)) <= 1e-4 * float(ref.loss)
+
+
+def test_mapping_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="timm ResNet"):
+        deformable_state_dict_from_hf(
+            {"model.backbone.model.embedder.embedder.convolution.weight": torch.zeros(1)}
+        )
+    with pytest.raises(ValueError, match="no Deformable DETR counterpart"):
+        deformable_state_dict_from_hf({"model.something_else.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_training_step_shapes_and_gradients(name):
+    torch.manual_seed(0)
+    model = build_model("deformable-detr-tiny", num_classes=3, num_queries=12, **VARIANTS[name]).train()
+    with torch.no_grad():  # the paper's zero inits (offsets, attention and box-head weights) block
+        for p in model.parameters():  # some gradients at step 0; move off them
+            p.add_(torch.randn_like(p) * 0.01)
+    images, mask = _batch()
+    targets = [
+        {"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.6, 0.6, 0.3, 0.3]]), "labels": torch.tensor([0, 2])},
+        {"boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]]), "labels": torch.tensor([1])},
+    ]
+    images_before, targets_before = images.clone(), [{k: v.clone() for k, v in t.items()} for t in targets]
+    out = model(images, mask, targets)
+    assert out["pred_logits"].shape == (2, 12, 3) and out["pred_boxes"].shape == (2, 12, 4)
+    assert len(out["aux_outputs"]) == 1
+    assert all(a["pred_logits"].shape == (2, 12, 3) for a in out["aux_outputs"])
+    assert ("enc_outputs" in out) == (name == "two-stage")
+    assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["loss"])
+    assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+    assert out["loss"].requires_grad and not out["loss_ce"].requires_grad
+    out["loss"].backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_grad = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, no_grad
+    zero = [n for n, p in trainable if p.grad.abs().sum() == 0]
+    assert not zero, zero
+    # The stem and layer1 of the backbone stay frozen, as in the paper.
+    assert not model.backbone.body.conv1.weight.requires_grad
+    assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())
+    torch.testing.assert_close(images, images_before, rtol=0, atol=0)
+    for t, t0 in zip(targets, targets_before, strict=True):
+        assert all(torch.equal(t[k], t0[k]) for k in t0)
+
+
+def test_heads_shared_or_per_layer_and_init():
+    plain = build_model("deformable-detr-tiny", num_classes=4)
+    refine = build_model("deformable-detr-tiny", num_classes=4, with_box_refine=True)
+    assert plain.class_embed[0] is plain.class_embed[1] and plain.bbox_embed[0] is plain.bbox_embed[1]
+    assert refine.class_embed[0] is not refine.class_embed[1]
+    prior = torch.sigmoid(plain.class_embed[0].bias)
+    torch.testing.assert_close(prior, torch.full((4,), 0.01))
+    torch.testing.assert_close(plain.bbox_embed[0].layers[-1].bias, torch.tensor([0.0, 0.0, -2.0, -2.0]))
+    two = build_model("deformable-detr-tiny", num_classes=4, with_box_refine=True, two_stage=True)
+    assert len(two.class_embed) == 3 and not hasattr(two.transformer, "query_embed")
+
+
+def test_postprocess_topk_over_queries_and_classes():
+    model = build_model("deformable-detr-tiny", num_classes=3, num_queries=4, top_k=5).eval()
+    logits = torch.full((1, 4, 3), -10.0)
+    logits[0, 2, 1] = 3.0
+    logits[0, 2, 0] = 2.0  # the same query may appear with two labels
+    logits[0, 0, 2] = 1.0
+    boxes = torch.tensor(
+        [[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.25, 0.5, 0.5, 1.0], [0.5, 0.5, 1, 1]]]
+    )
+    (det,) = model.postprocess({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100, 200]]))
+    assert det["scores"].shape == (5,)
+    assert det["labels"][:3].tolist() == [1, 0, 2]
+    torch.testing.assert_close(det["scores"][:3], torch.sigmoid(torch.tensor([3.0, 2.0, 1.0])))
+    torch.testing.assert_close(det["boxes"][0], torch.tensor([0.0, 0.0, 100.0, 100.0]))
+    torch.testing.assert_close(det["boxes"][2], torch.tensor([80.0, 40.0, 120.0, 60.0]))
+
+
+def test_registry_options_and_errors():
+    assert {"deformable-detr-r50", "deformable-detr-r50-refine", "deformable-detr-r50-two-stage"} <= set(
+        list_models("deformable")
+    )
+    model = build_model("deformable-detr-tiny", num_classes=2, num_feature_levels=1)
+    assert len(model.input_proj) == 1 and model.backbone.stages == ("layer4",)
+    images, mask = _batch()
+    with torch.no_grad():
+        assert model.eval()(images, mask)["pred_logits"].shape == (2, 20, 2)
+    with pytest.raises(ValueError, match="unknown Deformable DETR option"):
+        build_model("deformable-detr-tiny", num_classes=2, n_points=3)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model("deformable-detr-tiny", num_classes=2, d_model=48, n_heads=2)
+    with pytest.raises(ValueError, match="without a criterion|targets"):
+        model.criterion = None
+        model(images, mask, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2)
