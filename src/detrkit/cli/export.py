@@ -1,0 +1,71 @@
+"""``detrkit export``: TorchScript or ONNX file of a trained detector, checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``export`` command to the root app."""
+    app.command("export")(export_cmd)
+
+
+def export_cmd(
+    run: Path = typer.Option(..., "--run", help="Run folder (or a checkpoint .pt file)."),
+    format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    out: Path | None = typer.Option(None, "--out", help="Output file (default: RUN/export/model.onnx|.ts)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or epoch_N."),
+    height: int = typer.Option(256, "--height", help="Input height the model is traced at."),
+    width: int = typer.Option(256, "--width", help="Input width the model is traced at."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Export the model (images + pixel_mask -> logits, boxes) and report the max abs difference
+    between the exported model and PyTorch on a random input."""
+    from detrkit.errors import ConfigError
+    from detrkit.inference.export import FORMATS, export_model
+    from detrkit.inference.predictor import Predictor
+
+    if format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    predictor = (
+        Predictor.from_checkpoint(run, device="cpu")
+        if run.is_file()
+        else Predictor.from_run(run, checkpoint=checkpoint, device="cpu")
+    )
+    if out is None:
+        base = run.parent if run.is_file() else run
+        out = base / "export" / ("model.onnx" if format == "onnx" else "model.ts")
+    result = export_model(predictor.model, out, format=format, height=height, width=width, opset=opset)  # type: ignore[arg-type]
+    summary = {
+        "path": str(result.path),
+        "format": result.format,
+        "input": {"images": [2, 3, height, width], "pixel_mask": [2, height, width]},
+        "outputs": ["logits", "boxes"],
+        "max_abs_diff_logits": result.max_abs_diff_logits,
+        "max_abs_diff_boxes": result.max_abs_diff_boxes,
+        "checked_with": result.checked_with,
+        "classes": predictor.class_names,
+    }
+    (result.path.parent / f"{result.path.stem}.classes.json").write_text(
+        json.dumps({"names": predictor.class_names, "category_ids": predictor.category_ids}, indent=1) + "\n"
+    )
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    console = Console()
+    console.print(f"exported {result.format} model to {result.path}", highlight=False)
+    if result.max_abs_diff is None:
+        console.print(
+            "not checked: install onnxruntime to compare the ONNX file with PyTorch", highlight=False
+        )
+    else:
+        console.print(
+            f"max abs diff vs PyTorch ({result.checked_with}): logits {result.max_abs_diff_logits:.2e}, "
+            f"boxes {result.max_abs_diff_boxes:.2e}",
+            highlight=False,
+        )
