@@ -80,6 +80,8 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_CHANNELS)}")
         if return_layer not in _STAGES:
             raise ValueError(f"return_layer must be one of {_STAGES}, got {return_layer!r}")
+        if dilation and name in ("resnet18", "resnet34"):
+            raise ValueError(f"dilation (DC5) needs a bottleneck ResNet (resnet50, resnet101), not {name}")
         if dilation and return_layer != "layer4":
             raise ValueError("dilation (DC5) dilates layer4; use it with return_layer='layer4'")
         n_stages = _STAGES.index(return_layer) + 1
