@@ -16,8 +16,8 @@ Classes (COCO category ids 1..8, in this order) and their share of instances (lo
 Each image has a background made of a colour gradient and smooth low-frequency blobs, 2-7
 distractors (random squiggles and straight lines, not annotated), 1-6 shapes with random saturated
 colours, rotations and scales, and per-pixel noise over everything. A shape has the area of a circle
-of radius 9-85 px (log-uniform, at 256 px; it scales with ``size``), so COCO small (~35%), medium
-and large (~13%) objects all occur.
+of radius 9-85 px (log-uniform, at 256 px; it scales with ``size``), so COCO small (~38%), medium
+and large (~12%) objects all occur.
 
 Occlusion: later shapes are drawn over earlier ones. A placement is accepted only if every earlier
 shape keeps at least :data:`MIN_VISIBLE` (65%) of its area visible; the segmentation of every
