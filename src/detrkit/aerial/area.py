@@ -27,7 +27,13 @@ from shapely import affinity
 from shapely.geometry import shape
 from shapely.ops import unary_union
 
-from detrkit.aerial.gsd import WEB_MERCATOR_EPSG, GsdEstimate, mercator_y_to_lat, metres_per_degree
+from detrkit.aerial.gsd import (
+    WEB_MERCATOR_EPSG,
+    GsdEstimate,
+    mercator_ground_scale,
+    mercator_y_to_lat,
+    metres_per_degree,
+)
 
 
 @dataclass
@@ -110,8 +116,8 @@ def local_pixel_size(crs: object | None, transform: Affine, row: float) -> tuple
         return None
     sx, sy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
     if crs.to_epsg() in WEB_MERCATOR_EPSG:  # type: ignore[attr-defined]
-        k = math.cos(math.radians(float(mercator_y_to_lat(transform.f + transform.e * row))))
-        return sx * k, sy * k
+        kx, ky = mercator_ground_scale(float(mercator_y_to_lat(transform.f + transform.e * row)))
+        return sx * kx, sy * ky
     if crs.is_geographic:  # type: ignore[attr-defined]
         mx, my = metres_per_degree(transform.f + transform.e * row)
         return sx * mx, sy * my
@@ -227,7 +233,7 @@ class StripMeasurer:
             perimeter = None if size is None else affinity.scale(geom_px, size[0], size[1], origin=(0, 0)).length
             t = self.transform
             geom = affinity.affine_transform(geom_px, [t.a, t.b, t.d, t.e, t.c, t.f])
-            x, y = t * (cx, cy)
+            x, y = t @ (cx, cy)
             buildings.append(Building(len(buildings) + 1, pixels, area, perimeter, x, y, geometry=geom))
         if self.crs is not None and buildings and not self.transform.is_identity:
             from rasterio.warp import transform as warp

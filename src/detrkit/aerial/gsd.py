@@ -6,7 +6,8 @@ Sources, in the order :func:`resolve_gsd` tries them:
 2. ``zoom``: Web Mercator zoom level and latitude, ``156543.03392 * cos(lat) / 2**zoom``;
 3. ``georeference``: the GeoTIFF's CRS and transform. Projected CRS: the pixel size in metres
    (linear unit converted); geographic CRS: degrees converted to metres on the WGS84 ellipsoid at
-   the image's latitude; EPSG:3857 (Web Mercator): the nominal pixel size times cos(latitude);
+   the image's latitude; EPSG:3857 (Web Mercator): the nominal pixel size times cos(latitude) (with the WGS84
+   radii of curvature, :func:`mercator_ground_scale`);
 4. ``model``: the GSD head of the segmentation model, averaged over tiles.
 
 An explicit user value wins over the file because a flag that is silently ignored is worse than a
@@ -97,6 +98,18 @@ def quadrangle_area_m2(lat1_deg: np.ndarray, lat2_deg: np.ndarray, dlon_deg: flo
     return np.abs(a2 - a1) * math.radians(abs(dlon_deg))
 
 
+def mercator_ground_scale(lat_deg: float) -> tuple[float, float]:
+    """Ground metres per EPSG:3857 metre (x, y) at ``lat_deg``: ``cos(lat)`` times the WGS84 radii over R.
+
+    EPSG:3857 applies spherical formulas (radius R = 6378137 m) to WGS84 coordinates, so the exact
+    factor is ``N cos(lat) / R`` east-west and ``M cos(lat) / R`` north-south (N, M: the prime-vertical
+    and meridional radii); plain ``cos(lat)`` is off by up to 0.7 % at high latitudes.
+    """
+    mx, my = metres_per_degree(lat_deg)
+    per_radian = 180.0 / math.pi / WGS84_A
+    return mx * per_radian, my * per_radian * math.cos(math.radians(lat_deg))
+
+
 def mercator_y_to_lat(y: np.ndarray | float) -> np.ndarray:
     """EPSG:3857 northing (metres) to latitude (degrees); 3857 uses spherical formulas on WGS84 lat/lon."""
     return np.degrees(2.0 * np.arctan(np.exp(np.asarray(y, dtype=np.float64) / WGS84_A)) - math.pi / 2.0)
@@ -161,7 +174,7 @@ def gsd_from_georeference(
         return None
     kind = _kind(crs)
     sx, sy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
-    cx, cy = transform * (width / 2.0, height / 2.0)
+    cx, cy = transform @ (width / 2.0, height / 2.0)
     name = crs.to_string()  # type: ignore[attr-defined]
     if kind == "projected":
         factor = float(crs.linear_units_factor[1])  # type: ignore[attr-defined]
@@ -172,8 +185,9 @@ def gsd_from_georeference(
         gsd = math.sqrt(sx * mx * sy * my)
         return GsdEstimate(gsd, "georeference", f"{name}: degrees converted to metres at latitude {cy:.5f}")
     lat = float(mercator_y_to_lat(cy))
-    gsd = math.sqrt(sx * sy) * math.cos(math.radians(lat))
-    return GsdEstimate(gsd, "georeference", f"{name}: Web Mercator pixel scaled by cos(latitude {lat:.5f})")
+    kx, ky = mercator_ground_scale(lat)
+    gsd = math.sqrt(sx * kx * sy * ky)
+    return GsdEstimate(gsd, "georeference", f"{name}: Web Mercator pixel scaled by cos(latitude {lat:.5f}) on WGS84")
 
 
 def resolve_gsd(

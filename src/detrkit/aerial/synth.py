@@ -197,7 +197,7 @@ def generate_aerial(out_dir: str | Path, spec: SynthSpec | None = None) -> dict:
                 items.append({
                     "id": b["id"], "kind": b["kind"], "pixels": b["pixels"],
                     "area_m2": b["pixels"] * gsd * gsd, "polygon_area_m2": b["polygon_px"].area * gsd * gsd,
-                    "centroid_xy": list(transform * (cx, cy)),
+                    "centroid_xy": list(transform @ (cx, cy)),
                 })
             truth["tiles"][f"train/images/{name}"] = {
                 "gsd_m": gsd, "crs": f"EPSG:{epsg}", "width": spec.size, "height": spec.size,

@@ -1,0 +1,72 @@
+"""The default aerial model: a ``unet-tiny`` trained on ``detrkit aerial synth`` data.
+
+Used by ``detrkit app`` and ``detrkit aerial predict`` when no run is given, so that a fresh
+install works offline. :func:`default_model_path` returns, in order: ``$DETRKIT_AERIAL_MODEL``; the
+file shipped in the package (``detrkit/aerial/weights/unet_tiny_synth.pt``, fp16, ~4.5 MB); a
+cached copy (``~/.cache/detrkit/aerial/unet_tiny_synth.pt``); and otherwise trains one on first use
+(generated data, the ``tiny-synth`` preset, a few minutes on CPU) and caches it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from detrkit.aerial.config import load_aerial_config
+from detrkit.engine.checkpoint import atomic_save, load_checkpoint
+from detrkit.errors import CheckpointError
+
+SHIPPED = Path(__file__).parent / "weights" / "unet_tiny_synth.pt"
+FILE_NAME = "unet_tiny_synth.pt"
+
+
+def cache_dir() -> Path:
+    """``$DETRKIT_CACHE`` or ``$XDG_CACHE_HOME/detrkit`` or ``~/.cache/detrkit``, plus ``/aerial``."""
+    base = os.environ.get("DETRKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "detrkit")
+    return Path(base) / "aerial"
+
+
+def export_inference_checkpoint(run_or_file: str | Path, dest: str | Path) -> Path:
+    """Copy the inference part of a run's best checkpoint to ``dest``, weights in fp16 (half the size)."""
+    from detrkit.engine.checkpoint import resolve_checkpoint
+
+    ckpt = load_checkpoint(resolve_checkpoint(run_or_file, "best"))
+    keep = {k: ckpt[k] for k in ("kind", "model_name", "model_kwargs", "classes", "tile", "gsd_range_m",
+                                 "config", "metrics", "epoch") if k in ckpt}
+    keep["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    return atomic_save(keep, dest)
+
+
+def train_default_model(dest: str | Path, *, epochs: int = 12, quiet: bool = True) -> Path:
+    """Generate synthetic data, train ``tiny-synth`` and export it to ``dest`` (minutes on CPU)."""
+    from detrkit.aerial.synth import SynthSpec, generate_aerial
+    from detrkit.aerial.train import train_aerial
+
+    with tempfile.TemporaryDirectory(prefix="detrkit-aerial-") as tmp:
+        generate_aerial(Path(tmp) / "data", SynthSpec(seed=0))
+        cfg = load_aerial_config("tiny-synth", [f"data={tmp}/data", f"out={tmp}/runs", f"epochs={epochs}",
+                                                "tensorboard=false"])
+        run = train_aerial(cfg, quiet=quiet)
+        return export_inference_checkpoint(run, dest)
+
+
+def default_model_path(*, train_if_missing: bool = True) -> Path:
+    """Where the default model is (see the module docstring), training it once when nowhere to be found."""
+    env = os.environ.get("DETRKIT_AERIAL_MODEL")
+    if env:
+        if not Path(env).exists():
+            raise CheckpointError("DETRKIT_AERIAL_MODEL points to a missing file", path=env)
+        return Path(env)
+    if SHIPPED.is_file():
+        return SHIPPED
+    cached = cache_dir() / FILE_NAME
+    if cached.is_file():
+        return cached
+    if not train_if_missing:
+        raise CheckpointError(f"no default aerial model at {SHIPPED} or {cached}")
+    torch.manual_seed(0)
+    return train_default_model(cached)

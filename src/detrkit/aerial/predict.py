@@ -1,0 +1,240 @@
+"""Building masks, probability maps, GSD and areas for images of any size.
+
+``AerialPredictor.from_checkpoint(RUN|FILE)`` (or ``.default()``: the small model trained on the
+generated data) then ``predict_file(src, out_dir)`` streams a tiled prediction window by window
+(rasterio reads and writes) and writes ``mask.tif`` (0/255), ``prob.tif`` (probability x 255),
+``overlay.png``, ``probability.png`` (previews, at most 2048 px), ``buildings.geojson``,
+``buildings.csv`` and ``summary.json``. ``measure_mask_file`` does the area part alone on an
+existing mask.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from PIL import Image
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from detrkit.aerial.area import AreaReport, StripMeasurer
+from detrkit.aerial.gsd import GsdEstimate, gsd_from_georeference, is_georeferenced, pixel_area_rows, resolve_gsd
+from detrkit.aerial.model import AerialUNet, build_aerial_model
+from detrkit.aerial.tiling import predict_stream
+from detrkit.aerial.vector import write_vectors
+from detrkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from detrkit.errors import CheckpointError, ImageError
+
+PREVIEW_MAX = 2048
+
+
+def _open(path: str | Path) -> rasterio.io.DatasetReader:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError("file not found", path=path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as err:
+        raise ImageError(f"not a readable raster image ({str(err).splitlines()[0]})", path=path) from None
+
+
+@dataclass
+class RasterSource:
+    """An open input raster with what the pipeline needs: size, georeference, band scaling."""
+
+    path: Path
+    ds: Any
+    georeferenced: bool
+    scale: tuple[float, float]  # (lo, hi) mapping the band values to 0..255
+
+    @classmethod
+    def open(cls, path: str | Path) -> RasterSource:
+        ds = _open(path)
+        geo = is_georeferenced(ds.crs, ds.transform)
+        if ds.dtypes[0] == "uint8":
+            scale = (0.0, 255.0)
+        else:  # 16-bit or float imagery: stretch the 0.5-99.5 percentiles of a small overview to 0..255
+            f = max(1, math.ceil(max(ds.width, ds.height) / 1024))
+            ov = ds.read(out_shape=(ds.count, max(1, ds.height // f), max(1, ds.width // f))).astype(np.float64)
+            lo, hi = np.percentile(ov, [0.5, 99.5])
+            scale = (float(lo), float(max(hi, lo + 1e-6)))
+        return cls(Path(path), ds, geo, scale)
+
+    def bands(self) -> list[int]:
+        return [1, 2, 3] if self.ds.count >= 3 else [1]
+
+    def read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """uint8 [C,h,w] (C = 3, or 1 for grayscale) of a window, optionally resampled to ``out_shape``."""
+        kw: dict[str, Any] = {"window": window}
+        if out_shape is not None:
+            kw.update(out_shape=(len(self.bands()), *out_shape), resampling=Resampling.average)
+        data = self.ds.read(self.bands(), **kw)
+        if self.scale == (0.0, 255.0) and data.dtype == np.uint8:
+            return data
+        lo, hi = self.scale
+        return np.clip((data.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
+def _preview_shape(h: int, w: int) -> tuple[int, int]:
+    f = max(1.0, max(h, w) / PREVIEW_MAX)
+    return max(1, round(h / f)), max(1, round(w / f))
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray, *, opacity: float = 0.45,
+                  colour: tuple[int, int, int] = (255, 40, 40)) -> np.ndarray:
+    """Blend ``colour`` over ``image uint8[H,W,3]`` where ``mask bool[H,W]``; returns uint8[H,W,3]."""
+    out = image.astype(np.float32).copy()
+    out[mask] = out[mask] * (1 - opacity) + np.asarray(colour, np.float32) * opacity
+    return out.astype(np.uint8)
+
+
+def probability_image(prob: np.ndarray) -> np.ndarray:
+    """``prob float[H,W]`` in [0,1] -> uint8[H,W,3] with matplotlib's magma colour map."""
+    from matplotlib import colormaps
+
+    return (colormaps["magma"](np.clip(prob, 0, 1))[..., :3] * 255).astype(np.uint8)
+
+
+def _row_areas(src: RasterSource, est: GsdEstimate | None) -> np.ndarray | None:
+    if est is not None and est.source == "georeference":
+        return pixel_area_rows(src.ds.crs, src.ds.transform, src.ds.height)
+    return None
+
+
+def measure_mask_file(path: str | Path, *, user_gsd: float | None = None, zoom: float | None = None,
+                      lat: float | None = None, strip_rows: int = 4096, **kwargs: Any) -> AreaReport:
+    """Area and buildings of an existing building mask (any raster; pixels > 0 are buildings)."""
+    src = RasterSource.open(path)
+    ds = src.ds
+    georef = gsd_from_georeference(ds.crs, ds.transform, ds.width, ds.height)
+    est = resolve_gsd(user_gsd=user_gsd, zoom=zoom, lat=lat, georeference=georef)
+    row_area = _row_areas(src, est)
+    measurer = StripMeasurer(ds.width, ds.height, crs=ds.crs if src.georeferenced else None,
+                             transform=ds.transform if src.georeferenced else None, row_area=row_area, gsd=est, **kwargs)
+    with ds:
+        for r0 in range(0, ds.height, strip_rows):
+            h = min(strip_rows, ds.height - r0)
+            measurer.add(ds.read(1, window=Window(0, r0, ds.width, h)) > 0)
+    return measurer.finish()
+
+
+class AerialPredictor:
+    """A loaded aerial model plus tiling settings. ``device``: ``auto``/``cpu``/``cuda``."""
+
+    def __init__(self, model: AerialUNet, *, tile: int = 512, overlap: int = 128, batch_size: int = 8,
+                 device: str = "auto", threshold: float = 0.5, amp: bool = True, name: str = "model") -> None:
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           ("cpu" if device == "auto" else device))
+        self.model, self.device = model.to(dev).eval(), dev
+        self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
+        self.threshold, self.amp, self.name = threshold, amp, name
+
+    @classmethod
+    def from_checkpoint(cls, source: str | Path, **kwargs: Any) -> AerialPredictor:
+        """A run folder (``best.pt``, else ``last.pt``) or a checkpoint file of ``detrkit aerial train``."""
+        path = resolve_checkpoint(source, "best")
+        ckpt = load_checkpoint(path)
+        if ckpt.get("kind") != "aerial-segmentation":
+            raise CheckpointError(f"{path}: not an aerial segmentation checkpoint (kind {ckpt.get('kind')!r})")
+        model = build_aerial_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
+        try:
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not fit {ckpt['model_name']} ({str(err).splitlines()[0]})") from None
+        kwargs.setdefault("tile", max(256, int(ckpt.get("tile", 512))))
+        kwargs.setdefault("overlap", kwargs["tile"] // 4)
+        return cls(model, name=str(path), **kwargs)
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> AerialPredictor:
+        """The small model trained on the generated data (:func:`detrkit.aerial.default_model.default_model_path`)."""
+        from detrkit.aerial.default_model import default_model_path
+
+        return cls.from_checkpoint(default_model_path(), **kwargs)
+
+    def predict_file(self, source: str | Path, out_dir: str | Path, *, user_gsd: float | None = None,
+                     zoom: float | None = None, lat: float | None = None,
+                     progress: Callable[[int, int], None] | None = None, **measure_kwargs: Any) -> dict[str, Any]:
+        """Predict one image and write the outputs listed in the module docstring; returns the summary dict."""
+        t0 = time.perf_counter()
+        src = RasterSource.open(source)
+        ds = src.ds
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        georef = gsd_from_georeference(ds.crs, ds.transform, ds.width, ds.height)
+        upfront = resolve_gsd(user_gsd=user_gsd, zoom=zoom, lat=lat, georeference=georef)
+        measurer = StripMeasurer(ds.width, ds.height, crs=ds.crs if src.georeferenced else None,
+                                 transform=ds.transform if src.georeferenced else None,
+                                 row_area=_row_areas(src, upfront), gsd=upfront, **measure_kwargs)
+        profile = {"driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1, "dtype": "uint8",
+                   "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+        if src.georeferenced:
+            profile.update(crs=ds.crs, transform=ds.transform)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            mask_dst = rasterio.open(out / "mask.tif", "w", **profile)
+            prob_dst = rasterio.open(out / "prob.tif", "w", **profile)
+        try:
+            def read_rows(r0: int, r1: int) -> np.ndarray:
+                return src.read(Window(0, r0, ds.width, r1 - r0))
+
+            def write_rows(r0: int, prob: np.ndarray) -> None:
+                win = Window(0, r0, ds.width, prob.shape[0])
+                mask = prob >= self.threshold
+                prob_dst.write(np.round(prob * 255).astype(np.uint8)[None], window=win)
+                mask_dst.write((mask * 255).astype(np.uint8)[None], window=win)
+                measurer.add(mask)
+
+            log_gsd, n_tiles = predict_stream(
+                self.model, read_rows, write_rows, ds.height, ds.width, tile=self.tile, overlap=self.overlap,
+                batch_size=self.batch_size, device=self.device, in_channels=self.model.in_channels,
+                amp=self.amp, progress=progress)
+        finally:
+            mask_dst.close()
+            prob_dst.close()
+        model_gsd = GsdEstimate(math.exp(log_gsd), "model", f"predicted by the model, geometric mean over {n_tiles} tiles")
+        gsd = upfront or model_gsd
+        if upfront is None:
+            measurer.gsd = model_gsd
+        report = measurer.finish()
+        files = write_vectors(report, out, ds.crs if src.georeferenced else None)
+        self._previews(src, out)
+        ds.close()
+        summary = {
+            "source": str(source), "model": self.name, "width": report.width, "height": report.height,
+            "gsd": gsd.to_dict(), "model_gsd_m": model_gsd.metres_per_pixel, "tiles": n_tiles,
+            **report.to_dict(with_buildings=False), "threshold": self.threshold,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "files": {k: str(v) for k, v in {**files, "mask": out / "mask.tif", "prob": out / "prob.tif",
+                                             "overlay": out / "overlay.png",
+                                             "probability": out / "probability.png"}.items()},
+        }
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, out / "summary.json")
+        return summary
+
+    def _previews(self, src: RasterSource, out: Path) -> None:
+        shape = _preview_shape(src.ds.height, src.ds.width)
+        image = src.read(out_shape=shape)
+        image = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
+        with rasterio.open(out / "prob.tif") as p:
+            prob = p.read(1, out_shape=shape, resampling=Resampling.average).astype(np.float32) / 255.0
+        with rasterio.open(out / "mask.tif") as m:
+            mask = m.read(1, out_shape=shape, resampling=Resampling.nearest) > 0
+        Image.fromarray(overlay_image(image.transpose(1, 2, 0), mask)).save(out / "overlay.png")
+        Image.fromarray(probability_image(prob)).save(out / "probability.png")
+        Image.fromarray(image.transpose(1, 2, 0)).save(out / "image.png")

@@ -1,0 +1,95 @@
+"""What the web app does, without Streamlit: read an upload, run the aerial pipeline, build the views.
+
+Kept apart from ``streamlit_app.py`` so that it is tested like any library code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from detrkit.aerial.gsd import GsdEstimate, gsd_from_georeference
+from detrkit.aerial.predict import AerialPredictor, RasterSource, overlay_image
+from detrkit.errors import ImageError
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff"]
+
+
+@dataclass
+class Upload:
+    """An uploaded image saved to a temporary file, with its georeference GSD (None when absent)."""
+
+    name: str
+    path: Path
+    digest: str
+    width: int
+    height: int
+    georef_gsd: GsdEstimate | None
+
+
+def save_upload(name: str, data: bytes, folder: str | Path | None = None) -> Upload:
+    """Write ``data`` to a temp file keeping the suffix, open it, and read size and georeference."""
+    suffix = Path(name).suffix.lower()
+    if suffix.lstrip(".") not in UPLOAD_TYPES:
+        raise ImageError(f"unsupported file type {suffix or '(none)'}; upload {', '.join(UPLOAD_TYPES)}", path=name)
+    digest = hashlib.sha1(data).hexdigest()[:16]
+    folder = Path(folder or tempfile.gettempdir()) / "detrkit-app"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}{suffix}"
+    path.write_bytes(data)
+    src = RasterSource.open(path)
+    with src.ds as ds:
+        est = gsd_from_georeference(ds.crs, ds.transform, ds.width, ds.height) if src.georeferenced else None
+        return Upload(name, path, digest, ds.width, ds.height, est)
+
+
+@dataclass
+class AppResult:
+    """Everything the page shows: summary, preview arrays, building table and download payloads."""
+
+    summary: dict[str, Any]
+    image: np.ndarray  # uint8 [h,w,3] preview of the input
+    mask: np.ndarray  # bool [h,w] preview of the mask
+    probability: np.ndarray  # uint8 [h,w,3] colour-mapped probability preview
+    buildings: list[dict[str, Any]]
+    geojson: str
+    csv: str
+
+    def overlay(self, opacity: float) -> np.ndarray:
+        """The input preview with the mask in red at ``opacity`` in [0, 1]: uint8[h,w,3]."""
+        return overlay_image(self.image, self.mask, opacity=float(opacity))
+
+
+def analyse(predictor: AerialPredictor, upload: Upload, out_dir: str | Path, *, gsd: float | None = None,
+            zoom: float | None = None, lat: float | None = None) -> AppResult:
+    """Run :meth:`AerialPredictor.predict_file` on the upload and load what the page needs."""
+    out = Path(out_dir)
+    summary = predictor.predict_file(upload.path, out, user_gsd=gsd, zoom=zoom, lat=lat)
+    image = np.asarray(Image.open(out / "image.png").convert("RGB"))
+    overlay_red = np.asarray(Image.open(out / "overlay.png").convert("RGB"))
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(out / "mask.tif") as m:
+        mask = m.read(1, out_shape=image.shape[:2], resampling=Resampling.nearest) > 0
+    del overlay_red
+    geojson = (out / "buildings.geojson").read_text()
+    buildings = [f["properties"] for f in json.loads(geojson)["features"]]
+    return AppResult(summary, image, mask, np.asarray(Image.open(out / "probability.png").convert("RGB")),
+                     buildings, geojson, (out / "buildings.csv").read_text())
+
+
+def format_area(m2: float | None) -> str:
+    """``1234.5`` -> ``'1,234.5 m²'``; hectares from 10,000 m²; ``'-'`` when unknown."""
+    if m2 is None:
+        return "-"
+    if m2 >= 10_000:
+        return f"{m2 / 10_000:,.2f} ha ({m2:,.0f} m²)"
+    return f"{m2:,.1f} m²"

@@ -1,0 +1,50 @@
+"""``detrkit app``: the Streamlit web app for building area (serves on 127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from detrkit.errors import CheckpointError, DetrkitError
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``app`` command to the root app."""
+    app.command("app")(app_cmd)
+
+
+def streamlit_command(port: int, model: str | None = None) -> list[str]:
+    """The ``python -m streamlit run ...`` command line for the app (headless, localhost, no telemetry)."""
+    script = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none", "--global.developmentMode", "false"]
+    if model:
+        cmd += ["--", "--model", model]
+    return cmd
+
+
+def app_cmd(
+    port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port on 127.0.0.1."),
+    model: str | None = typer.Option(None, "--model", help="Aerial run folder or checkpoint (default: built-in tiny model)."),
+) -> None:
+    """Start the web app: upload an image, get buildings, areas, GeoJSON and CSV."""
+    try:
+        import streamlit  # noqa: F401
+    except ImportError:
+        raise DetrkitError("the web app needs streamlit: pip install 'detrkit[app]'") from None
+    if model and not Path(model).exists():
+        raise CheckpointError("no such run folder or checkpoint", path=model)
+    typer.echo(f"detrkit app on http://127.0.0.1:{port}  (Ctrl+C to stop)")
+    env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    proc = subprocess.Popen(streamlit_command(port, model), env=env)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        rc = proc.wait(timeout=10)
+    raise typer.Exit(rc)
