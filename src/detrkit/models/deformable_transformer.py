@@ -290,15 +290,15 @@ class DeformableTransformer(nn.Module):
             nn.init.zeros_(self.reference_points.bias)
         nn.init.normal_(self.level_embed)
 
-    def proposal_pos_embed(self, box_logits: Tensor) -> Tensor:
-        """Sine embedding of proposal boxes: ``[B, Q, 4]`` box logits -> ``[B, Q, 2 * D]`` (float32
-        internally, returned in the input dtype)."""
+    def proposal_pos_embed(self, box_logits: Tensor, dtype: torch.dtype) -> Tensor:
+        """Sine embedding of proposal boxes: ``[B, Q, 4]`` box logits -> ``[B, Q, 2 * D]`` in ``dtype``
+        (computed in float32)."""
         num_feats = self.d_model // 2
         dim_t = torch.arange(num_feats, dtype=torch.float32, device=box_logits.device)
         dim_t = 10000 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
         pos = box_logits.float().sigmoid()[..., None] * (2 * math.pi) / dim_t  # [B, Q, 4, D/2]
         pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(2)
-        return pos.to(box_logits.dtype)
+        return pos.to(dtype)
 
     def encoder_proposals(self, memory: Tensor, levels: FlatLevels) -> tuple[Tensor, Tensor]:
         """One proposal per encoder position: a box at its pixel centre of size ``0.05 * 2**level``.
@@ -374,7 +374,7 @@ class DeformableTransformer(nn.Module):
             topk_box_logits = torch.gather(enc_box_logits, 1, topk[..., None].expand(-1, -1, 4)).detach()
             reference = topk_box_logits.sigmoid()
             query_pos, tgt = self.pos_trans_norm(
-                self.pos_trans(self.proposal_pos_embed(topk_box_logits))
+                self.pos_trans(self.proposal_pos_embed(topk_box_logits, memory.dtype))
             ).split(self.d_model, dim=2)
         else:
             query_pos, tgt = self.query_embed.weight.split(self.d_model, dim=1)
