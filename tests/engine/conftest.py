@@ -214,5 +214,11 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture
+def conf() -> Any:
+    """This module (doubles and helpers), for tests: ``conf.make_trainer(conf.double_config(...))``."""
+    return sys.modules[__name__]
+
+
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
