@@ -114,3 +114,35 @@ def test_errors_name_the_path(tmp_path: Path, fake_run: Path) -> None:
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="do not fit"):
         Predictor.from_checkpoint(tmp_path / "bad.pt")
+
+
+def test_from_pretrained_matches_transformers(tmp_path: Path, sample_images: list[Path]) -> None:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("timm")
+    cfg = transformers.DetrConfig(
+        backbone="resnet18", use_pretrained_backbone=False, d_model=64, encoder_layers=1, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        num_queries=12, id2label={0: "N/A", 1: "person", 2: "bicycle"},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = transformers.DetrForObjectDetection(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    predictor = Predictor.from_pretrained(tmp_path, device="cpu", size=96)
+    assert predictor.class_names == ["N/A", "person", "bicycle"] and predictor.category_ids == [0, 1, 2]
+    image = Image.open(sample_images[0]).convert("RGB")
+    det = predictor.predict(image, threshold=0.0)[0]
+    pixels, _ = predictor.preprocess(image)
+    with torch.no_grad():
+        out = hf(pixel_values=pixels[None], pixel_mask=torch.ones(1, *pixels.shape[1:], dtype=torch.long))
+    prob = out.logits.softmax(-1)[0, :, :-1]
+    scores, labels = prob.max(-1)
+    order = scores.argsort(descending=True)
+    cx, cy, w, h = out.pred_boxes[0, order].unbind(-1)
+    width, height = image.size
+    boxes = torch.stack(
+        [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], -1
+    )
+    boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([width, height, width, height], dtype=boxes.dtype))
+    np.testing.assert_allclose(det.scores, scores[order].numpy(), atol=1e-4)
+    np.testing.assert_array_equal(det.labels, labels[order].numpy())
+    np.testing.assert_allclose(det.boxes_xyxy, boxes.numpy(), atol=1e-2)

@@ -11,8 +11,7 @@ images. Detections below ``threshold`` are dropped.
 from __future__ import annotations
 
 import glob as globlib
-import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,37 +158,26 @@ class Predictor:
 
     @classmethod
     def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        *,
-        model_name: str | None = None,
-        device: str | torch.device | None = None,
-        size: int | None = None,
+        cls, name_or_path: str | Path, *, device: str | torch.device | None = None, size: int | None = None
     ) -> Predictor:
-        """Hugging Face DETR weights (Hub id or local folder with ``config.json``).
+        """Hugging Face DETR / Deformable DETR weights (Hub id or local folder with ``config.json``).
 
-        The registry model comes from the config's ``model_type`` and backbone (``detr-r50``,
-        ``detr-r101``, ``deformable-detr-r50``) unless ``model_name`` is given; class names come
-        from ``id2label`` (labels are the checkpoint's class indices, used as category ids).
+        The architecture comes from ``config.json`` (:func:`detrkit.models.hf_weights.build_model_from_hf`),
+        class names from its ``id2label``; the labels are the checkpoint's class indices and are
+        used as category ids (for COCO checkpoints they *are* the COCO ids). ``size`` is the
+        shorter side images are resized to (default 800, as these checkpoints were trained).
         """
         from detrkit.data.transforms import build_transforms
-        from detrkit.models.hf_weights import load_hf_weights
-        from detrkit.models.registry import build_model
+        from detrkit.models.hf_weights import build_model_from_hf
 
-        hf_config = _read_hf_config(name_or_path)
-        id2label = {int(k): str(v) for k, v in (hf_config.get("id2label") or {}).items()}
-        if not id2label:
-            raise CheckpointError(f"{name_or_path}: config.json has no id2label; cannot name the classes")
-        num_classes = max(id2label) + 1
-        names = [id2label.get(i, f"class{i}") for i in range(num_classes)]
-        name = model_name or _registry_name(hf_config, name_or_path)
-        overrides = {"num_queries": int(hf_config.get("num_queries", 100))}
-        model = build_model(name, num_classes=num_classes, **overrides)
-        load_hf_weights(model, str(name_or_path))
+        model = build_model_from_hf(name_or_path)
+        names = [str(n) for n in (getattr(model, "class_names", None) or [])]
+        if len(names) != model.num_classes:
+            names = [f"class{i}" for i in range(model.num_classes)]
         return cls(
             model=model,
             class_names=names,
-            category_ids=list(range(num_classes)),
+            category_ids=list(range(model.num_classes)),
             transform=build_transforms("val", train=False, size=size),
             device=_device(device),
         )
@@ -293,47 +281,3 @@ def _device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _read_hf_config(name_or_path: str | Path) -> dict[str, Any]:
-    p = Path(name_or_path)
-    if p.is_dir():
-        cfg = p / "config.json"
-        if not cfg.is_file():
-            raise CheckpointError(f"{p}: no config.json in the folder (expected a Hugging Face model folder)")
-        return json.loads(cfg.read_text())
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(str(name_or_path), "config.json")).read_text())
-    except Exception as err:  # noqa: BLE001 - offline, unknown repo, ...: one line for the user
-        raise CheckpointError(
-            f"{name_or_path}: cannot read config.json from the Hub ({type(err).__name__})"
-        ) from None
-
-
-def _registry_name(hf_config: dict[str, Any], source: str | Path) -> str:
-    model_type = str(hf_config.get("model_type", "detr"))
-    backbone = str(
-        hf_config.get("backbone") or (hf_config.get("backbone_config") or {}).get("model_type", "resnet50")
-    )
-    depth = "r101" if "101" in backbone else "r50"
-    if model_type == "detr":
-        return f"detr-{depth}"
-    if model_type == "deformable_detr":
-        return "deformable-detr-r50"
-    raise CheckpointError(
-        f"{source}: unsupported model_type {model_type!r} (expected detr or deformable_detr)"
-    )
-
-
-def iter_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    """Consecutive lists of ``size`` items (the last may be shorter)."""
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
