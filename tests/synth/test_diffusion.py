@@ -14,7 +14,13 @@ import pytest
 from PIL import Image
 
 from detrkit.data.coco import CocoIndex
-from detrkit.synth.diffusion import DiffusionParams, context_crop, inpaint_box, load_inpaint_pipeline, require_diffusers
+from detrkit.synth.diffusion import (
+    DiffusionParams,
+    context_crop,
+    inpaint_box,
+    load_inpaint_pipeline,
+    require_diffusers,
+)
 from detrkit.synth.generate import SynthOptions, synthesize
 from detrkit.synth.rare import SynthError
 
