@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -129,7 +130,10 @@ def group_arms(runs: Sequence[RunFolder]) -> list[Arm]:
     for members in groups.values():
         cfg = members[0].arm()
         changes = {k: cfg.get(k) for k in sorted(set(cfg) | set(base)) if cfg.get(k) != base.get(k)}
-        label = members[0].name if len(members) == 1 else f"{members[0].name}+{len(members) - 1}"
+        label = members[0].name
+        if len(members) > 1:
+            prefix = os.path.commonprefix([m.name for m in members]).rstrip("_-.0123456789")
+            label = f"{prefix}*" if len(prefix) >= 2 else f"{members[0].name}+{len(members) - 1}"
         arms.append(Arm(label=label, runs=list(members), changes=changes))
     return arms
 
@@ -145,11 +149,11 @@ def _cell(values: list[float], base: Cell | None) -> Cell:
     test, p, sig = "", None, None
     nb = len(base.values)
     if len(arr) >= 2 and nb >= 2:
-        res = sps.ttest_ind(arr, np.asarray(base.values), equal_var=False)
-        p = float(res.pvalue)
         test = "welch"
-        if math.isnan(p):  # both arms without any spread: any difference is beyond it
+        if np.ptp(arr) == 0 and np.ptp(base.values) == 0:  # no spread at all: any difference exceeds it
             p = 0.0 if delta != 0 else 1.0
+        else:
+            p = float(sps.ttest_ind(arr, np.asarray(base.values), equal_var=False).pvalue)
         sig = p < ALPHA
     elif len(arr) >= 2 or nb >= 2:
         spread = std if len(arr) >= 2 else base.std
@@ -177,7 +181,7 @@ def compare_runs(runs: Sequence[RunFolder], *, rare: Sequence[str] | None = None
     rare_names = list(rare) if rare else next((r.rare_classes() for r in runs if r.rare_classes()), [])
     class_names: list[str] = []
     for r in runs:
-        for n in r.per_class_ap():
+        for n in [*r.class_names(), *r.per_class_ap()]:
             if n not in class_names:
                 class_names.append(n)
     unknown = [n for n in rare_names if class_names and n not in class_names]
@@ -199,7 +203,7 @@ def compare_runs(runs: Sequence[RunFolder], *, rare: Sequence[str] | None = None
     if rare_names:
         names.append("rare mAP")
     if per_class:
-        names += [f"AP[{n}]" for n in class_names]
+        names += [f"AP[{n}]" for n in class_names if any(n in r.per_class_ap() for r in runs)]
     rows = []
     for name in names:
         cells: list[Cell] = []

@@ -143,6 +143,12 @@ class RunFolder:
                 out[str(e.get("name", e.get("category_id")))] = float(e["AP"])
         return out
 
+    def class_names(self) -> list[str]:
+        """Class names from ``classes.json``, else those with a per-class AP."""
+        if self.classes and isinstance(self.classes.get("names"), list):
+            return [str(n) for n in self.classes["names"]]
+        return list(self.per_class_ap())
+
     def rare_classes(self) -> list[str]:
         """Rare class names recorded by the run (``classes.json`` ``rare``, or a ``rare_classes``
         / ``synth.classes`` config entry); empty when none."""
