@@ -59,8 +59,8 @@ class Backbone(nn.Module):
             ``"layer3"``: stride 16, cheaper and better for small images). Later stages are dropped.
         dilation: DC5: replace the stride of ``layer4`` by dilation (stride 16 at ``layer4``).
         trainable_layers: how many of the last stages up to ``return_layer`` get gradients
-            (DETR: 3, i.e. layer2-4; 0 freezes the backbone; default ``min(3, stages)``). The
-            stem is always frozen.
+            (0 freezes the backbone). Default: every stage from ``layer2`` on, as DETR (which
+            trains layer2-4). The stem (``conv1``) is always frozen; BatchNorm is always frozen.
         weights: optional ImageNet weights: a path to a torchvision ResNet state dict (``.pth``)
             or a torchvision weight name such as ``"IMAGENET1K_V1"`` (downloaded by torchvision
             if not in its cache). ``None``: random initialisation, no download.
@@ -85,7 +85,7 @@ class Backbone(nn.Module):
         if dilation and return_layer != "layer4":
             raise ValueError("dilation (DC5) dilates layer4; use it with return_layer='layer4'")
         n_stages = _STAGES.index(return_layer) + 1
-        trainable_layers = min(3, n_stages) if trainable_layers is None else trainable_layers
+        trainable_layers = max(n_stages - 1, 0) if trainable_layers is None else trainable_layers
         if not 0 <= trainable_layers <= n_stages:
             raise ValueError(f"trainable_layers must be in 0..{n_stages} for return_layer={return_layer!r}")
         net = getattr(torchvision.models, name)(

@@ -222,7 +222,14 @@ def build_fasterrcnn_vgg16(
         raise ValueError(
             "anchor_sizes and aspect_ratios must be non-empty tuples, e.g. (32, 64, 128) and (0.5, 1.0, 2.0)"
         )
-    vgg = torchvision.models.vgg16(weights=None)
+    # VGG16 "D" convolutions only: building torchvision's vgg16() would also initialise its
+    # 120M-parameter classifier, which we drop.
+    vgg = nn.Module()
+    vgg.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+    for m in vgg.features.modules():
+        if isinstance(m, nn.Conv2d):  # torchvision's VGG initialisation
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
     if backbone_weights is not None:
         load_imagenet_weights(vgg, "vgg16", backbone_weights)
         for p in vgg.features[:10].parameters():  # conv1_1..conv2_2

@@ -172,7 +172,7 @@ def build_detr(
         return_layer: backbone stage fed to the transformer (``"layer4"`` stride 32, ``"layer3"``
             stride 16 for small images).
         dilation: DC5 (dilated ``layer4``).
-        trainable_backbone_layers: backbone stages trained (default: the last 3, as DETR).
+        trainable_backbone_layers: backbone stages trained (default: layer2 up to ``return_layer``, as DETR).
         backbone_weights: torchvision ResNet ``.pth`` path or weight name (e.g. ``"IMAGENET1K_V1"``).
         d_model, num_heads, enc_layers, dec_layers, dim_feedforward, dropout: transformer shape.
         num_queries: object queries (max detections per image).
