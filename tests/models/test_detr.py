@@ -169,3 +169,34 @@ def test_builder_validation_and_focal_head() -> None:
     assert model.class_embed.out_features == 4 and model.criterion.loss_type == "focal"
     assert model.criterion.matcher.class_cost == "focal" and model.criterion.weight_dict["loss_ce"] == 2.0
     torch.testing.assert_close(torch.sigmoid(model.class_embed.bias), torch.full((4,), 0.01))
+
+
+@pytest.mark.slow
+def test_detr_tiny_overfits_two_images() -> None:
+    from detrkit.boxes import box_cxcywh_to_xyxy, box_iou
+    from detrkit.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("detr-tiny", num_classes=2, num_queries=10)
+    images, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.bool)
+    targets = [
+        {"boxes": torch.tensor([[0.3, 0.3, 0.3, 0.3], [0.7, 0.7, 0.2, 0.4]]), "labels": torch.tensor([0, 1])},
+        {"boxes": torch.tensor([[0.5, 0.4, 0.5, 0.3]]), "labels": torch.tensor([1])},
+    ]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    first = None
+    for _ in range(80):
+        out = model(images, mask, targets)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = out["loss"].item() if first is None else first
+    assert out["loss"].item() < 0.3 * first
+    model.eval()
+    with torch.no_grad():
+        dets = model.postprocess(model(images, mask), torch.tensor([[64, 64], [64, 64]]))
+    for det, t in zip(dets, targets, strict=True):
+        gt = box_cxcywh_to_xyxy(t["boxes"]) * 64
+        iou, _ = box_iou(gt, det["boxes"][:5])
+        same_label = t["labels"][:, None] == det["labels"][None, :5]
+        assert ((iou > 0.5) & same_label).any(dim=1).all()
