@@ -14,7 +14,7 @@ from detrkit.synth.copy_paste import (
     paste_instance,
     scene_from_annotations,
 )
-from detrkit.synth.masks import LocalMask, decode_segmentation, encode_mask
+from detrkit.synth.masks import LocalMask, decode_local, decode_segmentation, encode_mask
 
 BG = np.array([20, 40, 60], dtype=np.uint8)
 FG = np.array([230, 200, 10], dtype=np.uint8)
@@ -168,3 +168,33 @@ def _uncompressed_counts(mask: np.ndarray) -> list[int]:
     flat = mask.T.reshape(-1).astype(np.int8)  # column-major, as COCO
     change = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
     return np.diff(np.concatenate([[0], change])).tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_local_rle_equals_full_image_rle(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    H, W = 37, 53
+    full = np.zeros((H, W), bool)
+    y0, x0 = int(rng.integers(0, 20)), int(rng.integers(0, 30))
+    h, w = int(rng.integers(1, H - y0 + 1)), int(rng.integers(1, W - x0 + 1))
+    full[y0 : y0 + h, x0 : x0 + w] = rng.random((h, w)) < 0.5
+    if seed == 0:
+        full[:] = False
+        full[0, 0] = full[-1, -1] = True  # runs touching both ends of the column-major order
+    lm = LocalMask.from_full(full)
+    ref = pcm.encode(np.asfortranarray(full.astype(np.uint8)))
+    assert lm.encode(H, W) == {"size": [H, W], "counts": ref["counts"].decode()}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_local_decode_equals_pycocotools(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    H, W = 41, 59
+    polys = [rng.uniform([0, 0], [W, H], (int(rng.integers(3, 9)), 2)).ravel().tolist() for _ in range(1 + seed % 3)]
+    ref = pcm.decode(pcm.merge(pcm.frPyObjects(polys, H, W))).astype(bool)
+    lm = decode_local(polys, H, W)
+    np.testing.assert_array_equal(lm.to_full(H, W), ref)
+    rle = pcm.encode(np.asfortranarray(ref.astype(np.uint8)))
+    np.testing.assert_array_equal(decode_local({"size": [H, W], "counts": rle["counts"].decode()}, H, W).to_full(H, W), ref)
+    np.testing.assert_array_equal(decode_local({"size": [H, W], "counts": _uncompressed_counts(ref)}, H, W).to_full(H, W), ref)
+    assert decode_local([], H, W).area == 0

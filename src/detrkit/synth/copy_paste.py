@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from detrkit.synth.masks import LocalMask, decode_segmentation, encode_mask, has_segmentation
+from detrkit.synth.masks import LocalMask, decode_local, has_segmentation
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class SceneObject:
             assert self.ann is not None
             h, w = self._size
             if self.has_mask:
-                region = LocalMask.from_full(decode_segmentation(self.ann["segmentation"], h, w))
+                region = decode_local(self.ann["segmentation"], h, w)
             else:
                 region = LocalMask.from_box(tuple(self.ann["bbox"]), h, w)
             self._region = region
@@ -127,7 +127,7 @@ class SceneObject:
         out["category_id"] = self.category_id
         out["bbox"] = region.bbox_xywh()
         if self.has_mask:
-            out["segmentation"] = encode_mask(region.to_full(*self._size))
+            out["segmentation"] = region.encode(*self._size)
             out["area"] = float(region.area)
         else:
             out["segmentation"] = []

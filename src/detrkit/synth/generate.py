@@ -70,7 +70,8 @@ def choose_classes(
 
 def synthesize(
     index: CocoIndex, images_dir: str | Path, out_dir: str | Path, *, classes: list[str],
-    options: SynthOptions, pipeline: Any = None, progress: Callable[[int, int], None] | None = None,
+    options: SynthOptions, pipeline: Any = None, bank: InstanceBank | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Write ``options.per_class`` synthetic images per class into ``out_dir`` (see :mod:`writer`).
 
@@ -82,6 +83,7 @@ def synthesize(
         options: method and parameters.
         pipeline: an already built inpainting pipeline (diffusion); loaded from
             ``options.diffusion.model`` when None.
+        bank: an already built instance bank (copy-paste); cut from ``index`` when None.
         progress: called as ``progress(done, total)`` after every image.
     Returns:
         the writer's summary (paths, counts per class).
@@ -102,12 +104,13 @@ def synthesize(
             pipeline = load_inpaint_pipeline(options.diffusion.model)
     params = {"classes": list(classes), "per_class": options.per_class, "seed": options.seed, **method_params}
     writer = SynthWriter(out_dir, index, method=options.method, params=params, image_format=options.image_format)
-    bank = None
-    if options.method == "copy-paste":
+    if options.method == "copy-paste" and bank is None:
         bank = InstanceBank.from_coco(
             index, images_dir, category_ids=cat_ids, min_area=options.min_area,
             max_per_class=options.bank_max_per_class, seed=options.seed,
         )
+    if options.method == "copy-paste":
+        assert bank is not None
         empty = [n for n, c in zip(classes, cat_ids, strict=True) if not bank.by_category.get(c)]
         if empty:
             raise SynthError(f"{index.source or '<annotations>'}: no instance of {', '.join(empty)} to copy (at least {options.min_area} px, not crowd)")

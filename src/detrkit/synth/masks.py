@@ -33,21 +33,71 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     Polygons with fewer than three points are ignored; an RLE whose ``size`` differs from
     ``(height, width)`` raises ``ValueError``.
     """
+    rle = _to_rle(segmentation, height, width)
+    if isinstance(rle["counts"], list):
+        rle = coco_mask.frPyObjects(rle, height, width)
+    return coco_mask.decode(rle).view(bool)
+
+
+def _to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """Polygons or (un)compressed RLE -> one COCO RLE dict (``counts`` str/bytes or list)."""
     if isinstance(segmentation, dict):
         size = [int(v) for v in segmentation["size"]]
         if size != [height, width]:
             raise ValueError(f"RLE size {size} does not match the image size {[height, width]}")
-        rle = segmentation
-        if isinstance(rle["counts"], list):
-            rle = coco_mask.frPyObjects(rle, height, width)
-        return coco_mask.decode(rle).astype(bool)
-    polygons = [
-        [float(v) for v in p] for p in segmentation if isinstance(p, list | tuple) and len(p) >= 6
-    ]
+        return segmentation
+    polygons = [[float(v) for v in p] for p in segmentation if isinstance(p, list | tuple) and len(p) >= 6]
     if not polygons:
-        return np.zeros((height, width), dtype=bool)
+        return {"size": [height, width], "counts": [height * width]}
     rles = coco_mask.frPyObjects(polygons, height, width)
-    return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
+    return coco_mask.merge(rles) if len(rles) > 1 else rles[0]
+
+
+def rle_string_to_counts(counts: str | bytes) -> list[int]:
+    """Decompress COCO's RLE string (the ``rleFrString`` LEB128-like code) to run lengths."""
+    data = counts.encode("ascii") if isinstance(counts, str) else counts
+    out: list[int] = []
+    p, n = 0, len(data)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            c = data[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def decode_local(segmentation: Any, height: int, width: int) -> LocalMask:
+    """COCO segmentation -> :class:`LocalMask` (tight), decoding only the object's columns.
+
+    Equal to ``LocalMask.from_full(decode_segmentation(...))`` without the image-sized array.
+    """
+    rle = _to_rle(segmentation, height, width)
+    counts = rle["counts"]
+    runs = np.asarray(counts if isinstance(counts, list) else rle_string_to_counts(counts), dtype=np.int64)
+    ends = np.cumsum(runs)
+    starts = ends - runs
+    on = np.arange(runs.size) % 2 == 1
+    on &= runs > 0
+    if not on.any():
+        return LocalMask(0, 0, np.zeros((0, 0), dtype=bool))
+    s_on, e_on = starts[on], ends[on]
+    cx0, cx1 = int(s_on[0] // height), int((e_on[-1] - 1) // height) + 1
+    lo = cx0 * height
+    edges = np.zeros((cx1 - cx0) * height + 1, dtype=np.int32)
+    np.add.at(edges, s_on - lo, 1)
+    np.add.at(edges, e_on - lo, -1)
+    band = np.cumsum(edges[:-1], dtype=np.int32).astype(bool).reshape(cx1 - cx0, height).T
+    local = LocalMask(cx0, 0, band)
+    local.tighten()
+    return local
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
@@ -55,6 +105,37 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
     counts = rle["counts"]
     return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def encode_local(mask: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict[str, Any]:
+    """Compressed COCO RLE of a mask stored inside a box, without building the image-sized array.
+
+    ``mask`` is ``bool [h, w]`` with its top-left pixel at ``(x0, y0)`` of a ``height x width``
+    image. Runs are counted on the ``height x w`` column band (COCO RLE is column-major), the
+    columns left and right of it added as one zero run each; the result equals
+    :func:`encode_mask` of the full mask.
+    """
+    h, w = mask.shape
+    if h == 0 or w == 0 or not mask.any():
+        return encode_mask(np.zeros((height, width), dtype=bool))
+    band = np.zeros((w, height), dtype=np.int8)
+    band[:, y0 : y0 + h] = mask.T
+    flat = band.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], change, [flat.size])))
+    counts = runs.tolist()
+    if flat[0]:
+        counts.insert(0, 0)
+    counts[0] += x0 * height
+    tail = (width - x0 - w) * height
+    if flat[-1]:
+        if tail:
+            counts.append(tail)
+    else:
+        counts[-1] += tail
+    rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    c = rle["counts"]
+    return {"size": [height, width], "counts": c.decode("ascii") if isinstance(c, bytes) else c}
 
 
 def mask_bbox_xyxy(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -122,6 +203,10 @@ class LocalMask:
     def bbox_xywh(self) -> list[float]:
         """COCO ``[x, y, w, h]`` of the stored (tight) array."""
         return [float(self.x0), float(self.y0), float(self.mask.shape[1]), float(self.mask.shape[0])]
+
+    def encode(self, height: int, width: int) -> dict[str, Any]:
+        """Compressed COCO RLE of this mask in a ``height x width`` image (see :func:`encode_local`)."""
+        return encode_local(self.mask, self.x0, self.y0, height, width)
 
     def to_full(self, height: int, width: int) -> np.ndarray:
         """``bool [height, width]`` image-sized copy."""

@@ -150,7 +150,7 @@ class SynthWriter:
             grid = Image.new("RGB", (cols * side, rows * side), (0, 0, 0))
             for i, tile in enumerate(self._grid):
                 grid.paste(tile, ((i % cols) * side, (i // cols) * side))
-            grid.save(grid_path)
+            grid.save(grid_path, compress_level=1)
         return {
             "out": str(self.out_dir),
             "annotations": str(ann_path),
