@@ -125,3 +125,22 @@ def test_analyze_user_errors(shapes: tuple[Path, Path, Path], tmp_path: Path, ca
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err
+
+
+@pytest.mark.slow
+def test_analyze_run_predicts_with_best_checkpoint(tmp_path: Path) -> None:
+    """A one-step demo run, then ``analyze --run`` without ``--pred``: predictions come from best.pt."""
+    _run(["train", "-c", "demo", f"data.shapes.out={tmp_path / 'shapes'}", "data.shapes.train=8",
+          "data.shapes.val=6", "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=2",
+          "eval.every=1", f"output.dir={tmp_path / 'run'}", "train.preflight=false", "output.tensorboard=false",
+          "output.plots=false"])
+    run = tmp_path / "run"
+    _run(["analyze", "--run", str(run), "--gallery", "1"])
+    preds = json.loads((run / "predictions.json").read_text())
+    gt = json.loads((tmp_path / "shapes" / "annotations" / "val.json").read_text())
+    assert {p["image_id"] for p in preds} <= {im["id"] for im in gt["images"]}
+    assert len(preds) > 0
+    parser = _check_report(run / "report.html")
+    assert parser.figures > 0
+    errors = json.loads((run / "errors.json").read_text())
+    assert errors["num_predictions"] == len(preds)
