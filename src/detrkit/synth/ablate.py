@@ -1,0 +1,179 @@
+"""Ablation of rare-class remedies: every arm trained with the same budget and seeds, then compared.
+
+Arms (:data:`ARMS`):
+
+- ``baseline``: the config as given;
+- ``copy-paste``: plus ``per_class`` offline copy-paste images per rare class (``detrkit synth``,
+  generated per seed) as an extra training file;
+- ``augment``: the same with heavily augmented real images;
+- ``copy-paste-online``: online copy-paste in the training transforms (probability ``online_p``);
+- ``rfs``: repeat-factor sampling (``data.repeat_factor_threshold``).
+
+Same budget: every arm runs ``train.epochs`` epochs of the same number of optimizer steps (that of
+the baseline, ``len(train) // (batch_size * grad_accum)``, or a smaller ``train.max_steps_per_epoch``
+from the config), so extra images or repeated ones do not buy an arm more updates. Same seeds: run
+``<arm>-<seed>`` uses ``train.seed = seed`` (and the same seed for its synthetic data).
+
+Output (``out/``)::
+
+    runs/<arm>-<seed>/          run folders (config, checkpoints, metrics.json ...) + ablation.json
+    synth/<arm>-<seed>/         synthetic datasets of the offline arms
+    comparison.md, .csv         :func:`detrkit.evaluation.compare.compare_runs`: overall and per-class
+                                AP, rare-class mAP, mean ± std over seeds, Welch's t-test vs baseline
+    ablation.json               arms, seeds, rare classes, budget, run folders
+
+Runs whose ``metrics.json`` exists are not trained again, so an interrupted ablation resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detrkit.config import RunConfig
+from detrkit.errors import ConfigError
+from detrkit.synth.generate import SynthOptions, choose_classes, synthesize
+
+ARMS = ("baseline", "copy-paste", "augment", "copy-paste-online", "rfs")
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """What the arms add.
+
+    Attributes:
+        per_class: synthetic images per rare class (offline arms).
+        online_p: probability of online copy-paste per training sample.
+        online_max_instances: pastes per sample at most (online arm).
+        rfs_threshold: repeat-factor threshold ``t`` (a class seen in a fraction ``f < t`` of the
+            images repeats its images ``sqrt(t / f)`` times).
+    """
+
+    per_class: int = 100
+    online_p: float = 0.5
+    online_max_instances: int = 2
+    rfs_threshold: float = 0.3
+
+
+def steps_per_epoch(cfg: RunConfig, num_train: int) -> int:
+    """The common budget: the baseline's optimizer steps per epoch (see module docstring)."""
+    if not isinstance(cfg.train.batch_size, int):
+        raise ConfigError(f"{cfg.source}: ablate needs a fixed train.batch_size (not {cfg.train.batch_size!r})")
+    steps = num_train // (cfg.train.batch_size * max(1, cfg.train.grad_accum))
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    if steps < 1:
+        raise ConfigError(f"{cfg.source}: train.batch_size={cfg.train.batch_size} is larger than the {num_train} training images")
+    return steps
+
+
+def _train_dataset(cfg: RunConfig, *, extra: Path | None = None, online: Any = None) -> Any:
+    """The training set of ``cfg``, plus an extra synthetic file or an online transform in front."""
+    from torchvision.transforms import v2
+
+    from detrkit.data.dataset import CocoDetection
+    from detrkit.data.transforms import build_transforms
+
+    d = cfg.data
+    tf = build_transforms(d.train_preset, train=True, **d.transform_args)
+    if online is not None:
+        tf = v2.Compose([online, tf])
+    extras = [(extra / "annotations.json", extra / "images")] if extra is not None else []
+    assert d.train_ann and d.train_images
+    return CocoDetection(d.train_ann, d.train_images, transforms=tf, on_bad_box=d.on_bad_box, extra=extras)
+
+
+def run_ablation(
+    cfg: RunConfig, out_dir: str | Path, *, arms: list[str], seeds: list[int], rare: list[str] | None = None,
+    rare_k: int | None = None, rare_fraction: float | None = None, settings: AblationSettings | None = None,
+    console: Any = None, quiet: bool = False, log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train every arm x seed and write the comparison (see the module docstring).
+
+    Returns ``{"rare", "steps_per_epoch", "runs": {arm: [run dirs]}, "comparison": path, "table": md}``.
+    """
+    from detrkit.data.coco import CocoIndex
+    from detrkit.engine.builders import build_data, ensure_shapes
+    from detrkit.engine.trainer import Trainer
+    from detrkit.evaluation.compare import compare_runs
+    from detrkit.evaluation.runs import RunFolder
+    from detrkit.synth.online import build_online_copy_paste
+
+    settings = settings or AblationSettings()
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise ConfigError(f"--arms: unknown arm(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(ARMS)}")
+    if arms[0] != "baseline":
+        arms = ["baseline", *[a for a in arms if a != "baseline"]]
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    out = Path(out_dir)
+    base = copy.deepcopy(cfg)
+    base.data = ensure_shapes(base.data)
+    if not base.data.train_ann or not base.data.train_images:
+        raise ConfigError(f"{cfg.source}: data.train_ann and data.train_images are needed (or data.shapes)")
+    train_index = CocoIndex.load(base.data.train_ann)
+    rare = choose_classes(train_index, classes=rare, rare_k=rare_k, rare_fraction=rare_fraction)
+    steps = steps_per_epoch(base, len(train_index.images))
+    base.train.max_steps_per_epoch = steps
+    log(f"ablation: arms {', '.join(arms)}; seeds {seeds}; rare classes {', '.join(rare)}; "
+        f"{base.train.epochs} epochs x {steps} steps for every arm")
+    splits = build_data(base)  # the validation set, shared by all arms
+    runs: dict[str, list[Path]] = {a: [] for a in arms}
+    for seed in seeds:
+        for arm in arms:
+            run_dir = out / "runs" / f"{arm}-{seed}"
+            runs[arm].append(run_dir)
+            if (run_dir / "metrics.json").is_file():
+                log(f"{run_dir}: done before, kept")
+                continue
+            arm_cfg = copy.deepcopy(base)
+            arm_cfg.train.seed = seed
+            arm_cfg.output = dataclasses.replace(arm_cfg.output, dir=str(run_dir), name=None)
+            details: dict[str, Any] = {"arm": arm, "seed": seed, "rare_classes": rare, "steps_per_epoch": steps}
+            train_ds = None
+            if arm == "rfs":
+                arm_cfg.data.repeat_factor_threshold = settings.rfs_threshold
+                details["repeat_factor_threshold"] = settings.rfs_threshold
+            elif arm in ("copy-paste", "augment"):
+                synth_dir = out / "synth" / f"{arm}-{seed}"
+                if not (synth_dir / "annotations.json").is_file():
+                    synthesize(train_index, base.data.train_images, synth_dir, classes=rare,
+                               options=SynthOptions(method=arm, per_class=settings.per_class, seed=seed))
+                train_ds = _train_dataset(arm_cfg, extra=synth_dir)
+                details["extra"] = {"ann": str(synth_dir / "annotations.json"), "images": str(synth_dir / "images")}
+            elif arm == "copy-paste-online":
+                online = build_online_copy_paste(train_index, base.data.train_images, classes=rare, p=settings.online_p,
+                                                 max_instances=settings.online_max_instances, seed=seed)
+                train_ds = _train_dataset(arm_cfg, online=online)
+                details["online"] = {"p": settings.online_p, "max_instances": settings.online_max_instances}
+            log(f"training {run_dir.name} ({len(train_ds) if train_ds is not None else len(splits.train)} train images)")
+            inject = {}
+            if train_ds is not None:
+                inject = {"train_dataset": train_ds, "val_dataset": splits.val, "classes": splits.classes, "val_gt": splits.val_ann}
+            Trainer(arm_cfg, console=console, quiet=quiet, **inject).fit()
+            (run_dir / "ablation.json").write_text(json.dumps(details, indent=1))
+    # Offline/online arms differ from the baseline only in injected data, not in config.yaml: tell
+    # compare_runs which arm each run belongs to.
+    folders = []
+    for arm in arms:
+        for run_dir in runs[arm]:
+            rf = RunFolder.load(run_dir)
+            folders.append(dataclasses.replace(rf, config={**rf.config, "ablation": {"arm": arm}}))
+    comparison = compare_runs(folders, rare=rare)
+    table = comparison.to_markdown()
+    (out / "comparison.md").write_text(table)
+    (out / "comparison.csv").write_text(comparison.to_csv())
+    summary = {
+        "arms": arms, "seeds": seeds, "rare": rare, "epochs": base.train.epochs, "steps_per_epoch": steps,
+        "settings": dataclasses.asdict(settings), "config": cfg.source,
+        "runs": {a: [str(p) for p in ps] for a, ps in runs.items()},
+        "comparison": str(out / "comparison.md"),
+    }
+    (out / "ablation.json").write_text(json.dumps(summary, indent=1))
+    return {**summary, "table": table}
