@@ -185,3 +185,58 @@ def test_bad_arguments() -> None:
         SetCriterion(num_classes=2, matcher=m, eos_coef=2.0)
     with pytest.raises(ValueError, match="num_classes"):
         SetCriterion(num_classes=0, matcher=m)
+
+
+def test_encoder_proposals_are_matched_class_agnostically() -> None:
+    g = torch.Generator().manual_seed(3)
+    targets = [
+        {"boxes": torch.rand(2, 4, generator=g) * 0.4 + 0.1, "labels": torch.tensor([2, 1])},
+        {"boxes": torch.rand(1, 4, generator=g) * 0.4 + 0.1, "labels": torch.tensor([0])},
+    ]
+    final = {
+        "pred_logits": torch.randn(2, 6, 3, generator=g),
+        "pred_boxes": torch.rand(2, 6, 4, generator=g) * 0.5 + 0.2,
+    }
+    enc = {
+        "pred_logits": torch.randn(2, 6, 3, generator=g),
+        "pred_boxes": torch.rand(2, 6, 4, generator=g) * 0.5 + 0.2,
+    }
+    crit = _criterion("focal", 3)
+    out = crit({**final, "enc_outputs": enc}, targets)
+    agnostic = [{"boxes": t["boxes"], "labels": torch.zeros_like(t["labels"])} for t in targets]
+    ref = crit(enc, agnostic)
+    for k in ("loss_ce", "loss_bbox", "loss_giou"):
+        assert out[f"{k}_enc"].item() == pytest.approx(ref[k].item(), rel=1e-6)
+    expected = crit(final, targets)["loss"] + ref["loss"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_training_step_syncs_once() -> None:
+    import warnings
+
+    from detrkit.models.registry import build_model
+
+    model = build_model("detr-tiny", num_classes=3).cuda()
+    images = torch.randn(2, 3, 128, 128, device="cuda")
+    mask = torch.ones(2, 128, 128, dtype=torch.bool, device="cuda")
+    targets = [
+        {
+            "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]], device="cuda"),
+            "labels": torch.tensor([1], device="cuda"),
+        }
+    ] * 2
+    model(images, mask, targets)["loss"].backward()  # warm-up (lazy CUDA initialisation)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.autocast("cuda", dtype=torch.bfloat16):
+            warnings.simplefilter("always")
+            out = model(images, mask, targets)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]  # the matcher's cost-matrix copy
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()

@@ -3,7 +3,8 @@
 Functional core (:func:`sigmoid_focal_loss`, :func:`num_boxes_across_processes`) plus the
 :class:`SetCriterion` module that matches, computes each loss for the final and every auxiliary
 decoder layer, and returns the weighted total. All losses are computed in float32 (bf16-safe).
-The only host sync is the matcher's single copy of the cost matrices.
+The only host sync is the matcher's single copy of the cost matrices (a second one for two-stage
+encoder proposals); the matched indices go back to the device in one non-blocking copy.
 """
 
 from __future__ import annotations
@@ -55,11 +56,19 @@ def num_boxes_across_processes(num_local: int, device: torch.device) -> Tensor:
     Sums over processes with ``all_reduce`` when ``torch.distributed`` is initialised (without a
     host sync), then divides by the world size, like DETR.
     """
-    num = torch.tensor(float(num_local), device=device)
+    num = torch.full((), float(num_local), dtype=torch.float32, device=device)  # a fill, not a copy
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(num)
         num = num / dist.get_world_size()
     return num.clamp(min=1.0)
+
+
+def _to_device(cpu: Tensor, device: torch.device) -> Tensor:
+    """Host-to-device copy; on CUDA from pinned memory with ``non_blocking`` so that the host does
+    not wait for the queued GPU work (a pageable copy synchronises the stream)."""
+    if device.type == "cuda":
+        return cpu.pin_memory().to(device, non_blocking=True)
+    return cpu.to(device)
 
 
 class SetCriterion(nn.Module):
@@ -124,7 +133,11 @@ class SetCriterion(nn.Module):
         logits = pred_logits.float()
         if self.loss_type == "ce":
             return F.cross_entropy(logits.transpose(1, 2), tgt_classes, self.empty_weight.float())
-        onehot = F.one_hot(tgt_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        # scatter rather than F.one_hot, which checks the label range on the host (a sync on GPU)
+        onehot = torch.zeros(
+            (*tgt_classes.shape, self.num_classes + 1), dtype=logits.dtype, device=logits.device
+        )
+        onehot = onehot.scatter_(2, tgt_classes.unsqueeze(-1), 1.0)[..., :-1]
         return sigmoid_focal_loss(logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=self.focal_gamma)
 
     @staticmethod
@@ -161,21 +174,26 @@ class SetCriterion(nn.Module):
             card = (pred_logits.float().sigmoid().amax(-1) > 0.5).sum(1)
         return F.l1_loss(card.float(), tgt_lengths)
 
+    @staticmethod
+    def _flat_indices(indices: list[tuple[Tensor, Tensor]], offsets: list[int]) -> Tensor:
+        """Matcher output -> CPU ``int64[3, M]``: image, prediction and (batch-global) target index."""
+        return torch.stack(
+            (
+                torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]),
+                torch.cat([src for src, _ in indices]),
+                torch.cat([tgt + off for (_, tgt), off in zip(indices, offsets, strict=True)]),
+            )
+        )
+
     def _layer_losses(
-        self,
-        layer: dict[str, Tensor],
-        indices: list[tuple[Tensor, Tensor]],
-        tgt_labels: Tensor,
-        tgt_boxes: Tensor,
-        offsets: list[int],
-        num_boxes: Tensor,
+        self, layer: dict[str, Tensor], idx: Tensor, tgt_labels: Tensor, tgt_boxes: Tensor, num_boxes: Tensor
     ) -> dict[str, Tensor]:
+        """Losses of one decoder layer; ``idx``: ``int64[3, M]`` from :meth:`_flat_indices`, on the device."""
         pred_logits, pred_boxes = layer["pred_logits"], layer["pred_boxes"]
-        device = pred_logits.device
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
-        src_idx = torch.cat([src for src, _ in indices]).to(device)
-        tgt_idx = torch.cat([tgt + off for (_, tgt), off in zip(indices, offsets, strict=True)]).to(device)
-        tgt_classes = torch.full(pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
+        batch_idx, src_idx, tgt_idx = idx.unbind(0)
+        tgt_classes = torch.full(
+            pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=idx.device
+        )
         tgt_classes[batch_idx, src_idx] = tgt_labels[tgt_idx]
         loss_ce = self.loss_labels(pred_logits, tgt_classes, num_boxes)
         loss_bbox, loss_giou = self.loss_boxes(pred_boxes[batch_idx, src_idx], tgt_boxes[tgt_idx], num_boxes)
@@ -209,22 +227,29 @@ class SetCriterion(nn.Module):
             [(o["pred_logits"], o["pred_boxes"]) for _, o in layers], targets
         )
 
-        weighted: dict[str, tuple[float, Tensor]] = {}  # name -> (weight, loss)
-        for (suffix, layer), indices in zip(layers, all_indices, strict=True):
-            for k, v in self._layer_losses(layer, indices, tgt_labels, tgt_boxes, offsets, num_boxes).items():
-                weighted[k + suffix] = (self.weight_dict[k], v)
-        if "enc_outputs" in outputs:
+        flat = [self._flat_indices(indices, offsets) for indices in all_indices]
+        if "enc_outputs" in outputs:  # two-stage proposals: class-agnostic targets, a second match
             enc = outputs["enc_outputs"]
             bin_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-            enc_indices = self.matcher(enc["pred_logits"], enc["pred_boxes"], bin_targets)
-            enc_losses = self._layer_losses(
-                enc, enc_indices, torch.zeros_like(tgt_labels), tgt_boxes, offsets, num_boxes
+            flat.append(
+                self._flat_indices(self.matcher(enc["pred_logits"], enc["pred_boxes"], bin_targets), offsets)
             )
-            weighted.update({k + "_enc": (self.weight_dict[k], v) for k, v in enc_losses.items()})
+            layers.append(("_enc", enc))
+        # every index and the target counts reach the device in one copy that does not wait for the GPU
+        pieces = [*flat, torch.tensor(sizes, dtype=torch.int64)]
+        packed = _to_device(torch.cat([p.flatten() for p in pieces]), device).split(
+            [p.numel() for p in pieces]
+        )
+        tgt_lengths = packed[-1].float()
+
+        weighted: dict[str, tuple[float, Tensor]] = {}  # name -> (weight, loss)
+        for (suffix, layer), idx in zip(layers, packed[:-1], strict=True):
+            labels = torch.zeros_like(tgt_labels) if suffix == "_enc" else tgt_labels
+            for k, v in self._layer_losses(layer, idx.view(3, -1), labels, tgt_boxes, num_boxes).items():
+                weighted[k + suffix] = (self.weight_dict[k], v)
 
         total = torch.stack([w * v for w, v in weighted.values()]).sum()
         result = {k: v.detach() for k, (_, v) in weighted.items()}
         result["loss"] = total
-        tgt_lengths = torch.tensor(sizes, dtype=torch.float32, device=device)
         result["cardinality_error"] = self.cardinality_error(outputs["pred_logits"], tgt_lengths)
         return result
