@@ -58,7 +58,9 @@ def _draw_examples(run_dir: Path, val_ann: Path, val_images: Path, count: int = 
     return written
 
 
-def run_demo(out_root: str = "runs", data_dir: str = "data/shapes", overrides: list[str] | None = None) -> dict:
+def run_demo(
+    out_root: str = "runs", data_dir: str = "data/shapes", overrides: list[str] | None = None
+) -> dict:
     """Run the demo; returns the training summary plus the evaluation and drawn images."""
     from detrkit.config import load_config
     from detrkit.engine.evaluate_run import evaluate_run
@@ -67,7 +69,9 @@ def run_demo(out_root: str = "runs", data_dir: str = "data/shapes", overrides: l
     console = Console()
     t0 = time.perf_counter()
     cfg = load_config("demo", [f"output.root={out_root}", f"data.shapes.out={data_dir}", *(overrides or [])])
-    console.print(f"[bold]detrkit demo[/bold]: {cfg.model.name} from scratch on the built-in shapes dataset ({data_dir})")
+    console.print(
+        f"[bold]detrkit demo[/bold]: {cfg.model.name} from scratch on the built-in shapes dataset ({data_dir})"
+    )
     summary = Trainer(cfg, console=console).fit()
     run_dir = Path(summary["run_dir"])
     t_train = time.perf_counter() - t0
@@ -81,7 +85,9 @@ def run_demo(out_root: str = "runs", data_dir: str = "data/shapes", overrides: l
         fmt = lambda v: "-" if v < 0 else f"{v:.3f}"  # noqa: E731
         table.add_row(c["name"], fmt(c["AP"]), fmt(c["AP50"]), fmt(c["AP75"]))
     console.print(table)
-    drawn = _draw_examples(run_dir, Path(cfg.data.shapes.out) / "annotations" / "val.json", Path(cfg.data.shapes.out) / "val")
+    drawn = _draw_examples(
+        run_dir, Path(cfg.data.shapes.out) / "annotations" / "val.json", Path(cfg.data.shapes.out) / "val"
+    )
     wall = time.perf_counter() - t0
     console.print(
         f"AP50 {m['AP50']:.3f}, AP {m['AP']:.3f}; data + training {t_train:.0f}s, total {wall:.0f}s\n"

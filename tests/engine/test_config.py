@@ -14,9 +14,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_and_overrides_are_typed() -> None:
-    cfg = load_config(None, ["optim.lr=1e-4", "train.epochs=5", "train.batch_size=auto", "model.freeze=backbone",
-                             "train.clip_grad_norm=null", "data.shapes.size=96", "optim.betas=[0.8, 0.9]"])
-    assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.optim.lr, float)  # YAML reads 1e-4 as a string
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=1e-4",
+            "train.epochs=5",
+            "train.batch_size=auto",
+            "model.freeze=backbone",
+            "train.clip_grad_norm=null",
+            "data.shapes.size=96",
+            "optim.betas=[0.8, 0.9]",
+        ],
+    )
+    assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(
+        cfg.optim.lr, float
+    )  # YAML reads 1e-4 as a string
     assert cfg.train.epochs == 5
     assert cfg.train.batch_size == "auto"
     assert cfg.model.freeze == ["backbone"]
@@ -62,7 +74,9 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_base_composition_merges_sections(tmp_path: Path) -> None:
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"optim": {"lr": 0.5, "weight_decay": 0.2}, "train": {"epochs": 3}}))
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump({"optim": {"lr": 0.5, "weight_decay": 0.2}, "train": {"epochs": 3}})
+    )
     (tmp_path / "mid.yaml").write_text(yaml.safe_dump({"_base_": "base.yaml", "optim": {"lr": 0.25}}))
     (tmp_path / "top.yaml").write_text(yaml.safe_dump({"_base_": ["mid.yaml"], "train": {"seed": 7}}))
     cfg = load_config(tmp_path / "top.yaml", ["train.epochs=4"])
@@ -92,12 +106,20 @@ def test_packaged_configs_load_and_match_the_repo_folder() -> None:
         assert repo_file.read_text() == (REPO / "src" / "detrkit" / "configs" / f"{name}.yaml").read_text()
         assert load_config(repo_file).to_dict() == cfg.to_dict()
     r50, r101 = load_config("detr_r50_coco10"), load_config("detr_r101")
-    assert (r50.optim.lr, r50.optim.backbone_lr, r50.train.epochs, r50.train.batch_size) == (1e-4, 1e-5, 10, 4)
+    assert (r50.optim.lr, r50.optim.backbone_lr, r50.train.epochs, r50.train.batch_size) == (
+        1e-4,
+        1e-5,
+        10,
+        4,
+    )
     assert r101.model.name == "detr-r101" and r101.model.init_from == "runs/detr_r50/checkpoints/best.pt"
     assert r101.data.train_ann == r50.data.train_ann  # inherited through _base_
 
 
 def test_parse_overrides_nests_dotted_keys() -> None:
-    assert parse_overrides(["a.b.c=1", "a.b.d=x", "e=[1, 2]"]) == {"a": {"b": {"c": 1, "d": "x"}}, "e": [1, 2]}
+    assert parse_overrides(["a.b.c=1", "a.b.d=x", "e=[1, 2]"]) == {
+        "a": {"b": {"c": 1, "d": "x"}},
+        "e": [1, 2],
+    }
     with pytest.raises(ConfigError, match="conflicts"):
         parse_overrides(["a=1", "a.b=2"])

@@ -94,7 +94,11 @@ def test_param_groups_split_backbone_and_no_decay() -> None:
     groups = {g["name"]: g for g in param_groups(net, cfg)}
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
-    assert ids["backbone"] == {id(net.backbone[0].weight), id(net.backbone.layer1.weight), id(net.backbone.layer2.weight)}
+    assert ids["backbone"] == {
+        id(net.backbone[0].weight),
+        id(net.backbone.layer1.weight),
+        id(net.backbone.layer2.weight),
+    }
     assert id(net.backbone[1].weight) in ids["backbone_no_decay"]  # BatchNorm scale
     assert ids["head"] == {id(net.head.weight)}
     assert {id(net.norm.weight), id(net.query.weight), id(net.head.bias)} <= ids["head_no_decay"]
@@ -112,7 +116,9 @@ def test_freezing_backbone_stages_and_bn() -> None:
     assert "backbone.1.weight" in frozen  # BatchNorm affine
     assert not net.backbone.layer1.weight.requires_grad and net.backbone.layer2.weight.requires_grad
     assert all(g["name"] != "x" for g in param_groups(net, OptimConfig()))
-    assert not any(p is net.backbone.layer1.weight for g in param_groups(net, OptimConfig()) for p in g["params"])
+    assert not any(
+        p is net.backbone.layer1.weight for g in param_groups(net, OptimConfig()) for p in g["params"]
+    )
     net2 = _Net()
     apply_freezing(net2, ModelConfig(freeze=["backbone"]))
     assert all(not p.requires_grad for n, p in net2.named_parameters() if "backbone" in n)
@@ -126,11 +132,13 @@ def test_lr_schedules_against_hand_values() -> None:
     assert lr_factor(5, cfg=warm, steps_per_epoch=5, total_steps=50) == pytest.approx(0.5)
     assert lr_factor(10, cfg=warm, steps_per_epoch=5, total_steps=50) == 1.0
     step = OptimConfig(schedule="step", milestones=[2, 4], gamma=0.1)
-    assert [lr_factor(s, cfg=step, steps_per_epoch=5, total_steps=30) for s in (9, 10, 19, 20)] == pytest.approx(
-        [1.0, 0.1, 0.1, 0.01]
-    )
+    assert [
+        lr_factor(s, cfg=step, steps_per_epoch=5, total_steps=30) for s in (9, 10, 19, 20)
+    ] == pytest.approx([1.0, 0.1, 0.1, 0.01])
     cos = OptimConfig(schedule="cosine", min_lr_ratio=0.0, warmup_steps=0)
-    assert lr_factor(25, cfg=cos, steps_per_epoch=10, total_steps=100) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_factor(25, cfg=cos, steps_per_epoch=10, total_steps=100) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi / 4))
+    )
     assert lr_factor(100, cfg=cos, steps_per_epoch=10, total_steps=100) == pytest.approx(0.0)
 
 

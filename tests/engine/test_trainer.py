@@ -19,35 +19,74 @@ def _weights(trainer) -> dict[str, torch.Tensor]:
 
 
 def test_fit_writes_the_run_folder_and_learns(conf, tmp_path: Path) -> None:
-    cfg = conf.double_config(tmp_path / "run", train={"epochs": 4, "checkpoint_every": 2}, output={"plots": True, "tensorboard": True})
+    cfg = conf.double_config(
+        tmp_path / "run",
+        train={"epochs": 4, "checkpoint_every": 2},
+        output={"plots": True, "tensorboard": True},
+    )
     summary = conf.make_trainer(cfg).fit()
     run = tmp_path / "run"
-    for name in ("config.yaml", "env.json", "classes.json", "log.txt", "metrics.csv", "metrics.json", "plots/loss.png", "plots/ap.png"):
+    for name in (
+        "config.yaml",
+        "env.json",
+        "classes.json",
+        "log.txt",
+        "metrics.csv",
+        "metrics.json",
+        "plots/loss.png",
+        "plots/ap.png",
+    ):
         assert (run / name).is_file(), name
-    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["best.pt", "epoch_2.pt", "epoch_4.pt", "last.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == [
+        "best.pt",
+        "epoch_2.pt",
+        "epoch_4.pt",
+        "last.pt",
+    ]
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert json.loads((run / "classes.json").read_text()) == conf.CLASSES
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 4
     env = json.loads((run / "env.json").read_text())
-    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"].startswith(torch.__version__[:4])
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"].startswith(
+        torch.__version__[:4]
+    )
     rows = read_metrics_csv(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["train/loss"] < 0.7 * rows[0]["train/loss"]  # it learns
     assert rows[-1]["val/loss"] < rows[0]["val/loss"]
-    assert {"val/AP", "val/AP50", "lr/head", "lr/backbone", "train/loss_bbox", "train/loss_ce"} <= set(rows[-1])
+    assert {"val/AP", "val/AP50", "lr/head", "lr/backbone", "train/loss_bbox", "train/loss_ce"} <= set(
+        rows[-1]
+    )
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert best["epoch"] == max(range(4), key=lambda i: (rows[i]["val/AP"], -i)) + 1
     last = load_checkpoint(run / "checkpoints" / "last.pt")
-    for key in ("model", "optimizer", "scheduler", "scaler", "ema", "epoch", "step", "rng", "config", "classes", "model_name", "metrics"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "ema",
+        "epoch",
+        "step",
+        "rng",
+        "config",
+        "classes",
+        "model_name",
+        "metrics",
+    ):
         assert key in last
     assert last["epoch"] == 4 and last["epoch_step"] == 0 and last["classes"] == conf.CLASSES
     assert last["step"] == 4 * 8 and summary["final"]["epoch"] == 4
-    assert json.loads((run / "metrics.json").read_text())["best"] == pytest.approx(max(r["val/AP"] for r in rows))
+    assert json.loads((run / "metrics.json").read_text())["best"] == pytest.approx(
+        max(r["val/AP"] for r in rows)
+    )
     # learning-rate groups follow the config: backbone at half the head's rate
     assert rows[0]["lr/backbone"] == pytest.approx(rows[0]["lr/head"] / 2)
 
 
-def test_nonfinite_steps_are_skipped_then_abort(conf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nonfinite_steps_are_skipped_then_abort(
+    conf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TINY_NAN_AT", "1")
     cfg = conf.double_config(tmp_path / "a", train={"epochs": 1, "preflight": False})
     trainer = conf.make_trainer(cfg, val=False)
@@ -58,7 +97,9 @@ def test_nonfinite_steps_are_skipped_then_abort(conf, tmp_path: Path, monkeypatc
     res = trainer.runner.train_step([batch])  # forward call 1 -> NaN
     assert res["nonfinite"] == 1.0 and trainer.runner.nonfinite_total == 1
     after = _weights(trainer)
-    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+    assert all(
+        torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k
+    )
     assert all(p.grad is None for p in trainer.unwrapped.parameters())
     assert trainer.optimizer.state_dict()["state"] == {}  # AdamW never stepped
     res = trainer.runner.train_step([batch])
@@ -77,10 +118,16 @@ def test_nonfinite_steps_are_skipped_then_abort(conf, tmp_path: Path, monkeypatc
 def test_grad_accumulation_equals_the_large_batch(conf, tmp_path: Path) -> None:
     common = {"epochs": 1, "max_steps_per_epoch": 3, "preflight": False}
     small = conf.make_trainer(
-        conf.double_config(tmp_path / "s", train={**common, "batch_size": 4, "grad_accum": 2}, model={"freeze_bn": True}), val=False
+        conf.double_config(
+            tmp_path / "s", train={**common, "batch_size": 4, "grad_accum": 2}, model={"freeze_bn": True}
+        ),
+        val=False,
     )
     small.fit()
-    big = conf.make_trainer(conf.double_config(tmp_path / "b", train={**common, "batch_size": 8}, model={"freeze_bn": True}), val=False)
+    big = conf.make_trainer(
+        conf.double_config(tmp_path / "b", train={**common, "batch_size": 8}, model={"freeze_bn": True}),
+        val=False,
+    )
     big.fit()
     a, b = _weights(small), _weights(big)
     assert small.runner.global_step == big.runner.global_step == 3
@@ -102,22 +149,33 @@ def test_preflight_leaves_the_run_unchanged_and_dry_run_stops(conf, tmp_path: Pa
 
     dry = conf.make_trainer(conf.double_config(tmp_path / "d")).fit(dry_run=True)
     assert dry["dry_run"] and dry["preflight"]["loss"] > 0
-    assert not list((tmp_path / "d" / "checkpoints").glob("*.pt")) and not (tmp_path / "d" / "metrics.csv").exists()
+    assert (
+        not list((tmp_path / "d" / "checkpoints").glob("*.pt"))
+        and not (tmp_path / "d" / "metrics.csv").exists()
+    )
 
 
 def test_ema_weights_are_kept_and_used_for_inference(conf, tmp_path: Path) -> None:
-    cfg = conf.double_config(tmp_path / "e", train={"epochs": 2, "ema": True, "ema_decay": 0.9, "ema_warmup": 0})
+    cfg = conf.double_config(
+        tmp_path / "e", train={"epochs": 2, "ema": True, "ema_decay": 0.9, "ema_warmup": 0}
+    )
     trainer = conf.make_trainer(cfg)
     trainer.fit()
     ckpt = load_checkpoint(tmp_path / "e" / "checkpoints" / "last.pt")
     assert ckpt["ema"]["updates"] == 16
     ema_w = inference_state_dict(ckpt)
     assert ema_w is ckpt["ema"]["module"]
-    assert any(not torch.equal(ema_w[k], ckpt["model"][k]) for k in ckpt["model"] if ckpt["model"][k].is_floating_point())
+    assert any(
+        not torch.equal(ema_w[k], ckpt["model"][k])
+        for k in ckpt["model"]
+        if ckpt["model"][k].is_floating_point()
+    )
     assert all(torch.equal(ema_w[k], v) for k, v in trainer.ema.module.state_dict().items())
 
 
 def test_bf16_autocast_runs_on_cpu(conf, tmp_path: Path) -> None:
-    cfg = conf.double_config(tmp_path / "bf", train={"epochs": 1, "precision": "bf16", "max_steps_per_epoch": 2})
+    cfg = conf.double_config(
+        tmp_path / "bf", train={"epochs": 1, "precision": "bf16", "max_steps_per_epoch": 2}
+    )
     summary = conf.make_trainer(cfg, val=False).fit()
     assert summary["final"]["train/loss"] > 0 and summary["nonfinite_steps"] == 0
