@@ -91,10 +91,10 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path) -> N
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3  # header + one row per epoch, none duplicated by the resume
     ref_rows = (tmp_path / "ref" / "metrics.csv").read_text().strip().splitlines()
-    for got, want in zip(rows[1:], ref_rows[1:]):  # same losses; only timings differ
+    for got, want in zip(rows[1:], ref_rows[1:], strict=True):  # same losses; only timings differ
         g, w = got.split(","), want.split(",")
         header = rows[0].split(",")
-        for name, x, y in zip(header, g, w):
+        for name, x, y in zip(header, g, w, strict=True):
             if name.startswith(("train/loss", "val/")):
                 assert float(x) == pytest.approx(float(y), rel=1e-6), name
 
