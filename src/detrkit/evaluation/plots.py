@@ -118,12 +118,14 @@ def confusion_plot(cm: ConfusionMatrix) -> bytes:
     """Heatmap of the row-normalised matrix, counts written in the cells when it is small enough."""
     plt = _plt()
     n = len(cm.labels)
-    size = min(4 + 0.42 * n, 22)
+    # about 0.42 in per class up to 25 classes (counts fit in the cells), then 0.16 in with 6 pt labels
+    size = 4 + 0.42 * n if n <= 25 else 2 + 0.16 * n
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     norm = cm.normalized()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), cm.labels, rotation=60, ha="right", fontsize=8 if n <= 30 else 5)
-    ax.set_yticks(range(n), cm.labels, fontsize=8 if n <= 30 else 5)
+    ax.set_xticks(range(n), cm.labels, rotation=60 if n <= 25 else 90, ha="right" if n <= 25 else "center",
+                  fontsize=8 if n <= 25 else 6)
+    ax.set_yticks(range(n), cm.labels, fontsize=8 if n <= 25 else 6)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("ground-truth class")
     if n <= 25:
@@ -151,33 +153,38 @@ def size_bars(size_ap: dict[str, dict[str, float | None]]) -> bytes:
         ax.bar(x + (j - 1) * 0.27, [v if v is not None else 0 for v in vals], width=0.27, color=col, label=s)
     ax.set_xticks(x, groups, rotation=45 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
     ax.set_ylabel("AP@[.50:.95]")
+    ax.set_ylim(0, 1.0)
     ax.set_title("COCO AP by object size (small < 32², medium < 96², large)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _png(fig)
 
 
 def training_curves(rows: Sequence[dict[str, Any]]) -> bytes | None:
-    """Loss and AP per epoch from ``metrics.csv`` rows (None when there is nothing to plot)."""
+    """Total losses, loss components and AP per epoch from ``metrics.csv`` rows (None: nothing to plot)."""
     if not rows:
         return None
     plt = _plt()
-    keys = list(rows[-1])
-    loss_keys = [k for k in keys if k.startswith(("train/loss", "val/loss")) and "_" not in k.split("/", 1)[1]]
-    loss_keys += [k for k in keys if k.startswith("train/loss_") and k.count("_") == 1 and k[-1].isalpha()]
-    ap_keys = [k for k in ("val/AP", "val/AP50", "val/AP75") if k in keys]
-    if not loss_keys and not ap_keys:
+    from matplotlib.ticker import MaxNLocator
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    totals = [k for k in ("train/loss", "val/loss") if k in keys]
+    parts = [k for k in keys if k.startswith(("train/loss_", "val/loss_")) and not k[-1].isdigit()]
+    aps = [k for k in ("val/AP", "val/AP50", "val/AP75") if k in keys]
+    panels = [(g, label) for g, label in ((totals, "loss"), (parts, "loss components"), (aps, "COCO AP")) if g]
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, group, label in ((axes[0], loss_keys, "loss"), (axes[1], ap_keys, "COCO AP")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
+    for ax, (group, label) in zip(axes[0], panels, strict=True):
         for key in group:
             pts = [(r.get("epoch"), r.get(key)) for r in rows if isinstance(r.get(key), int | float)]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key)
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key,
+                        ls="--" if key.startswith("val/loss") else "-")
         ax.set(xlabel="epoch", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if group:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)

@@ -47,7 +47,7 @@ th{background:#f6f8fa}td:first-child,th:first-child,td.l{text-align:left}
 tr:nth-child(even) td{background:#fbfcfd}
 .scroll{overflow-x:auto}.note{color:#57606a;font-size:13px;margin:4px 0 10px}
 .bad{color:#cf222e;font-weight:600}
-img.fig{max-width:100%;height:auto;display:block;margin:8px 0}
+img.fig{max-width:100%;height:auto;display:block;margin:8px 0}img.wide{max-width:none}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:6px 0 12px}
 .card{border:1px solid #d0d7de;border-radius:6px;padding:8px 14px;min-width:110px;background:#f6f8fa}
 .card b{display:block;font-size:20px}.card span{font-size:12px;color:#57606a}
@@ -214,7 +214,8 @@ def build_report(result: AnalysisResult, *, info: RunInfo | None = None,
         "classes": _per_class(result),
         "errors": _errors(result),
         "curves": _img(plots.pr_curves(result.curves), "PR curves") + _img(plots.f1_curves(result.curves), "F1 curves"),
-        "confusion": _img(plots.confusion_plot(result.confusion), "confusion matrix")
+        "confusion": '<div class="scroll">' + _img(plots.confusion_plot(result.confusion), "confusion matrix",
+                                                   "fig wide" if result.data.num_classes > 25 else "fig") + "</div>"
         + '<p class="note">Rows: ground truth; columns: prediction; background collects false positives '
           "(column) and missed objects (row). Same-class matches first, then leftovers of any class.</p>",
     }
