@@ -136,7 +136,7 @@ def main() -> None:
         "meets_target": statistics.median(e2e) >= 50,
         "threads": {"torch": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]},
         "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/copy_paste_speed.py",
     }
     args.result.parent.mkdir(parents=True, exist_ok=True)
