@@ -10,8 +10,8 @@ approximates). Each building's area is its exact pixel area; its polygon (from
 ``rasterio.features.shapes``) is simplified for export, and specks below ``min_area_m2`` are dropped
 from the building list (they still count in the total).
 
-Large masks are processed in strips of rows; buildings cut by a strip border are re-joined with a
-union-find over the border rows.
+Large masks are processed in strips of rows (4096 by default); buildings cut by a strip border are
+re-joined with a union-find over the border rows, and are not split.
 """
 
 from __future__ import annotations
@@ -88,23 +88,36 @@ class AreaReport:
         return d
 
 
-def label_buildings(mask: np.ndarray, *, split_touching: bool = True, core_fraction: float = 0.5) -> np.ndarray:
-    """Instance labels int32[H,W] (0 background, 1..N buildings) of ``mask bool[H,W]``; see module doc."""
+def label_buildings(mask: np.ndarray, *, split_touching: bool = True, core_fraction: float = 0.5,
+                    min_core_share: float = 0.5, keep_top: bool = False, keep_bottom: bool = False) -> np.ndarray:
+    """Instance labels int32[H,W] (0 background, 1..N buildings) of ``mask bool[H,W]``; see module doc.
+
+    Cores are 8-connected; cores smaller than ``min_core_share`` of the component's largest core
+    (or 3 pixels) are not markers, so a pinched outline does not split a building. ``keep_top`` /
+    ``keep_bottom``: never split components touching the first / last row (strip borders).
+    """
     labels, n = ndimage.label(mask)
     if not split_touching or n == 0:
         return labels.astype(np.int32)
     dist = ndimage.distance_transform_edt(mask)
     out, next_id = labels.astype(np.int32), n + 1
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if (keep_top and sl[0].start == 0) or (keep_bottom and sl[0].stop == mask.shape[0]):
+            continue
         comp = labels[sl] == i
         d = np.where(comp, dist[sl], 0.0)
-        cores, k = ndimage.label(d >= core_fraction * d.max())
+        cores, k = ndimage.label(d >= core_fraction * d.max(), structure=np.ones((3, 3)))
         if k < 2:
             continue
+        sizes = np.bincount(cores.ravel())[1:]
+        keep = np.flatnonzero(sizes >= max(3, min_core_share * sizes.max())) + 1
+        if len(keep) < 2:
+            continue
+        cores = np.where(np.isin(cores, keep), cores, 0)
         _, (iy, ix) = ndimage.distance_transform_edt(cores == 0, return_indices=True)
         nearest = cores[iy, ix]
         sub = out[sl]
-        for c in range(2, k + 1):
+        for c in keep[1:]:
             sub[comp & (nearest == c)] = next_id
             next_id += 1
     return out
@@ -197,7 +210,8 @@ class StripMeasurer:
         self.built_pixels += int(per_row.sum())
         if ra is not None:
             self.built_area += float(per_row @ ra)
-        labels = label_buildings(mask_rows, split_touching=self.split)
+        labels = label_buildings(mask_rows, split_touching=self.split, keep_top=self.row0 > 0,
+                                 keep_bottom=self.row0 + h < self.height)
         for lab, piece in strip_pieces(labels, self.row0, ra).items():
             key = (self.strip, lab)
             self.pieces[key] = piece

@@ -4,7 +4,7 @@
 ``out/train/gt/<city><n>.tif`` (0/255 masks), GeoTIFFs in a real projected CRS (UTM) whose
 transform carries the tile's GSD, plus ``out/ground_truth.json`` with, per tile, the GSD and every
 building's true area in m² (its rasterised pixel count times GSD², i.e. exactly the area the mask
-shows) and its vector area.
+shows) and its vector area (clipped to the tile).
 
 Scenes are built in metres, then drawn at the tile's GSD: ground textures at three physical
 scales, asphalt roads with lane markings, trees, buildings (rotated rectangles and L-shapes,
@@ -191,12 +191,13 @@ def generate_aerial(out_dir: str | Path, spec: SynthSpec | None = None) -> dict:
                 dst.write(image.transpose(2, 0, 1))
             with rasterio.open(out / "train" / "gt" / name, "w", count=1, dtype="uint8", **profile) as dst:
                 dst.write(((labels > 0) * 255).astype(np.uint8)[None])
-            items = []
+            items, frame = [], box(0, 0, spec.size, spec.size)
             for b in buildings:
                 cx, cy = b["polygon_px"].centroid.coords[0]
                 items.append({
                     "id": b["id"], "kind": b["kind"], "pixels": b["pixels"],
-                    "area_m2": b["pixels"] * gsd * gsd, "polygon_area_m2": b["polygon_px"].area * gsd * gsd,
+                    "area_m2": b["pixels"] * gsd * gsd,
+                    "polygon_area_m2": b["polygon_px"].intersection(frame).area * gsd * gsd,
                     "centroid_xy": list(transform @ (cx, cy)),
                 })
             truth["tiles"][f"train/images/{name}"] = {
