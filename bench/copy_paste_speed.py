@@ -54,9 +54,17 @@ def make_dataset(root: Path, n: int, seed: int) -> Path:
             draw.polygon([tuple(p) for p in pts], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
             x0, y0 = pts.min(0)
             x1, y1 = pts.max(0)
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
-                         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                         "area": float((x1 - x0) * (y1 - y0) * 0.6), "segmentation": [pts.ravel().round(2).tolist()]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat,
+                    "iscrowd": 0,
+                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                    "area": float((x1 - x0) * (y1 - y0) * 0.6),
+                    "segmentation": [pts.ravel().round(2).tolist()],
+                }
+            )
         img.save(root / "images" / f"{i:06d}.jpg", quality=90)
         images.append({"id": i + 1, "file_name": f"{i:06d}.jpg", "width": W, "height": H})
     cats = [{"id": k + 1, "name": n, "supercategory": "thing"} for k, n in enumerate(CLASSES)]
@@ -103,7 +111,9 @@ def main() -> None:
     parser.add_argument("--out-images", type=int, default=300, help="synthetic images per timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--result", type=Path, default=Path(__file__).parent / "results" / "copy_paste_speed.json")
+    parser.add_argument(
+        "--result", type=Path, default=Path(__file__).parent / "results" / "copy_paste_speed.json"
+    )
     args = parser.parse_args()
 
     import torch
@@ -117,7 +127,9 @@ def main() -> None:
         index = CocoIndex.load(ann)
         e2e, bank_s, paste = [], [], []
         for r in range(args.repeats):
-            ips, bs = time_end_to_end(index, root / "src" / "images", root / f"out{r}", args.out_images, args.seed + r)
+            ips, bs = time_end_to_end(
+                index, root / "src" / "images", root / f"out{r}", args.out_images, args.seed + r
+            )
             e2e.append(ips)
             bank_s.append(bs)
             paste.append(time_paste_only(index, root / "src" / "images", args.out_images, args.seed + r))
@@ -135,14 +147,23 @@ def main() -> None:
         "target_images_per_s": 50,
         "meets_target": statistics.median(e2e) >= 50,
         "threads": {"torch": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        },
         "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/copy_paste_speed.py",
     }
     args.result.parent.mkdir(parents=True, exist_ok=True)
     args.result.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"end to end: {result['end_to_end_images_per_s']['median']:.1f} images/s (runs {result['end_to_end_images_per_s']['runs']})")
-    print(f"paste only: {result['paste_only_images_per_s']['median']:.1f} images/s (runs {result['paste_only_images_per_s']['runs']})")
+    print(
+        f"end to end: {result['end_to_end_images_per_s']['median']:.1f} images/s (runs {result['end_to_end_images_per_s']['runs']})"
+    )
+    print(
+        f"paste only: {result['paste_only_images_per_s']['median']:.1f} images/s (runs {result['paste_only_images_per_s']['runs']})"
+    )
     print(f"bank build: {result['bank_build_s']['median']:.2f} s for {rare} instances; wrote {args.result}")
 
 

@@ -49,7 +49,12 @@ def solid_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
                 seg = _rle(mask)
             else:  # polygon of the pixel-exact outline is hard; use a 64-gon and re-rasterise
                 t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-                seg = [np.stack([cx + 0.5 + r * np.cos(t), cy + 0.5 + r * np.sin(t)], 1).ravel().round(2).tolist()]
+                seg = [
+                    np.stack([cx + 0.5 + r * np.cos(t), cy + 0.5 + r * np.sin(t)], 1)
+                    .ravel()
+                    .round(2)
+                    .tolist()
+                ]
                 mask = pcm.decode(pcm.merge(pcm.frPyObjects(seg, H, W))).astype(bool)
                 img[:] = GREY
                 img[mask] = RED
@@ -57,13 +62,27 @@ def solid_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
         Image.fromarray(img).save(root / "images" / f"{i:03d}.png")
         ys, xs = np.nonzero(mask)
         images.append({"id": 100 + i, "file_name": f"{i:03d}.png", "width": W, "height": H})
-        anns.append({
-            "id": 500 + i, "image_id": 100 + i, "category_id": cat, "iscrowd": 0, "area": float(mask.sum()),
-            "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)],
-            "segmentation": seg,
-        })
-    cats = [{"id": 1, "name": "box", "supercategory": "x"}, {"id": 2, "name": "disc", "supercategory": "x"},
-            {"id": 3, "name": "empty", "supercategory": "x"}]
+        anns.append(
+            {
+                "id": 500 + i,
+                "image_id": 100 + i,
+                "category_id": cat,
+                "iscrowd": 0,
+                "area": float(mask.sum()),
+                "bbox": [
+                    float(xs.min()),
+                    float(ys.min()),
+                    float(xs.max() - xs.min() + 1),
+                    float(ys.max() - ys.min() + 1),
+                ],
+                "segmentation": seg,
+            }
+        )
+    cats = [
+        {"id": 1, "name": "box", "supercategory": "x"},
+        {"id": 2, "name": "disc", "supercategory": "x"},
+        {"id": 3, "name": "empty", "supercategory": "x"},
+    ]
     ann = root / "train.json"
     ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return ann, root / "images"

@@ -12,9 +12,19 @@ from detrkit.errors import ConfigError
 from detrkit.synth.ablate import AblationSettings, run_ablation, steps_per_epoch
 from detrkit.synth.rare import SynthError
 
-TINY = ["data.shapes.train=24", "data.shapes.val=6", "data.shapes.size=64", "data.transform_args.size=64",
-        "train.epochs=1", "train.batch_size=4", "eval.batch_size=6", "optim.warmup_steps=1", "train.preflight=false",
-        "output.tensorboard=false", "output.plots=false"]
+TINY = [
+    "data.shapes.train=24",
+    "data.shapes.val=6",
+    "data.shapes.size=64",
+    "data.transform_args.size=64",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "eval.batch_size=6",
+    "optim.warmup_steps=1",
+    "train.preflight=false",
+    "output.tensorboard=false",
+    "output.plots=false",
+]
 
 
 def _last_step(run_dir) -> int:
@@ -27,8 +37,16 @@ def test_arms_share_the_budget_and_the_table_has_rare_ap(tmp_path) -> None:
     cfg = load_config("demo", [f"data.shapes.out={tmp_path / 'shapes'}", *TINY])
     arms = ["copy-paste", "copy-paste-online", "rfs"]  # baseline is added first
     logs: list[str] = []
-    res = run_ablation(cfg, tmp_path / "abl", arms=arms, seeds=[3], rare=["star", "cross"],
-                       settings=AblationSettings(per_class=3, online_p=1.0), quiet=True, log=logs.append)
+    res = run_ablation(
+        cfg,
+        tmp_path / "abl",
+        arms=arms,
+        seeds=[3],
+        rare=["star", "cross"],
+        settings=AblationSettings(per_class=3, online_p=1.0),
+        quiet=True,
+        log=logs.append,
+    )
     assert res["arms"] == ["baseline", *arms] and res["steps_per_epoch"] == 24 // 4
     runs = {a: [tmp_path / "abl" / "runs" / f"{a}-3"] for a in res["arms"]}
     assert {a: [str(p) for p in ps] for a, ps in runs.items()} == res["runs"]
@@ -42,15 +60,33 @@ def test_arms_share_the_budget_and_the_table_has_rare_ap(tmp_path) -> None:
     extra = json.loads((runs["copy-paste"][0] / "ablation.json").read_text())["extra"]
     assert extra["ann"].endswith("copy-paste-3/annotations.json")
     table = (tmp_path / "abl" / "comparison.md").read_text()
-    for needle in ("rare mAP", "AP[star]", "AP[cross]", "baseline-3", "copy-paste-online-3", "Rare classes: star, cross"):
+    for needle in (
+        "rare mAP",
+        "AP[star]",
+        "AP[cross]",
+        "baseline-3",
+        "copy-paste-online-3",
+        "Rare classes: star, cross",
+    ):
         assert needle in table
     assert "repeat_factor_threshold=0.3" in table
-    assert "training copy-paste-3 (30 train images)" in logs and "training copy-paste-online-3 (24 train images)" in logs
+    assert (
+        "training copy-paste-3 (30 train images)" in logs
+        and "training copy-paste-online-3 (24 train images)" in logs
+    )
     # Resuming: finished runs are kept, not trained again.
     before = (runs["rfs"][0] / "metrics.json").stat().st_mtime_ns
     logs.clear()
-    run_ablation(cfg, tmp_path / "abl", arms=arms, seeds=[3], rare=["star", "cross"],
-                 settings=AblationSettings(per_class=3, online_p=1.0), quiet=True, log=logs.append)
+    run_ablation(
+        cfg,
+        tmp_path / "abl",
+        arms=arms,
+        seeds=[3],
+        rare=["star", "cross"],
+        settings=AblationSettings(per_class=3, online_p=1.0),
+        quiet=True,
+        log=logs.append,
+    )
     assert (runs["rfs"][0] / "metrics.json").stat().st_mtime_ns == before
     assert sum("done before, kept" in m for m in logs) == 4
 

@@ -20,17 +20,41 @@ def _scene() -> tuple[np.ndarray, list[dict]]:
     rect[30:50, 40:90] = True  # 50 x 20 rectangle centred at (65, 40)
     image[rect] = (250, 250, 250)
     anns = [
-        {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 1000.0, "bbox": [40.0, 30.0, 50.0, 20.0],
-         "segmentation": encode_mask(rect), "color": [250, 250, 250]},
-        {"id": 2, "image_id": 1, "category_id": 2, "iscrowd": 0, "area": 100.0, "bbox": [5.0, 70.0, 10.0, 10.0],
-         "segmentation": []},
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 0,
+            "area": 1000.0,
+            "bbox": [40.0, 30.0, 50.0, 20.0],
+            "segmentation": encode_mask(rect),
+            "color": [250, 250, 250],
+        },
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 2,
+            "iscrowd": 0,
+            "area": 100.0,
+            "bbox": [5.0, 70.0, 10.0, 10.0],
+            "segmentation": [],
+        },
     ]
     return image, anns
 
 
 def _ops(**kw) -> dict:
-    ops = {"crop": [0, 0, H, W], "flip": False, "angle": 0.0, "brightness": 1.0, "contrast": 1.0, "saturation": 1.0,
-           "blur_sigma": 0.0, "noise_sigma": 0.0, "noise_seed": 0}
+    ops = {
+        "crop": [0, 0, H, W],
+        "flip": False,
+        "angle": 0.0,
+        "brightness": 1.0,
+        "contrast": 1.0,
+        "saturation": 1.0,
+        "blur_sigma": 0.0,
+        "noise_sigma": 0.0,
+        "noise_seed": 0,
+    }
     ops.update(kw)
     return ops
 
@@ -51,13 +75,27 @@ def test_rotation_box_is_the_rotated_rectangle_bounds(angle: float) -> None:
     assert abs(xs.min() - (rx - hw)) <= 1.5 and abs(xs.max() + 1 - (rx + hw)) <= 1.5
     assert abs(ys.min() - (ry - hh)) <= 1.5 and abs(ys.max() + 1 - (ry + hh)) <= 1.5
     bright = out.mean(-1) > 145  # the rectangle's pixels, rotated with bilinear interpolation
-    assert (masks[0] & bright).sum() / masks[0].sum() > 0.9 and (bright & ~masks[0]).sum() / bright.sum() < 0.1
+    assert (masks[0] & bright).sum() / masks[0].sum() > 0.9 and (
+        bright & ~masks[0]
+    ).sum() / bright.sum() < 0.1
 
 
 def test_augment_sample_boxes_come_from_masks_and_flip_is_exact() -> None:
     image, anns = _scene()
-    out_img, new, _ = augment_sample(image, anns, np.random.default_rng(0), AugmentParams(attempts=0, noise_sigma=0.0,
-                                     blur_prob=0.0, brightness=0.0, contrast=0.0, saturation=0.0, flip_prob=1.0))
+    out_img, new, _ = augment_sample(
+        image,
+        anns,
+        np.random.default_rng(0),
+        AugmentParams(
+            attempts=0,
+            noise_sigma=0.0,
+            blur_prob=0.0,
+            brightness=0.0,
+            contrast=0.0,
+            saturation=0.0,
+            flip_prob=1.0,
+        ),
+    )
     # attempts=0 -> the fallback: no crop, no rotation, but the drawn flip is dropped too; pixels untouched.
     np.testing.assert_array_equal(out_img, image)
     assert [a["bbox"] for a in new] == [[40.0, 30.0, 50.0, 20.0], [5.0, 70.0, 10.0, 10.0]]

@@ -11,21 +11,51 @@ from detrkit.cli.main import app
 
 def test_synth_copy_paste_json(solid_dataset, tmp_path) -> None:
     ann, images = solid_dataset
-    args = ["synth", "--data", str(ann), "--images", str(images), "--out", str(tmp_path / "o"),
-            "--classes", "disc", "box", "--per-class", "2", "--seed", "4", "--format", "png", "--json"]
+    args = [
+        "synth",
+        "--data",
+        str(ann),
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "o"),
+        "--classes",
+        "disc",
+        "box",
+        "--per-class",
+        "2",
+        "--seed",
+        "4",
+        "--format",
+        "png",
+        "--json",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["classes"] == ["disc", "box"] and summary["per_class"] == {"disc": 2, "box": 2}
     coco = json.loads((tmp_path / "o" / "annotations.json").read_text())
-    assert len(coco["images"]) == 4 and all((tmp_path / "o" / "images" / im["file_name"]).is_file() for im in coco["images"])
+    assert len(coco["images"]) == 4 and all(
+        (tmp_path / "o" / "images" / im["file_name"]).is_file() for im in coco["images"]
+    )
     meta = json.loads((tmp_path / "o" / "metadata.json").read_text())
     assert meta["params"]["seed"] == 4 and meta["method"] == "copy-paste"
 
 
 def test_synth_comma_list_and_augment(solid_dataset, tmp_path) -> None:
     ann, images = solid_dataset
-    base = ["synth", "--data", str(ann), "--images", str(images), "--per-class", "1", "--json", "--method", "augment"]
+    base = [
+        "synth",
+        "--data",
+        str(ann),
+        "--images",
+        str(images),
+        "--per-class",
+        "1",
+        "--json",
+        "--method",
+        "augment",
+    ]
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a"), "--classes", "disc,box"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["classes"] == ["disc", "box"]
@@ -45,7 +75,17 @@ def _main(args: list[str], capsys) -> tuple[int, str]:
 
 def test_synth_user_errors_exit_2_with_one_line(solid_dataset, tmp_path, capsys) -> None:
     ann, images = solid_dataset
-    cmd = ["synth", "--data", str(ann), "--images", str(images), "--out", str(tmp_path / "x"), "--classes", "dsic"]
+    cmd = [
+        "synth",
+        "--data",
+        str(ann),
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "x"),
+        "--classes",
+        "dsic",
+    ]
     code, err = _main(cmd, capsys)
     assert code == 2
     assert err.strip().splitlines() == [f"error: {ann}: no class named 'dsic' (did you mean 'disc'?)"]
@@ -53,7 +93,22 @@ def test_synth_user_errors_exit_2_with_one_line(solid_dataset, tmp_path, capsys)
     cmd[cmd.index(str(images))] = str(tmp_path / "missing")
     code, err = _main(cmd, capsys)
     assert code == 2 and "images folder not found" in err and len(err.strip().splitlines()) == 1
-    diffusion = ["synth", "--data", str(ann), "--images", str(images), "--out", str(tmp_path / "x"), "--classes", "disc",
-                 "--method", "diffusion", "--model", str(tmp_path), "--device", "cpu"]
+    diffusion = [
+        "synth",
+        "--data",
+        str(ann),
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "x"),
+        "--classes",
+        "disc",
+        "--method",
+        "diffusion",
+        "--model",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     code, err = _main(diffusion, capsys)
     assert code == 2 and "cannot load an inpainting pipeline" in err and len(err.strip().splitlines()) == 1

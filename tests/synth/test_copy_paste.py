@@ -88,8 +88,17 @@ def test_flip_and_scale_are_exact() -> None:
 def _ann(seg_mask: np.ndarray, cat: int, ann_id: int) -> dict:
     ys, xs = np.nonzero(seg_mask)
     return {
-        "id": ann_id, "image_id": 1, "category_id": cat, "iscrowd": 0, "area": float(seg_mask.sum()),
-        "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)],
+        "id": ann_id,
+        "image_id": 1,
+        "category_id": cat,
+        "iscrowd": 0,
+        "area": float(seg_mask.sum()),
+        "bbox": [
+            float(xs.min()),
+            float(ys.min()),
+            float(xs.max() - xs.min() + 1),
+            float(ys.max() - ys.min() + 1),
+        ],
         "segmentation": encode_mask(seg_mask),
     }
 
@@ -102,7 +111,9 @@ def test_occluded_object_is_shrunk_to_its_visible_pixels() -> None:
     scene = scene_from_annotations([_ann(target, 3, 11)], H, W)
     # A 30 x 12 opaque bar; with max_size_frac=1 and a single allowed spot it must cover x in [38, 50).
     inst = Instance(rgb=np.broadcast_to(FG, (30, 12, 3)).copy(), mask=np.ones((30, 12), bool), category_id=5)
-    params = PasteParams(feather=0, scale_range=(1.0, 1.0), flip_prob=0.0, max_cover=1.0, drop_occluded=0.9, attempts=1)
+    params = PasteParams(
+        feather=0, scale_range=(1.0, 1.0), flip_prob=0.0, max_cover=1.0, drop_occluded=0.9, attempts=1
+    )
 
     class FixedRng:
         def uniform(self, lo: float, hi: float) -> float:
@@ -127,10 +138,25 @@ def test_heavily_hidden_object_is_dropped_and_box_only_objects_shrink() -> None:
     H, W = 50, 50
     small = np.zeros((H, W), dtype=bool)
     small[20:26, 20:26] = True
-    box_only = {"id": 2, "image_id": 1, "category_id": 4, "iscrowd": 0, "area": 100.0, "bbox": [0.0, 0.0, 10.0, 10.0], "segmentation": []}
+    box_only = {
+        "id": 2,
+        "image_id": 1,
+        "category_id": 4,
+        "iscrowd": 0,
+        "area": 100.0,
+        "bbox": [0.0, 0.0, 10.0, 10.0],
+        "segmentation": [],
+    }
     scene = scene_from_annotations([_ann(small, 3, 1), box_only], H, W)
-    inst = Instance(rgb=np.broadcast_to(FG, (30, 30, 3)).copy(), mask=np.ones((30, 30), bool), category_id=5, has_mask=False)
-    params = PasteParams(feather=0, scale_range=(1.0, 1.0), max_size_frac=1.0, max_cover=1.0, drop_occluded=0.5, attempts=1)
+    inst = Instance(
+        rgb=np.broadcast_to(FG, (30, 30, 3)).copy(),
+        mask=np.ones((30, 30), bool),
+        category_id=5,
+        has_mask=False,
+    )
+    params = PasteParams(
+        feather=0, scale_range=(1.0, 1.0), max_size_frac=1.0, max_cover=1.0, drop_occluded=0.5, attempts=1
+    )
 
     class FixedRng:
         def uniform(self, lo: float, hi: float) -> float:
@@ -190,11 +216,18 @@ def test_local_rle_equals_full_image_rle(seed: int) -> None:
 def test_local_decode_equals_pycocotools(seed: int) -> None:
     rng = np.random.default_rng(seed)
     H, W = 41, 59
-    polys = [rng.uniform([0, 0], [W, H], (int(rng.integers(3, 9)), 2)).ravel().tolist() for _ in range(1 + seed % 3)]
+    polys = [
+        rng.uniform([0, 0], [W, H], (int(rng.integers(3, 9)), 2)).ravel().tolist()
+        for _ in range(1 + seed % 3)
+    ]
     ref = pcm.decode(pcm.merge(pcm.frPyObjects(polys, H, W))).astype(bool)
     lm = decode_local(polys, H, W)
     np.testing.assert_array_equal(lm.to_full(H, W), ref)
     rle = pcm.encode(np.asfortranarray(ref.astype(np.uint8)))
-    np.testing.assert_array_equal(decode_local({"size": [H, W], "counts": rle["counts"].decode()}, H, W).to_full(H, W), ref)
-    np.testing.assert_array_equal(decode_local({"size": [H, W], "counts": _uncompressed_counts(ref)}, H, W).to_full(H, W), ref)
+    np.testing.assert_array_equal(
+        decode_local({"size": [H, W], "counts": rle["counts"].decode()}, H, W).to_full(H, W), ref
+    )
+    np.testing.assert_array_equal(
+        decode_local({"size": [H, W], "counts": _uncompressed_counts(ref)}, H, W).to_full(H, W), ref
+    )
     assert decode_local([], H, W).area == 0

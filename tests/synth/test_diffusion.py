@@ -30,7 +30,11 @@ transformers = pytest.importorskip("transformers")
 
 def _byte_chars() -> list[str]:
     """The 256 printable stand-ins of byte-level BPE (GPT-2's ``bytes_to_unicode`` table)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     extra = [b for b in range(256) if b not in keep]
     return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
 
@@ -59,22 +63,49 @@ def tiny_pipe(tmp_path_factory: pytest.TempPathFactory):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8,
+        sample_size=16,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=32,
     )
-    text = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, vocab_size=600, max_position_embeddings=16,
-    ))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=600,
+            max_position_embeddings=16,
+        )
+    )
     folder = tmp_path_factory.mktemp("tok")
     pipe = StableDiffusionInpaintPipeline(
-        vae=vae, text_encoder=text, tokenizer=_tokenizer(folder), unet=unet, scheduler=DDIMScheduler(steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text,
+        tokenizer=_tokenizer(folder),
+        unet=unet,
+        scheduler=DDIMScheduler(steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -98,7 +129,9 @@ def test_inpaint_box_changes_only_the_box(tiny_pipe) -> None:
     np.testing.assert_array_equal(out, again)  # seeded
 
 
-@pytest.mark.parametrize(("box", "hw"), [((0, 0, 10, 10), (50, 60)), ((55, 40, 60, 50), (50, 60)), ((5, 5, 45, 15), (50, 60))])
+@pytest.mark.parametrize(
+    ("box", "hw"), [((0, 0, 10, 10), (50, 60)), ((55, 40, 60, 50), (50, 60)), ((5, 5, 45, 15), (50, 60))]
+)
 def test_context_crop_holds_the_box_inside_the_image(box, hw) -> None:
     x0, y0, side = context_crop(box, hw, 2.0)
     assert 0 <= x0 <= box[0] and 0 <= y0 <= box[1] and x0 + side >= box[2] and y0 + side >= box[3]
@@ -118,7 +151,12 @@ def test_synthesize_diffusion_annotations_and_metadata(tiny_pipe, solid_dataset,
         assert m["prompt"] == "a photo of a disc" and m["model"] == "tiny" and isinstance(m["seed"], int)
         x, y, w, h = m["bbox"]
         new = [a for a in coco["annotations"] if a["image_id"] == im["id"] and a["bbox"] == [x, y, w, h]]
-        assert len(new) == 1 and new[0]["category_id"] == 2 and new[0]["segmentation"] == [] and new[0]["area"] == w * h
+        assert (
+            len(new) == 1
+            and new[0]["category_id"] == 2
+            and new[0]["segmentation"] == []
+            and new[0]["area"] == w * h
+        )
         src = np.asarray(Image.open(images / m["source_image"]).convert("RGB"))
         out = np.asarray(Image.open(tmp_path / "images" / im["file_name"]).convert("RGB"))
         outside = np.ones(src.shape[:2], bool)

@@ -29,8 +29,14 @@ def test_copy_paste_files_ids_and_exact_masks(solid_dataset, tmp_path, scaled: b
     ann_path, images = solid_dataset
     index = CocoIndex.load(ann_path)
     scale = (0.6, 1.5) if scaled else (1.0, 1.0)
-    opts = SynthOptions(method="copy-paste", per_class=6, seed=3, image_format="png", min_area=16,
-                        paste=PasteParams(feather=0, max_cover=0.5, drop_occluded=0.6, scale_range=scale))
+    opts = SynthOptions(
+        method="copy-paste",
+        per_class=6,
+        seed=3,
+        image_format="png",
+        min_area=16,
+        paste=PasteParams(feather=0, max_cover=0.5, drop_occluded=0.6, scale_range=scale),
+    )
     summary = synthesize(index, images, tmp_path / "out", classes=["disc"], options=opts)
     assert summary["images"] == 6 and summary["per_class"] == {"disc": 6}
     coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
@@ -82,7 +88,9 @@ def test_augment_keeps_the_class_and_is_reproducible(shapes_dataset, tmp_path) -
     cid = {c["name"]: c["id"] for c in a["categories"]}[classes[0]]
     for im in a["images"]:
         assert any(x["category_id"] == cid for x in a["annotations"] if x["image_id"] == im["id"])
-        assert (tmp_path / "a" / "images" / im["file_name"]).read_bytes() == (tmp_path / "b" / "images" / im["file_name"]).read_bytes()
+        assert (tmp_path / "a" / "images" / im["file_name"]).read_bytes() == (
+            tmp_path / "b" / "images" / im["file_name"]
+        ).read_bytes()
     meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
     assert {"crop", "angle", "flip", "brightness"} <= set(meta["images"][0]["ops"])
 

@@ -25,12 +25,16 @@ def _uniform(h: int = 80, w: int = 100) -> torch.Tensor:
 def _bank() -> InstanceBank:
     yy, xx = np.mgrid[:21, :17]
     disc = (yy - 10) ** 2 / 110 + (xx - 8) ** 2 / 72 <= 1
-    inst = Instance(rgb=np.broadcast_to(np.array(RED, np.uint8), (21, 17, 3)).copy(), mask=disc, category_id=7)
+    inst = Instance(
+        rgb=np.broadcast_to(np.array(RED, np.uint8), (21, 17, 3)).copy(), mask=disc, category_id=7
+    )
     return InstanceBank({7: [inst]})
 
 
 def test_pasted_boxes_are_the_bounds_of_the_changed_pixels() -> None:
-    cp = OnlineCopyPaste(_bank(), label_of_category={7: 4}, p=1.0, max_instances=1, params=PasteParams(feather=1))
+    cp = OnlineCopyPaste(
+        _bank(), label_of_category={7: 4}, p=1.0, max_instances=1, params=PasteParams(feather=1)
+    )
     image = _uniform()
     target = make_target(torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64), (80, 100))
     target["image_id"] = 3
@@ -40,7 +44,9 @@ def test_pasted_boxes_are_the_bounds_of_the_changed_pixels() -> None:
         changed = (out != image).any(0)
         ys, xs = torch.nonzero(changed, as_tuple=True)
         assert t["labels"].tolist() == [4] and t["image_id"] == 3
-        assert t["boxes"].tolist() == [[xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]]
+        assert t["boxes"].tolist() == [
+            [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+        ]
         assert isinstance(t["boxes"], tv_tensors.BoundingBoxes) and t["boxes"].canvas_size == (80, 100)
     assert (image == torch.tensor(GREY).view(3, 1, 1)).all()  # the input was not modified
 
@@ -62,7 +68,15 @@ def test_probability_zero_is_identity_and_seeded_runs_repeat() -> None:
 def test_hidden_box_is_dropped_and_partly_hidden_box_shrinks() -> None:
     square = Instance(rgb=np.full((30, 30, 3), 200, np.uint8), mask=np.ones((30, 30), bool), category_id=7)
     bank = InstanceBank({7: [square]})
-    params = PasteParams(feather=0, scale_range=(1.0, 1.0), flip_prob=0.0, max_size_frac=1.0, max_cover=1.0, drop_occluded=0.5, attempts=1)
+    params = PasteParams(
+        feather=0,
+        scale_range=(1.0, 1.0),
+        flip_prob=0.0,
+        max_size_frac=1.0,
+        max_cover=1.0,
+        drop_occluded=0.5,
+        attempts=1,
+    )
     cp = OnlineCopyPaste(bank, label_of_category={7: 2}, p=1.0, max_instances=1, params=params)
     image = _uniform(30, 60)
     # Only x0 = 0..30 fits a 30-wide paste into a 60-wide image; y0 = 0. Try seeds until x0 = 15.
@@ -79,7 +93,15 @@ def test_hidden_box_is_dropped_and_partly_hidden_box_shrinks() -> None:
     # box 2 untouched. With drop_occluded=0.5, only the untouched box and the paste remain.
     assert t["labels"].tolist() == [3, 2]
     assert t["boxes"].tolist() == [[50.0, 0.0, 60.0, 10.0], [15.0, 0.0, 45.0, 30.0]]
-    params = PasteParams(feather=0, scale_range=(1.0, 1.0), flip_prob=0.0, max_size_frac=1.0, max_cover=1.0, drop_occluded=0.9, attempts=1)
+    params = PasteParams(
+        feather=0,
+        scale_range=(1.0, 1.0),
+        flip_prob=0.0,
+        max_size_frac=1.0,
+        max_cover=1.0,
+        drop_occluded=0.9,
+        attempts=1,
+    )
     cp.params = params
     torch.manual_seed(seed)
     out, t = cp(image, target)
@@ -91,8 +113,14 @@ def test_in_a_dataset_pipeline(shapes_dataset) -> None:
     index = CocoIndex.load(shapes_dataset.train_ann)
     cp = build_online_copy_paste(index, shapes_dataset.train_images, rare_k=2, p=1.0, min_area=16)
     rare_labels = {index.cat_id_to_label[c] for c in cp.categories}
-    ds = CocoDetection(index, shapes_dataset.train_images, transforms=v2.Compose([cp, build_transforms("light", train=False, size=96)]))
-    base = CocoDetection(index, shapes_dataset.train_images, transforms=build_transforms("light", train=False, size=96))
+    ds = CocoDetection(
+        index,
+        shapes_dataset.train_images,
+        transforms=v2.Compose([cp, build_transforms("light", train=False, size=96)]),
+    )
+    base = CocoDetection(
+        index, shapes_dataset.train_images, transforms=build_transforms("light", train=False, size=96)
+    )
     torch.manual_seed(0)
     more = 0
     for i in range(4):
@@ -100,6 +128,10 @@ def test_in_a_dataset_pipeline(shapes_dataset) -> None:
         _, ref = base[i]
         assert image.shape[0] == 3 and target["boxes"].shape[0] == target["labels"].shape[0]
         assert ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
-        more += sum(int(lbl in rare_labels) for lbl in target["labels"].tolist()) - sum(int(lbl in rare_labels) for lbl in ref["labels"].tolist())
+        more += sum(int(lbl in rare_labels) for lbl in target["labels"].tolist()) - sum(
+            int(lbl in rare_labels) for lbl in ref["labels"].tolist()
+        )
     assert more >= 4  # at least one rare instance pasted per sample
-    assert isinstance(InstanceBank.from_coco(index, shapes_dataset.train_images, category_ids=cp.categories), InstanceBank)
+    assert isinstance(
+        InstanceBank.from_coco(index, shapes_dataset.train_images, category_ids=cp.categories), InstanceBank
+    )

@@ -15,8 +15,16 @@ def _index() -> CocoIndex:
     anns = []
 
     def add(img: int, cat: int, crowd: int = 0) -> None:
-        anns.append({"id": len(anns) + 1, "image_id": img, "category_id": cat, "bbox": [1, 1, 2, 2], "area": 4,
-                     "iscrowd": crowd})
+        anns.append(
+            {
+                "id": len(anns) + 1,
+                "image_id": img,
+                "category_id": cat,
+                "bbox": [1, 1, 2, 2],
+                "area": 4,
+                "iscrowd": crowd,
+            }
+        )
 
     for i in range(40):
         add(i, 1)

@@ -35,13 +35,23 @@ def parse_seeds(text: str) -> list[int]:
 def ablate_cmd(
     overrides: list[str] = typer.Argument(None, help="key=value config overrides, e.g. train.epochs=4"),
     config: str = typer.Option(..., "--config", "-c", help="YAML config file or packaged name (demo, ...)."),
-    arms: str = typer.Option("baseline,copy-paste,rfs", "--arms", help="Comma list of: baseline, copy-paste, augment, copy-paste-online, rfs."),
+    arms: str = typer.Option(
+        "baseline,copy-paste,rfs",
+        "--arms",
+        help="Comma list of: baseline, copy-paste, augment, copy-paste-online, rfs.",
+    ),
     seeds: str = typer.Option("3", "--seeds", help="How many seeds (3 -> 0,1,2) or a list (0,5,7)."),
-    out: Path = typer.Option(Path("runs/ablation"), "--out", help="Folder for runs, synthetic data and the comparison."),
+    out: Path = typer.Option(
+        Path("runs/ablation"), "--out", help="Folder for runs, synthetic data and the comparison."
+    ),
     rare: str | None = typer.Option(None, "--rare", help="Rare classes, comma list (e.g. star,cross)."),
     rare_k: int | None = typer.Option(None, "--rare-k", help="Or: the k rarest classes."),
-    rare_fraction: float | None = typer.Option(None, "--rare-fraction", help="Or: classes rarer than this (as `detrkit data stats`)."),
-    per_class: int = typer.Option(100, "--per-class", help="Synthetic images per rare class (copy-paste, augment)."),
+    rare_fraction: float | None = typer.Option(
+        None, "--rare-fraction", help="Or: classes rarer than this (as `detrkit data stats`)."
+    ),
+    per_class: int = typer.Option(
+        100, "--per-class", help="Synthetic images per rare class (copy-paste, augment)."
+    ),
     online_p: float = typer.Option(0.5, "--online-p", help="Online copy-paste probability per sample."),
     rfs_threshold: float = typer.Option(0.3, "--rfs-threshold", help="Repeat-factor threshold t (rfs arm)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the table."),
@@ -53,10 +63,17 @@ def ablate_cmd(
     cfg = load_config(config, list(overrides or []))
     console = Console(stderr=True)
     result = run_ablation(
-        cfg, out, arms=[a.strip() for a in arms.split(",") if a.strip()], seeds=parse_seeds(seeds),
-        rare=[r for r in (rare or "").split(",") if r] or None, rare_k=rare_k, rare_fraction=rare_fraction,
+        cfg,
+        out,
+        arms=[a.strip() for a in arms.split(",") if a.strip()],
+        seeds=parse_seeds(seeds),
+        rare=[r for r in (rare or "").split(",") if r] or None,
+        rare_k=rare_k,
+        rare_fraction=rare_fraction,
         settings=AblationSettings(per_class=per_class, online_p=online_p, rfs_threshold=rfs_threshold),
-        console=console, quiet=as_json, log=lambda msg: console.print(msg, highlight=False, markup=False),
+        console=console,
+        quiet=as_json,
+        log=lambda msg: console.print(msg, highlight=False, markup=False),
     )
     if as_json:
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))

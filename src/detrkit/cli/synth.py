@@ -39,26 +39,48 @@ def _pair(text: str, option: str, cast: type = float) -> tuple:
 def synth_cmd(
     data: Path = typer.Option(..., "--data", help="COCO instances JSON of the training set."),
     images: Path = typer.Option(..., "--images", help="Image folder (file_name is relative to it)."),
-    out: Path = typer.Option(..., "--out", help="Output folder (images/, annotations.json, metadata.json, samples.png)."),
-    class_args: list[str] = typer.Argument(None, metavar="[CLASS]...", help="More class names (after --classes)."),
-    classes: list[str] = typer.Option(None, "--classes", help="Classes to synthesize: --classes train,cat or --classes train cat."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder (images/, annotations.json, metadata.json, samples.png)."
+    ),
+    class_args: list[str] = typer.Argument(
+        None, metavar="[CLASS]...", help="More class names (after --classes)."
+    ),
+    classes: list[str] = typer.Option(
+        None, "--classes", help="Classes to synthesize: --classes train,cat or --classes train cat."
+    ),
     rare_k: int | None = typer.Option(None, "--rare-k", help="Synthesize the k rarest classes."),
-    rare_fraction: float | None = typer.Option(None, "--rare-fraction", help="Synthesize classes rarer than this (as `detrkit data stats` marks them)."),
+    rare_fraction: float | None = typer.Option(
+        None,
+        "--rare-fraction",
+        help="Synthesize classes rarer than this (as `detrkit data stats` marks them).",
+    ),
     per_class: int = typer.Option(100, "--per-class", help="Images per class."),
     method: str = typer.Option("copy-paste", "--method", help="copy-paste | augment | diffusion."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
     image_format: str = typer.Option("jpg", "--format", help="jpg | png."),
-    instances: str = typer.Option("1,3", "--instances", help="copy-paste: instances pasted per image, MIN,MAX."),
+    instances: str = typer.Option(
+        "1,3", "--instances", help="copy-paste: instances pasted per image, MIN,MAX."
+    ),
     scale: str = typer.Option("0.6,1.4", "--scale", help="copy-paste: scale jitter, LOW,HIGH."),
     feather: int = typer.Option(2, "--feather", help="copy-paste: edge blending width in pixels (0: hard)."),
-    max_cover: float = typer.Option(0.3, "--max-cover", help="Paste where it hides at most this fraction of any object."),
-    drop_occluded: float = typer.Option(0.7, "--drop-occluded", help="Drop objects hidden over this fraction; shrink the others."),
-    model: str | None = typer.Option(None, "--model", help="diffusion: inpainting model, Hub id or local folder."),
-    prompt: str = typer.Option("a photo of a {class}", "--prompt", help="diffusion: prompt; {class} is the class name."),
+    max_cover: float = typer.Option(
+        0.3, "--max-cover", help="Paste where it hides at most this fraction of any object."
+    ),
+    drop_occluded: float = typer.Option(
+        0.7, "--drop-occluded", help="Drop objects hidden over this fraction; shrink the others."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="diffusion: inpainting model, Hub id or local folder."
+    ),
+    prompt: str = typer.Option(
+        "a photo of a {class}", "--prompt", help="diffusion: prompt; {class} is the class name."
+    ),
     steps: int = typer.Option(30, "--steps", help="diffusion: denoising steps."),
     guidance: float = typer.Option(7.5, "--guidance", help="diffusion: guidance scale."),
     resolution: int = typer.Option(512, "--resolution", help="diffusion: model resolution (multiple of 8)."),
-    device: str | None = typer.Option(None, "--device", help="diffusion: cuda | cpu (default: cuda when available)."),
+    device: str | None = typer.Option(
+        None, "--device", help="diffusion: cuda | cpu (default: cuda when available)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Write synthetic images of rare classes as a COCO dataset to train on next to the real one."""
@@ -85,8 +107,17 @@ def synth_cmd(
     if model:
         diffusion = replace(diffusion, model=model)
     options = SynthOptions(
-        method=method, per_class=per_class, seed=seed, image_format=image_format, instances_per_image=(lo, hi),
-        paste=PasteParams(scale_range=_pair(scale, "--scale"), feather=feather, max_cover=max_cover, drop_occluded=drop_occluded),
+        method=method,
+        per_class=per_class,
+        seed=seed,
+        image_format=image_format,
+        instances_per_image=(lo, hi),
+        paste=PasteParams(
+            scale_range=_pair(scale, "--scale"),
+            feather=feather,
+            max_cover=max_cover,
+            drop_occluded=drop_occluded,
+        ),
         diffusion=diffusion,
     )
     pipeline = load_inpaint_pipeline(diffusion.model, device=device) if method == "diffusion" else None
@@ -94,7 +125,12 @@ def synth_cmd(
     with Progress(*columns, console=_err, transient=True, disable=as_json or not _err.is_terminal) as bar:
         task = bar.add_task(f"synth {method}", total=per_class * len(chosen))
         summary = synthesize(
-            index, images, out, classes=chosen, options=options, pipeline=pipeline,
+            index,
+            images,
+            out,
+            classes=chosen,
+            options=options,
+            pipeline=pipeline,
             progress=lambda done, total: bar.update(task, completed=done),
         )
     summary["classes"] = chosen
@@ -108,10 +144,14 @@ def synth_cmd(
     for name in chosen:
         table.add_row(name, str(summary["per_class"].get(name, 0)))
     _out.print(table)
-    _out.print(f"{summary['images']} images, {summary['instances']} annotations -> {summary['annotations']}", highlight=False)
+    _out.print(
+        f"{summary['images']} images, {summary['instances']} annotations -> {summary['annotations']}",
+        highlight=False,
+    )
     if summary["samples"]:
         _out.print(f"samples: {summary['samples']}", highlight=False)
     _out.print(
-        f"train with it: detrkit train --config CFG 'data.extra=[{{ann: {summary['annotations']}, images: {Path(out) / 'images'}}}]'",
-        highlight=False, markup=False,
+        f"extra training file: ann={summary['annotations']} images={Path(out) / 'images'}",
+        highlight=False,
+        markup=False,
     )

@@ -63,12 +63,16 @@ class AblationSettings:
 def steps_per_epoch(cfg: RunConfig, num_train: int) -> int:
     """The common budget: the baseline's optimizer steps per epoch (see module docstring)."""
     if not isinstance(cfg.train.batch_size, int):
-        raise ConfigError(f"{cfg.source}: ablate needs a fixed train.batch_size (not {cfg.train.batch_size!r})")
+        raise ConfigError(
+            f"{cfg.source}: ablate needs a fixed train.batch_size (not {cfg.train.batch_size!r})"
+        )
     steps = num_train // (cfg.train.batch_size * max(1, cfg.train.grad_accum))
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     if steps < 1:
-        raise ConfigError(f"{cfg.source}: train.batch_size={cfg.train.batch_size} is larger than the {num_train} training images")
+        raise ConfigError(
+            f"{cfg.source}: train.batch_size={cfg.train.batch_size} is larger than the {num_train} training images"
+        )
     return steps
 
 
@@ -89,9 +93,18 @@ def _train_dataset(cfg: RunConfig, *, extra: Path | None = None, online: Any = N
 
 
 def run_ablation(
-    cfg: RunConfig, out_dir: str | Path, *, arms: list[str], seeds: list[int], rare: list[str] | None = None,
-    rare_k: int | None = None, rare_fraction: float | None = None, settings: AblationSettings | None = None,
-    console: Any = None, quiet: bool = False, log: Callable[[str], None] = print,
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    arms: list[str],
+    seeds: list[int],
+    rare: list[str] | None = None,
+    rare_k: int | None = None,
+    rare_fraction: float | None = None,
+    settings: AblationSettings | None = None,
+    console: Any = None,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train every arm x seed and write the comparison (see the module docstring).
 
@@ -107,7 +120,9 @@ def run_ablation(
     settings = settings or AblationSettings()
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
-        raise ConfigError(f"--arms: unknown arm(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(ARMS)}")
+        raise ConfigError(
+            f"--arms: unknown arm(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(ARMS)}"
+        )
     if arms[0] != "baseline":
         arms = ["baseline", *[a for a in arms if a != "baseline"]]
     if not seeds:
@@ -121,8 +136,10 @@ def run_ablation(
     rare = choose_classes(train_index, classes=rare, rare_k=rare_k, rare_fraction=rare_fraction)
     steps = steps_per_epoch(base, len(train_index.images))
     base.train.max_steps_per_epoch = steps
-    log(f"ablation: arms {', '.join(arms)}; seeds {seeds}; rare classes {', '.join(rare)}; "
-        f"{base.train.epochs} epochs x {steps} steps for every arm")
+    log(
+        f"ablation: arms {', '.join(arms)}; seeds {seeds}; rare classes {', '.join(rare)}; "
+        f"{base.train.epochs} epochs x {steps} steps for every arm"
+    )
     splits = build_data(base)  # the validation set, shared by all arms
     runs: dict[str, list[Path]] = {a: [] for a in arms}
     for seed in seeds:
@@ -135,7 +152,12 @@ def run_ablation(
             arm_cfg = copy.deepcopy(base)
             arm_cfg.train.seed = seed
             arm_cfg.output = dataclasses.replace(arm_cfg.output, dir=str(run_dir), name=None)
-            details: dict[str, Any] = {"arm": arm, "seed": seed, "rare_classes": rare, "steps_per_epoch": steps}
+            details: dict[str, Any] = {
+                "arm": arm,
+                "seed": seed,
+                "rare_classes": rare,
+                "steps_per_epoch": steps,
+            }
             train_ds = None
             if arm == "rfs":
                 arm_cfg.data.repeat_factor_threshold = settings.rfs_threshold
@@ -143,19 +165,41 @@ def run_ablation(
             elif arm in ("copy-paste", "augment"):
                 synth_dir = out / "synth" / f"{arm}-{seed}"
                 if not (synth_dir / "annotations.json").is_file():
-                    synthesize(train_index, base.data.train_images, synth_dir, classes=rare,
-                               options=SynthOptions(method=arm, per_class=settings.per_class, seed=seed))
+                    synthesize(
+                        train_index,
+                        base.data.train_images,
+                        synth_dir,
+                        classes=rare,
+                        options=SynthOptions(method=arm, per_class=settings.per_class, seed=seed),
+                    )
                 train_ds = _train_dataset(arm_cfg, extra=synth_dir)
-                details["extra"] = {"ann": str(synth_dir / "annotations.json"), "images": str(synth_dir / "images")}
+                details["extra"] = {
+                    "ann": str(synth_dir / "annotations.json"),
+                    "images": str(synth_dir / "images"),
+                }
             elif arm == "copy-paste-online":
-                online = build_online_copy_paste(train_index, base.data.train_images, classes=rare, p=settings.online_p,
-                                                 max_instances=settings.online_max_instances, seed=seed)
+                online = build_online_copy_paste(
+                    train_index,
+                    base.data.train_images,
+                    classes=rare,
+                    p=settings.online_p,
+                    max_instances=settings.online_max_instances,
+                    seed=seed,
+                )
                 train_ds = _train_dataset(arm_cfg, online=online)
                 details["online"] = {"p": settings.online_p, "max_instances": settings.online_max_instances}
-            log(f"training {run_dir.name} ({len(train_ds) if train_ds is not None else len(splits.train)} train images)")
+            log(
+                f"training {run_dir.name} "
+                f"({len(train_ds) if train_ds is not None else len(splits.train)} train images)"
+            )
             inject = {}
             if train_ds is not None:
-                inject = {"train_dataset": train_ds, "val_dataset": splits.val, "classes": splits.classes, "val_gt": splits.val_ann}
+                inject = {
+                    "train_dataset": train_ds,
+                    "val_dataset": splits.val,
+                    "classes": splits.classes,
+                    "val_gt": splits.val_ann,
+                }
             Trainer(arm_cfg, console=console, quiet=quiet, **inject).fit()
             (run_dir / "ablation.json").write_text(json.dumps(details, indent=1))
     # Offline/online arms differ from the baseline only in injected data, not in config.yaml: tell
@@ -170,8 +214,13 @@ def run_ablation(
     (out / "comparison.md").write_text(table)
     (out / "comparison.csv").write_text(comparison.to_csv())
     summary = {
-        "arms": arms, "seeds": seeds, "rare": rare, "epochs": base.train.epochs, "steps_per_epoch": steps,
-        "settings": dataclasses.asdict(settings), "config": cfg.source,
+        "arms": arms,
+        "seeds": seeds,
+        "rare": rare,
+        "epochs": base.train.epochs,
+        "steps_per_epoch": steps,
+        "settings": dataclasses.asdict(settings),
+        "config": cfg.source,
         "runs": {a: [str(p) for p in ps] for a, ps in runs.items()},
         "comparison": str(out / "comparison.md"),
     }

@@ -57,15 +57,15 @@ def draw_ops(rng: np.random.Generator, params: AugmentParams, hw: tuple[int, int
         "brightness": round(float(rng.uniform(1 - params.brightness, 1 + params.brightness)), 4),
         "contrast": round(float(rng.uniform(1 - params.contrast, 1 + params.contrast)), 4),
         "saturation": round(float(rng.uniform(1 - params.saturation, 1 + params.saturation)), 4),
-        "blur_sigma": round(float(rng.uniform(*params.blur_sigma)), 3) if rng.random() < params.blur_prob else 0.0,
+        "blur_sigma": round(float(rng.uniform(*params.blur_sigma)), 3)
+        if rng.random() < params.blur_prob
+        else 0.0,
         "noise_sigma": params.noise_sigma,
         "noise_seed": int(rng.integers(2**31)),
     }
 
 
-def apply_ops(
-    image: np.ndarray, masks: np.ndarray, ops: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
+def apply_ops(image: np.ndarray, masks: np.ndarray, ops: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Apply ``ops`` to ``uint8 [H, W, 3]`` and ``bool [N, H, W]``; returns the same shapes and types.
 
     Geometry (crop+resize back, flip, rotation about the centre) goes to both; photometric ops
@@ -76,7 +76,9 @@ def apply_ops(
     img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
     msk = tv_tensors.Mask(torch.from_numpy(masks.astype(np.uint8)))
     top, left, ch, cw = ops["crop"]
-    img = F.resized_crop(img, top, left, ch, cw, [h, w], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    img = F.resized_crop(
+        img, top, left, ch, cw, [h, w], interpolation=InterpolationMode.BILINEAR, antialias=True
+    )
     msk = F.resized_crop(msk, top, left, ch, cw, [h, w], interpolation=InterpolationMode.NEAREST)
     if ops["flip"]:
         img, msk = F.horizontal_flip(img), F.horizontal_flip(msk)
@@ -106,7 +108,9 @@ def object_masks(anns: list[dict[str, Any]], hw: tuple[int, int]) -> np.ndarray:
             out[i] = decode_segmentation(ann["segmentation"], h, w)
         else:
             x, y, bw, bh = ann["bbox"]
-            out[i, max(0, math.floor(y)) : math.ceil(y + bh), max(0, math.floor(x)) : math.ceil(x + bw)] = True
+            out[i, max(0, math.floor(y)) : math.ceil(y + bh), max(0, math.floor(x)) : math.ceil(x + bw)] = (
+                True
+            )
     return out
 
 

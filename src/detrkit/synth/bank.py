@@ -26,8 +26,12 @@ from detrkit.synth.masks import decode_segmentation, has_segmentation
 def ann_to_dict(ann: Annotation) -> dict[str, Any]:
     """A :class:`~detrkit.data.coco.Annotation` as a plain COCO annotation dict."""
     d: dict[str, Any] = {
-        "id": ann.id, "image_id": ann.image_id, "category_id": ann.category_id,
-        "bbox": [float(v) for v in ann.bbox_xywh], "area": float(ann.area), "iscrowd": int(ann.iscrowd),
+        "id": ann.id,
+        "image_id": ann.image_id,
+        "category_id": ann.category_id,
+        "bbox": [float(v) for v in ann.bbox_xywh],
+        "area": float(ann.area),
+        "iscrowd": int(ann.iscrowd),
         "segmentation": ann.segmentation if ann.segmentation is not None else [],
     }
     d.update(ann.extra)
@@ -41,7 +45,8 @@ def load_rgb_array(images_dir: str | Path, info: ImageInfo) -> np.ndarray:
     array = np.array(load_image_rgb(path))
     if array.shape[:2] != (info.height, info.width):
         raise DataError(
-            f"{path}: image is {array.shape[1]}x{array.shape[0]} but the annotations say {info.width}x{info.height}",
+            f"{path}: image is {array.shape[1]}x{array.shape[0]} "
+            f"but the annotations say {info.width}x{info.height}",
             path=path,
         )
     return array
@@ -139,7 +144,9 @@ class InstanceBank:
         """Instances per category id."""
         return {cid: len(v) for cid, v in self.by_category.items()}
 
-    def sample(self, category_id: int, rng: np.random.Generator, *, avoid_image_id: int | None = None) -> Instance:
+    def sample(
+        self, category_id: int, rng: np.random.Generator, *, avoid_image_id: int | None = None
+    ) -> Instance:
         """A random instance of ``category_id``, preferring ones not cut from ``avoid_image_id``."""
         pool = self.by_category.get(category_id) or []
         if not pool:

@@ -94,8 +94,19 @@ class SceneObject:
     @classmethod
     def from_annotation(cls, ann: dict[str, Any], height: int, width: int) -> SceneObject:
         x, y, w, h = (float(v) for v in ann["bbox"])
-        box = (max(0, int(np.floor(x))), max(0, int(np.floor(y))), min(width, int(np.ceil(x + w))), min(height, int(np.ceil(y + h))))
-        return cls(int(ann["category_id"]), box, has_segmentation(ann.get("segmentation")), ann=ann, _size=(height, width))
+        box = (
+            max(0, int(np.floor(x))),
+            max(0, int(np.floor(y))),
+            min(width, int(np.ceil(x + w))),
+            min(height, int(np.ceil(y + h))),
+        )
+        return cls(
+            int(ann["category_id"]),
+            box,
+            has_segmentation(ann.get("segmentation")),
+            ann=ann,
+            _size=(height, width),
+        )
 
     @property
     def region(self) -> LocalMask:
@@ -237,8 +248,12 @@ def _boxes_intersect(a: tuple[int, int, int, int], b: tuple[int, int, int, int])
 
 
 def choose_position(
-    scene: list[SceneObject], hw: tuple[int, int], image_hw: tuple[int, int], mask: np.ndarray,
-    rng: np.random.Generator, params: PasteParams,
+    scene: list[SceneObject],
+    hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    params: PasteParams,
 ) -> tuple[int, int, float]:
     """Random top-left corner where the paste hides at most ``max_cover`` of any object.
 
@@ -268,8 +283,12 @@ def choose_position(
 
 
 def add_to_scene(
-    scene: list[SceneObject], region: LocalMask, category_id: int, has_mask: bool,
-    image_hw: tuple[int, int], params: PasteParams,
+    scene: list[SceneObject],
+    region: LocalMask,
+    category_id: int,
+    has_mask: bool,
+    image_hw: tuple[int, int],
+    params: PasteParams,
 ) -> tuple[int, int]:
     """Put a new object (its pixels ``region``) on top of ``scene`` (in place).
 
@@ -284,7 +303,10 @@ def add_to_scene(
         if _boxes_intersect(obj.bbox_xyxy, box) and obj.region.subtract(region):
             obj.changed = True
             visible = obj.region.area
-            if visible < params.min_visible_px or 1.0 - visible / max(obj.orig_area, 1) > params.drop_occluded:
+            if (
+                visible < params.min_visible_px
+                or 1.0 - visible / max(obj.orig_area, 1) > params.drop_occluded
+            ):
                 dropped += 1
                 continue
             obj.region.tighten()
@@ -301,8 +323,13 @@ def add_to_scene(
 
 
 def paste_instance(
-    image: np.ndarray, scene: list[SceneObject], instance: Instance, rng: np.random.Generator, params: PasteParams,
-    *, category_id: int | None = None,
+    image: np.ndarray,
+    scene: list[SceneObject],
+    instance: Instance,
+    rng: np.random.Generator,
+    params: PasteParams,
+    *,
+    category_id: int | None = None,
 ) -> dict[str, Any] | None:
     """Paste one instance into ``image`` (in place) and update ``scene`` (in place).
 
@@ -316,15 +343,21 @@ def paste_instance(
     scale = float(rng.uniform(lo, hi))
     flip = bool(rng.random() < params.flip_prob)
     max_hw = (max(1, int(height * params.max_size_frac)), max(1, int(width * params.max_size_frac)))
-    prepared = prepare_instance(instance, scale=scale, flip=flip, feather=params.feather, max_hw=max_hw, min_size=params.min_size)
+    prepared = prepare_instance(
+        instance, scale=scale, flip=flip, feather=params.feather, max_hw=max_hw, min_size=params.min_size
+    )
     if prepared is None:
         return None
     h, w = prepared.mask.shape
     x0, y0, worst = choose_position(scene, (h, w), (height, width), prepared.mask, rng, params)
     blend(image, prepared, x0, y0)
     shrunk, dropped = add_to_scene(
-        scene, LocalMask(x0, y0, prepared.mask.copy()),
-        instance.category_id if category_id is None else category_id, instance.has_mask, (height, width), params,
+        scene,
+        LocalMask(x0, y0, prepared.mask.copy()),
+        instance.category_id if category_id is None else category_id,
+        instance.has_mask,
+        (height, width),
+        params,
     )
     return {
         "category_id": instance.category_id,

@@ -80,7 +80,9 @@ def load_inpaint_pipeline(model: str, *, device: str | None = None, half: bool |
     dtype_key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
     try:
         pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
-            model, safety_checker=None, requires_safety_checker=False,
+            model,
+            safety_checker=None,
+            requires_safety_checker=False,
             **{dtype_key: torch.float16 if half else torch.float32},
         )
     except (OSError, ValueError) as err:
@@ -90,7 +92,9 @@ def load_inpaint_pipeline(model: str, *, device: str | None = None, half: bool |
     return pipe.to(device)
 
 
-def context_crop(box_xyxy: tuple[int, int, int, int], image_hw: tuple[int, int], context: float) -> tuple[int, int, int]:
+def context_crop(
+    box_xyxy: tuple[int, int, int, int], image_hw: tuple[int, int], context: float
+) -> tuple[int, int, int]:
     """Square crop ``(x0, y0, side)`` holding the box, ``context`` times its longer side, in the image."""
     height, width = image_hw
     x0, y0, x1, y1 = box_xyxy
@@ -103,8 +107,13 @@ def context_crop(box_xyxy: tuple[int, int, int, int], image_hw: tuple[int, int],
 
 
 def inpaint_box(
-    pipe: Any, image: np.ndarray, box_xyxy: tuple[int, int, int, int], prompt: str, *,
-    params: DiffusionParams, seed: int,
+    pipe: Any,
+    image: np.ndarray,
+    box_xyxy: tuple[int, int, int, int],
+    prompt: str,
+    *,
+    params: DiffusionParams,
+    seed: int,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Repaint ``box_xyxy`` of ``uint8 [H, W, 3]``; returns the new image and the call's details.
 
@@ -121,9 +130,16 @@ def inpaint_box(
     mask_image = Image.fromarray(mask).resize((res, res), Image.NEAREST)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     result = pipe(
-        prompt=prompt, negative_prompt=params.negative_prompt or None, image=crop, mask_image=mask_image,
-        height=res, width=res, num_inference_steps=params.steps, guidance_scale=params.guidance,
-        generator=generator, output_type="pil",
+        prompt=prompt,
+        negative_prompt=params.negative_prompt or None,
+        image=crop,
+        mask_image=mask_image,
+        height=res,
+        width=res,
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance,
+        generator=generator,
+        output_type="pil",
     ).images[0]
     painted = np.asarray(result.convert("RGB").resize((side, side), Image.BICUBIC))
     out = image.copy()
@@ -132,8 +148,12 @@ def inpaint_box(
 
 
 def choose_box(
-    scene: list[SceneObject], image_hw: tuple[int, int], like_wh: tuple[float, float], rng: np.random.Generator,
-    params: DiffusionParams, paste: PasteParams,
+    scene: list[SceneObject],
+    image_hw: tuple[int, int],
+    like_wh: tuple[float, float],
+    rng: np.random.Generator,
+    params: DiffusionParams,
+    paste: PasteParams,
 ) -> tuple[int, int, int, int] | None:
     """A box sized like ``like_wh`` (jittered, clamped to the image) where it hides at most
     ``paste.max_cover`` of any object (best of ``paste.attempts`` tries); None if it cannot fit."""
@@ -151,8 +171,16 @@ def choose_box(
 
 
 def inpaint_object(
-    pipe: Any, image: np.ndarray, scene: list[SceneObject], *, category_id: int, class_name: str,
-    like_wh: tuple[float, float], rng: np.random.Generator, params: DiffusionParams, paste: PasteParams,
+    pipe: Any,
+    image: np.ndarray,
+    scene: list[SceneObject],
+    *,
+    category_id: int,
+    class_name: str,
+    like_wh: tuple[float, float],
+    rng: np.random.Generator,
+    params: DiffusionParams,
+    paste: PasteParams,
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
     """Choose a box, inpaint a ``class_name`` into it and add it to ``scene`` (in place).
 
@@ -167,7 +195,13 @@ def inpaint_object(
     x0, y0, x1, y1 = box
     region = LocalMask(x0, y0, np.ones((y1 - y0, x1 - x0), dtype=bool))
     shrunk, dropped = add_to_scene(scene, region, category_id, False, image.shape[:2], paste)
-    meta = {"prompt": prompt, "bbox": [x0, y0, x1 - x0, y1 - y0], "shrunk": shrunk, "dropped": dropped, **call}
+    meta = {
+        "prompt": prompt,
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "shrunk": shrunk,
+        "dropped": dropped,
+        **call,
+    }
     return out, meta
 
 

@@ -50,7 +50,10 @@ class SynthOptions:
 
 
 def choose_classes(
-    index: CocoIndex, *, classes: list[str] | None = None, rare_k: int | None = None,
+    index: CocoIndex,
+    *,
+    classes: list[str] | None = None,
+    rare_k: int | None = None,
     rare_fraction: float | None = None,
 ) -> list[str]:
     """The classes to synthesize: named ones (checked), or the rare ones found from counts."""
@@ -58,19 +61,30 @@ def choose_classes(
         resolve_classes(index, classes)
         return list(dict.fromkeys(classes))
     if rare_k is None and rare_fraction is None:
-        raise SynthError(f"{index.source or '<annotations>'}: name the classes (--classes) or ask for the rare ones (--rare-k / --rare-fraction)")
+        raise SynthError(
+            f"{index.source or '<annotations>'}: name the classes (--classes) "
+            "or ask for the rare ones (--rare-k / --rare-fraction)"
+        )
     try:
         found = find_rare_classes(index, fraction=rare_fraction, k=rare_k)
     except ValueError as err:
         raise SynthError(f"{index.source or '<annotations>'}: {err}") from None
     if not found:
-        raise SynthError(f"{index.source or '<annotations>'}: no class is under {rare_fraction:.1%} of the instances")
+        raise SynthError(
+            f"{index.source or '<annotations>'}: no class is under {rare_fraction:.1%} of the instances"
+        )
     return found
 
 
 def synthesize(
-    index: CocoIndex, images_dir: str | Path, out_dir: str | Path, *, classes: list[str],
-    options: SynthOptions, pipeline: Any = None, bank: InstanceBank | None = None,
+    index: CocoIndex,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    classes: list[str],
+    options: SynthOptions,
+    pipeline: Any = None,
+    bank: InstanceBank | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Write ``options.per_class`` synthetic images per class into ``out_dir`` (see :mod:`writer`).
@@ -95,7 +109,10 @@ def synthesize(
     cat_ids = resolve_classes(index, classes)
     if not index.images:
         raise SynthError(f"{index.source or '<annotations>'}: has no images to work from")
-    method_params: dict[str, Any] = {"paste": asdict(options.paste), "instances_per_image": list(options.instances_per_image)}
+    method_params: dict[str, Any] = {
+        "paste": asdict(options.paste),
+        "instances_per_image": list(options.instances_per_image),
+    }
     if options.method == "augment":
         method_params = {"augment": asdict(options.augment)}
     elif options.method == "diffusion":
@@ -103,22 +120,33 @@ def synthesize(
         if pipeline is None:
             pipeline = load_inpaint_pipeline(options.diffusion.model)
     params = {"classes": list(classes), "per_class": options.per_class, "seed": options.seed, **method_params}
-    writer = SynthWriter(out_dir, index, method=options.method, params=params, image_format=options.image_format)
+    writer = SynthWriter(
+        out_dir, index, method=options.method, params=params, image_format=options.image_format
+    )
     if options.method == "copy-paste" and bank is None:
         bank = InstanceBank.from_coco(
-            index, images_dir, category_ids=cat_ids, min_area=options.min_area,
-            max_per_class=options.bank_max_per_class, seed=options.seed,
+            index,
+            images_dir,
+            category_ids=cat_ids,
+            min_area=options.min_area,
+            max_per_class=options.bank_max_per_class,
+            seed=options.seed,
         )
     if options.method == "copy-paste":
         assert bank is not None
         empty = [n for n, c in zip(classes, cat_ids, strict=True) if not bank.by_category.get(c)]
         if empty:
-            raise SynthError(f"{index.source or '<annotations>'}: no instance of {', '.join(empty)} to copy (at least {options.min_area} px, not crowd)")
+            raise SynthError(
+                f"{index.source or '<annotations>'}: no instance of {', '.join(empty)} to copy "
+                f"(at least {options.min_area} px, not crowd)"
+            )
     ctx = _Context(index, Path(images_dir), index.image_by_id(), options)
     total, done = options.per_class * len(classes), 0
     for k, (name, cid) in enumerate(zip(classes, cat_ids, strict=True)):
         rng = np.random.default_rng((options.seed, k))
-        instances = [a for a in index.annotations if a.category_id == cid and not a.iscrowd and a.image_id in ctx.infos]
+        instances = [
+            a for a in index.annotations if a.category_id == cid and not a.iscrowd and a.image_id in ctx.infos
+        ]
         if options.method == "augment" and not instances:
             raise SynthError(f"{index.source or '<annotations>'}: no image holds class '{name}' to augment")
         holders = sorted({a.image_id for a in instances})
@@ -151,24 +179,35 @@ class _Context:
         return [ann_to_dict(a) for a in self.index.anns_by_image(image_id)]
 
 
-def _copy_paste_one(ctx: _Context, bank: InstanceBank, cid: int, name: str, rng: np.random.Generator) -> SynthSample:
+def _copy_paste_one(
+    ctx: _Context, bank: InstanceBank, cid: int, name: str, rng: np.random.Generator
+) -> SynthSample:
     info = ctx.random_image(rng)
     image = load_rgb_array(ctx.images_dir, info)
     scene = scene_from_annotations(ctx.anns_of(info.id), info.height, info.width)
     lo, hi = ctx.options.instances_per_image
     pastes = []
     for _ in range(int(rng.integers(lo, hi + 1))):
-        record = paste_instance(image, scene, bank.sample(cid, rng, avoid_image_id=info.id), rng, ctx.options.paste)
+        record = paste_instance(
+            image, scene, bank.sample(cid, rng, avoid_image_id=info.id), rng, ctx.options.paste
+        )
         if record is not None:
             pastes.append(record)
-    meta = {"method": "copy-paste", "source_image": info.file_name, "source_image_id": info.id, "pastes": pastes}
+    meta = {
+        "method": "copy-paste",
+        "source_image": info.file_name,
+        "source_image_id": info.id,
+        "pastes": pastes,
+    }
     return SynthSample(image, [obj.annotation() for obj in scene], name, meta)
 
 
 def _augment_one(ctx: _Context, image_id: int, cid: int, name: str, rng: np.random.Generator) -> SynthSample:
     info = ctx.infos[image_id]
     image = load_rgb_array(ctx.images_dir, info)
-    out, anns, ops = augment_sample(image, ctx.anns_of(info.id), rng, ctx.options.augment, required_category=cid)
+    out, anns, ops = augment_sample(
+        image, ctx.anns_of(info.id), rng, ctx.options.augment, required_category=cid
+    )
     meta = {"method": "augment", "source_image": info.file_name, "source_image_id": info.id, "ops": ops}
     return SynthSample(out, anns, name, meta)
 
@@ -188,12 +227,26 @@ def _diffusion_one(
         image = load_rgb_array(ctx.images_dir, info)
         scene = scene_from_annotations(ctx.anns_of(info.id), info.height, info.width)
         done = inpaint_object(
-            pipe, image, scene, category_id=cid, class_name=name, like_wh=like, rng=rng,
-            params=opts.diffusion, paste=opts.paste,
+            pipe,
+            image,
+            scene,
+            category_id=cid,
+            class_name=name,
+            like_wh=like,
+            rng=rng,
+            params=opts.diffusion,
+            paste=opts.paste,
         )
         if done is not None:
             out, call = done
-            meta = {"method": "diffusion", "source_image": info.file_name, "source_image_id": info.id,
-                    "model": opts.diffusion.model, **call}
+            meta = {
+                "method": "diffusion",
+                "source_image": info.file_name,
+                "source_image_id": info.id,
+                "model": opts.diffusion.model,
+                **call,
+            }
             return SynthSample(out, [obj.annotation() for obj in scene], name, meta)
-    raise SynthError(f"{ctx.index.source or '<annotations>'}: images are too small for a {opts.diffusion.min_box}px box")
+    raise SynthError(
+        f"{ctx.index.source or '<annotations>'}: images are too small for a {opts.diffusion.min_box}px box"
+    )

@@ -104,7 +104,10 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     """``bool [H, W]`` -> compressed COCO RLE ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
     rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
     counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 def encode_local(mask: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict[str, Any]:

@@ -42,8 +42,13 @@ class OnlineCopyPaste:
     """
 
     def __init__(
-        self, bank: InstanceBank, *, label_of_category: dict[int, int], p: float = 0.5,
-        max_instances: int = 2, params: PasteParams | None = None,
+        self,
+        bank: InstanceBank,
+        *,
+        label_of_category: dict[int, int],
+        p: float = 0.5,
+        max_instances: int = 2,
+        params: PasteParams | None = None,
     ) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
@@ -75,7 +80,14 @@ class OnlineCopyPaste:
             scene.append(SceneObject.from_annotation(ann, h, w))
         for _ in range(int(rng.integers(1, self.max_instances + 1))):
             cid = self.categories[int(rng.integers(len(self.categories)))]
-            paste_instance(array, scene, self.bank.sample(cid, rng), rng, self.params, category_id=self.label_of_category[cid])
+            paste_instance(
+                array,
+                scene,
+                self.bank.sample(cid, rng),
+                rng,
+                self.params,
+                category_id=self.label_of_category[cid],
+            )
         new_boxes = torch.empty((len(scene), 4), dtype=boxes.dtype)
         for j, obj in enumerate(scene):
             if obj.changed or obj.ann is None:
@@ -90,9 +102,18 @@ class OnlineCopyPaste:
 
 
 def build_online_copy_paste(
-    ann: str | Path | CocoIndex, images_dir: str | Path, *, classes: list[str] | None = None,
-    rare_fraction: float | None = None, rare_k: int | None = None, p: float = 0.5, max_instances: int = 2,
-    min_area: int = 64, max_bank_per_class: int | None = 500, seed: int = 0, params: PasteParams | None = None,
+    ann: str | Path | CocoIndex,
+    images_dir: str | Path,
+    *,
+    classes: list[str] | None = None,
+    rare_fraction: float | None = None,
+    rare_k: int | None = None,
+    p: float = 0.5,
+    max_instances: int = 2,
+    min_area: int = 64,
+    max_bank_per_class: int | None = 500,
+    seed: int = 0,
+    params: PasteParams | None = None,
 ) -> OnlineCopyPaste:
     """An :class:`OnlineCopyPaste` over the training set's rare classes.
 
@@ -108,8 +129,15 @@ def build_online_copy_paste(
             raise SynthError(f"{index.source or '<annotations>'}: no rare class found for online copy-paste")
     cat_ids = resolve_classes(index, classes)
     bank = InstanceBank.from_coco(
-        index, images_dir, category_ids=cat_ids, min_area=min_area, max_per_class=max_bank_per_class, seed=seed,
+        index,
+        images_dir,
+        category_ids=cat_ids,
+        min_area=min_area,
+        max_per_class=max_bank_per_class,
+        seed=seed,
     )
     if len(bank) == 0:
         raise SynthError(f"{index.source or '<annotations>'}: no instance of {', '.join(classes)} to paste")
-    return OnlineCopyPaste(bank, label_of_category=index.cat_id_to_label, p=p, max_instances=max_instances, params=params)
+    return OnlineCopyPaste(
+        bank, label_of_category=index.cat_id_to_label, p=p, max_instances=max_instances, params=params
+    )

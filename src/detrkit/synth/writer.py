@@ -25,8 +25,18 @@ from PIL import Image, ImageDraw
 
 from detrkit.data.coco import CocoIndex
 
-_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+_PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+]
 
 
 @dataclass
@@ -98,7 +108,9 @@ class SynthWriter:
         for ann in sample.annotations:
             self._anns.append({"id": self._next_ann_id, "image_id": image_id, **ann})
             self._next_ann_id += 1
-        self._meta.append({"file_name": file_name, "image_id": image_id, "class": sample.class_name, **sample.meta})
+        self._meta.append(
+            {"file_name": file_name, "image_id": image_id, "class": sample.class_name, **sample.meta}
+        )
         if self._wants_grid_sample(sample.class_name):
             self._grid.append(self._thumbnail(pil, sample.annotations))
         return file_name
@@ -112,13 +124,17 @@ class SynthWriter:
 
     def _thumbnail(self, pil: Image.Image, anns: list[dict[str, Any]], side: int = 256) -> Image.Image:
         scale = side / max(pil.size)
-        thumb = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR)
+        thumb = pil.resize(
+            (max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR
+        )
         draw = ImageDraw.Draw(thumb)
         for ann in anns:
             x, y, w, h = (v * scale for v in ann["bbox"])
             colour = _PALETTE[ann["category_id"] % len(_PALETTE)]
             draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
-            draw.text((x + 2, y + 1), self._names.get(ann["category_id"], str(ann["category_id"])), fill=colour)
+            draw.text(
+                (x + 2, y + 1), self._names.get(ann["category_id"], str(ann["category_id"])), fill=colour
+            )
         canvas = Image.new("RGB", (side, side), (32, 32, 32))
         canvas.paste(thumb, (0, 0))
         return canvas
@@ -130,7 +146,8 @@ class SynthWriter:
             "images": self._images,
             "annotations": self._anns,
             "categories": [
-                {"id": c.id, "name": c.name, "supercategory": c.supercategory, **c.extra} for c in self.source.categories
+                {"id": c.id, "name": c.name, "supercategory": c.supercategory, **c.extra}
+                for c in self.source.categories
             ],
         }
         ann_path = self.out_dir / "annotations.json"
