@@ -200,3 +200,18 @@ def test_detr_tiny_overfits_two_images() -> None:
         iou, _ = box_iou(gt, det["boxes"][:5])
         same_label = t["labels"][:, None] == det["labels"][None, :5]
         assert ((iou > 0.5) & same_label).any(dim=1).all()
+
+
+@pytest.mark.slow
+def test_inference_forward_compiles_without_graph_breaks() -> None:
+    from detrkit.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("detr-tiny", num_classes=3).eval()
+    images, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.bool)
+    mask[1, :, 40:] = False
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        expected, actual = model(images, mask), compiled(images, mask)
+    torch.testing.assert_close(actual["pred_logits"], expected["pred_logits"])
+    torch.testing.assert_close(actual["pred_boxes"], expected["pred_boxes"])

@@ -186,17 +186,31 @@ class HungarianMatcher(nn.Module):
             )
             for logits, boxes in layers
         ]
-        cost_all = torch.stack(costs).cpu()  # [L, B, Q, T]: the one host copy of the step
-        result = []
-        for cost in cost_all:
-            per_image = []
-            for i, c in enumerate(cost.split(sizes, dim=-1)):
-                if sizes[i] == 0:
-                    per_image.append((empty, empty))
-                    continue
-                rows, cols = linear_sum_assignment(c[i].numpy())
-                per_image.append(
-                    (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
-                )
-            result.append(per_image)
-        return result
+        return _assign(torch.stack(costs), sizes)
+
+
+@torch.compiler.disable
+def _assign(cost_all: Tensor, sizes: list[int]) -> list[list[tuple[Tensor, Tensor]]]:
+    """Solve every assignment on the host (one graph break under ``torch.compile``).
+
+    Args:
+        cost_all: ``[L, B, Q, T]`` costs on any device; ``T = sum(sizes)``.
+        sizes: number of targets of each of the ``B`` images.
+    Returns:
+        ``L`` lists of ``B`` pairs ``(pred_idx, tgt_idx)`` of CPU ``int64`` tensors.
+    """
+    cost_all = cost_all.cpu()  # the one host copy of the step
+    empty = torch.empty(0, dtype=torch.int64)
+    result = []
+    for cost in cost_all:
+        per_image = []
+        for i, c in enumerate(cost.split(sizes, dim=-1)):
+            if sizes[i] == 0:
+                per_image.append((empty, empty))
+                continue
+            rows, cols = linear_sum_assignment(c[i].numpy())
+            per_image.append(
+                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
+            )
+        result.append(per_image)
+    return result
