@@ -158,7 +158,7 @@ def measure(
         "infer_peak_mb": round(_peak_mb(device), 1),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
     }
-    del model, opt
+    model = opt = None  # free device memory before the next model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
