@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -241,7 +242,7 @@ def build_detr(
 _OPTIONS = frozenset(inspect.signature(build_detr).parameters) - {"num_classes", "model_name"}
 
 
-def _builder(name: str, defaults: dict[str, Any], doc: str, **info: Any):
+def _builder(name: str, defaults: dict[str, Any], doc: str, **info: Any) -> Callable[..., DETR]:
     def build(*, num_classes: int, **overrides: Any) -> DETR:
         unknown = sorted(set(overrides) - _OPTIONS)
         if unknown:
