@@ -179,3 +179,39 @@ def test_bf16_autocast_runs_on_cpu(conf, tmp_path: Path) -> None:
     )
     summary = conf.make_trainer(cfg, val=False).fit()
     assert summary["final"]["train/loss"] > 0 and summary["nonfinite_steps"] == 0
+
+
+def test_profile_writes_a_trace(conf, tmp_path: Path) -> None:
+    cfg = conf.double_config(
+        tmp_path / "prof",
+        train={"epochs": 1, "profile": True, "profile_steps": 2},
+        output={"tensorboard": True},
+    )
+    conf.make_trainer(cfg, val=False).fit()
+    traces = list((tmp_path / "prof" / "profile").glob("*.pt.trace.json*"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
+
+
+def test_pretrained_loads_hugging_face_weights(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from detrkit.config import ModelConfig
+    from detrkit.engine.builders import build_detector
+
+    hf_cfg = transformers.DetrConfig(
+        backbone="resnet18", use_pretrained_backbone=False, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        num_queries=10, num_labels=3,
+    )  # fmt: skip
+    hf = transformers.DetrForObjectDetection(hf_cfg)
+    hf.save_pretrained(tmp_path / "hf")
+    overrides = {"backbone": "resnet18", "return_layer": "layer4", "d_model": 64, "num_heads": 4, "enc_layers": 2,
+                 "dec_layers": 2, "dim_feedforward": 128, "num_queries": 10}  # fmt: skip
+    messages: list[str] = []
+    model = build_detector(
+        ModelConfig(name="detr-r18", overrides=overrides, pretrained=str(tmp_path / "hf")),
+        num_classes=3,
+        source="t",
+        log=messages.append,
+    )
+    assert torch.equal(model.query_embed.weight, hf.model.query_position_embeddings.weight)
+    assert messages and messages[0].startswith(f"pretrained weights from {tmp_path / 'hf'}")

@@ -126,9 +126,6 @@ def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log
 
 
 def _summarise(report: Any) -> str:
-    if report is None:
-        return "loaded"
-    for attr in ("missing_keys", "unexpected_keys"):
-        if hasattr(report, attr):
-            return f"missing {len(report.missing_keys)}, unexpected {len(report.unexpected_keys)}"
-    return str(report)[:200]
+    if isinstance(report, dict):
+        return ", ".join(f"{len(v)} {k}" for k, v in report.items() if isinstance(v, list)) or "loaded"
+    return "loaded"
