@@ -39,7 +39,8 @@ from detrkit.errors import CheckpointError, ImageError
 PREVIEW_MAX = 2048
 
 
-def _open(path: str | Path) -> rasterio.io.DatasetReader:
+def open_raster(path: str | Path) -> rasterio.io.DatasetReader:
+    """Open any raster rasterio reads (GeoTIFF, PNG, JPEG...), without the not-georeferenced warning."""
     path = Path(path)
     if not path.is_file():
         raise ImageError("file not found", path=path)
@@ -62,7 +63,7 @@ class RasterSource:
 
     @classmethod
     def open(cls, path: str | Path) -> RasterSource:
-        ds = _open(path)
+        ds = open_raster(path)
         geo = is_georeferenced(ds.crs, ds.transform)
         if ds.dtypes[0] == "uint8":
             scale = (0.0, 255.0)
@@ -231,9 +232,9 @@ class AerialPredictor:
         shape = _preview_shape(src.ds.height, src.ds.width)
         image = src.read(out_shape=shape)
         image = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image
-        with rasterio.open(out / "prob.tif") as p:
+        with open_raster(out / "prob.tif") as p:
             prob = p.read(1, out_shape=shape, resampling=Resampling.average).astype(np.float32) / 255.0
-        with rasterio.open(out / "mask.tif") as m:
+        with open_raster(out / "mask.tif") as m:
             mask = m.read(1, out_shape=shape, resampling=Resampling.nearest) > 0
         Image.fromarray(overlay_image(image.transpose(1, 2, 0), mask)).save(out / "overlay.png")
         Image.fromarray(probability_image(prob)).save(out / "probability.png")

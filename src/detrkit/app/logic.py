@@ -16,7 +16,9 @@ import numpy as np
 from PIL import Image
 
 from detrkit.aerial.gsd import GsdEstimate, gsd_from_georeference
-from detrkit.aerial.predict import AerialPredictor, RasterSource, overlay_image
+from rasterio.enums import Resampling
+
+from detrkit.aerial.predict import AerialPredictor, RasterSource, open_raster, overlay_image
 from detrkit.errors import ImageError
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff"]
@@ -73,13 +75,9 @@ def analyse(predictor: AerialPredictor, upload: Upload, out_dir: str | Path, *, 
     out = Path(out_dir)
     summary = predictor.predict_file(upload.path, out, user_gsd=gsd, zoom=zoom, lat=lat)
     image = np.asarray(Image.open(out / "image.png").convert("RGB"))
-    overlay_red = np.asarray(Image.open(out / "overlay.png").convert("RGB"))
-    import rasterio
-    from rasterio.enums import Resampling
 
-    with rasterio.open(out / "mask.tif") as m:
+    with open_raster(out / "mask.tif") as m:
         mask = m.read(1, out_shape=image.shape[:2], resampling=Resampling.nearest) > 0
-    del overlay_red
     geojson = (out / "buildings.geojson").read_text()
     buildings = [f["properties"] for f in json.loads(geojson)["features"]]
     return AppResult(summary, image, mask, np.asarray(Image.open(out / "probability.png").convert("RGB")),
@@ -93,3 +91,10 @@ def format_area(m2: float | None) -> str:
     if m2 >= 10_000:
         return f"{m2 / 10_000:,.2f} ha ({m2:,.0f} m²)"
     return f"{m2:,.1f} m²"
+
+
+def format_area_short(m2: float | None) -> str:
+    """A compact area for metric tiles: ``'36,362 m²'`` below 1 km², else ``'1.25 km²'``."""
+    if m2 is None:
+        return "-"
+    return f"{m2:,.0f} m²" if m2 < 1e6 else f"{m2 / 1e6:,.2f} km²"

@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from detrkit.aerial.predict import AerialPredictor
-from detrkit.app.logic import UPLOAD_TYPES, analyse, format_area, save_upload
+from detrkit.app.logic import UPLOAD_TYPES, analyse, format_area, format_area_short, save_upload
 from detrkit.errors import DetrkitError
 
 st.set_page_config(page_title="detrkit · built-up area", page_icon="🏠", layout="wide")
@@ -73,7 +73,7 @@ except DetrkitError as err:
 s = result.summary
 g = s["gsd"]
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Built-up area", format_area(s["built_area_m2"]))
+c1.metric("Built-up area", format_area_short(s["built_area_m2"]), help=format_area(s["built_area_m2"]))
 c2.metric("Built-up share", f"{s['built_percent']:.2f} %")
 c3.metric("Buildings", f"{s['building_count']}")
 c4.metric("GSD", f"{g['metres_per_pixel']:.3f} m/px", help=g["detail"])

@@ -22,7 +22,8 @@ def streamlit_command(port: int, model: str | None = None) -> list[str]:
     script = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--global.developmentMode", "false"]
+           "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+           "--client.toolbarMode", "viewer"]
     if model:
         cmd += ["--", "--model", model]
     return cmd
