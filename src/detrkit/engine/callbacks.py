@@ -94,9 +94,16 @@ class RunLogger:
         """Append one row to ``metrics.csv``; a new column rewrites the file with the wider header."""
         if not self.enabled or self.run_dir is None:
             return
+        self.rewrite_csv([*read_metrics_csv(self.run_dir / "metrics.csv"), row])
+
+    def rewrite_csv(self, rows: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.csv`` with ``rows`` (atomically)."""
+        if not self.enabled or self.run_dir is None:
+            return
         path = self.run_dir / "metrics.csv"
-        rows = read_metrics_csv(path)
-        rows.append(row)
+        if not rows:
+            path.unlink(missing_ok=True)
+            return
         header: list[str] = []
         for r in rows:
             header += [k for k in r if k not in header]

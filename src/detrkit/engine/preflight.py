@@ -126,7 +126,7 @@ def auto_batch_size(t: Trainer, *, max_batch: int = 64, margin: float = 0.85) ->
     model = t.model
     total = torch.cuda.get_device_properties(t.device).total_memory
     adam_bytes = 2 * sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
-    samples = [t.data.train[i] for i in range(min(n_train, 8))]
+    samples = [s for s in (t.data.train[i] for i in range(min(n_train, 16))) if s is not None]
     largest = max(samples, key=lambda s: s[0].shape[-1] * s[0].shape[-2])
     best = 0
     bs = 1

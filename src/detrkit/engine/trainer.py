@@ -308,6 +308,7 @@ class Trainer:
             self.load_state(ckpt_io.load_checkpoint(check_resumable(self.resume_dir)))
             self.history = read_metrics_csv(self.run_dir / "metrics.csv")
             self.history = [r for r in self.history if int(r["epoch"]) <= self.epoch]
+            self.log.rewrite_csv(self.history)
             self.log.info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.epoch_batches}")
         elif acc.is_main_process:
             cfg.save(self.run_dir / "config.yaml")
@@ -372,8 +373,8 @@ class Trainer:
             if cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0:
                 names.append(f"epoch_{epoch + 1}")
             self.history.append(row)
+            self.log.csv_row(row)  # before the checkpoint: a resume drops rows past its epoch
             self.save(names)
-            self.log.csv_row(row)
             self.log.scalars(
                 {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("val/")}, epoch + 1, "val"
             )
