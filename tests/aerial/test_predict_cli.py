@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_train_resume_predict(synth_dir: Path, tmp_path: Path) -> None:
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
     res = runner.invoke(app, ["aerial", "train", "--config", "tiny-synth", "--quiet", "--resume", str(run), "epochs=2"])
     assert res.exit_code == 0, res.output
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = list(csv.DictReader(io.StringIO((run / "metrics.csv").read_text())))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for key in ("val/IoU", "val/accuracy", "val/F1", "val/gsd_mape", "train/loss_boundary", "train/loss_gsd"):
         assert np.isfinite(float(rows[-1][key]))

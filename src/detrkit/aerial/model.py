@@ -12,7 +12,6 @@ encoder, ~2.2 M parameters, for CPU training on the generated data and the web a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -255,6 +254,3 @@ def build_aerial_model(
     if encoder_weights is not None:
         load_encoder_weights(model, name, encoder_weights)
     return model
-
-
-ModelFactory = Callable[..., AerialUNet]

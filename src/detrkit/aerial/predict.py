@@ -29,7 +29,13 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from detrkit.aerial.area import AreaReport, StripMeasurer
-from detrkit.aerial.gsd import GsdEstimate, gsd_from_georeference, is_georeferenced, pixel_area_rows, resolve_gsd
+from detrkit.aerial.gsd import (
+    GsdEstimate,
+    gsd_from_georeference,
+    is_georeferenced,
+    pixel_area_rows,
+    resolve_gsd,
+)
 from detrkit.aerial.model import AerialUNet, build_aerial_model
 from detrkit.aerial.tiling import predict_stream
 from detrkit.aerial.vector import write_vectors

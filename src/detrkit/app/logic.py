@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
-from detrkit.aerial.gsd import GsdEstimate, gsd_from_georeference
 from rasterio.enums import Resampling
 
+from detrkit.aerial.gsd import GsdEstimate, gsd_from_georeference
 from detrkit.aerial.predict import AerialPredictor, RasterSource, open_raster, overlay_image
 from detrkit.errors import ImageError
 

@@ -141,7 +141,7 @@ def predict_cmd(
         with Progress(console=_err, transient=True, disable=as_json or not _err.is_terminal) as bar:
             task = bar.add_task(f"{f.name}", total=None)
             s = predictor.predict_file(f, dest, user_gsd=gsd, zoom=zoom, lat=lat, min_area_m2=min_area,
-                                       progress=lambda d, t: bar.update(task, completed=d, total=t))
+                                       progress=lambda d, t, task=task: bar.update(task, completed=d, total=t))
         summaries.append(s)
         if not as_json:
             _print_report(f"{f.name} -> {dest}", s, None, 0)
@@ -170,9 +170,9 @@ def area_cmd(
     if report.gsd is None:
         raise GsdError(f"{mask}: no georeference and no GSD given: pass --gsd M or --zoom Z --lat L")
     if out is not None:
-        import rasterio
+        from detrkit.aerial.predict import open_raster
 
-        with rasterio.open(mask) as ds:
+        with open_raster(mask) as ds:
             crs = ds.crs if report.crs else None
         write_vectors(report, out, crs)
     d = report.to_dict()
