@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from detrkit.models.deformable_detr import DeformableDETR, deformable_state_dict_from_hf
+from detrkit.models.deformable_transformer import select_proposals
 from detrkit.models.registry import build_model, list_models
 
 NUM_CLASSES = 5
@@ -66,7 +67,8 @@ def _hf_model(variant: dict, *, class_cost: int = 1):
 
 
 def _ours(variant: dict, **overrides) -> DeformableDETR:
-    kwargs = {"num_queries": NUM_QUERIES, "dropout": 0.0, **variant, **overrides}
+    # transformers' input projections use GroupNorm with 32 groups (the tiny model's default is 8)
+    kwargs = {"num_queries": NUM_QUERIES, "dropout": 0.0, "norm_groups": 32, **variant, **overrides}
     return build_model("deformable-detr-tiny", num_classes=NUM_CLASSES, **kwargs).eval()
 
 
@@ -235,14 +237,14 @@ def test_registry_options_and_errors():
         list_models("deformable")
     )
     model = build_model("deformable-detr-tiny", num_classes=2, num_feature_levels=1)
-    assert len(model.input_proj) == 1 and model.backbone.stages == ("layer4",)
+    assert len(model.input_proj) == 1 and model.backbone.return_layers == ("layer4",)
     images, mask = _batch()
     with torch.no_grad():
         assert model.eval()(images, mask)["pred_logits"].shape == (2, 20, 2)
     with pytest.raises(ValueError, match="unknown Deformable DETR option"):
         build_model("deformable-detr-tiny", num_classes=2, n_points=3)
-    with pytest.raises(ValueError, match="multiple of 32"):
-        build_model("deformable-detr-tiny", num_classes=2, d_model=48, n_heads=2)
+    with pytest.raises(ValueError, match="multiple of norm_groups"):
+        build_model("deformable-detr-tiny", num_classes=2, d_model=48, n_heads=2, norm_groups=32)
     with pytest.raises(ValueError, match="without a criterion|targets"):
         model.criterion = None
         model(images, mask, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2)
@@ -264,3 +266,73 @@ def test_bfloat16_forward(name):
         if name == "plain":  # two-stage may pick other proposals when bf16 reorders close scores
             torch.testing.assert_close(out["pred_boxes"].float(), ref["pred_boxes"], rtol=0, atol=2e-2)
             torch.testing.assert_close(out["pred_logits"].float(), ref["pred_logits"], rtol=0, atol=1e-1)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("hw", [(32, 32), (64, 64), (33, 70)])
+def test_small_inputs_train_at_batch_one(name, hw):
+    # 32-64 px make C5 and the stride-64 level 1x1; two-stage then has fewer positions than queries
+    torch.manual_seed(0)
+    model = build_model("deformable-detr-tiny", num_classes=3, num_queries=30, **VARIANTS[name]).train()
+    images, mask = torch.randn(1, 3, *hw), torch.ones(1, *hw, dtype=torch.bool)
+    targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]]), "labels": torch.tensor([1])}]
+    out = model(images, mask, targets)
+    assert out["pred_logits"].shape == (1, 30, 3) and out["pred_boxes"].shape == (1, 30, 4)
+    assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_boxes"]).all()
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_two_stage_with_fewer_positions_than_queries():
+    # 64 px: levels 8x8, 4x4, 2x2, 1x1 -> 85 positions; the two-stage transformer has no
+    # query-count parameter, so a model with exactly 85 queries is the reference for the first 85.
+    torch.manual_seed(0)
+    many = build_model(
+        "deformable-detr-tiny", num_classes=3, num_queries=100, dropout=0.0, **VARIANTS["two-stage"]
+    )
+    exact = build_model(
+        "deformable-detr-tiny", num_classes=3, num_queries=85, dropout=0.0, **VARIANTS["two-stage"]
+    )
+    exact.load_state_dict(many.state_dict(), strict=True)
+    captured = {}
+    for key, model in (("many", many), ("exact", exact)):
+        model.transformer.register_forward_hook(lambda m, a, out, key=key: captured.__setitem__(key, out))
+    images, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.bool)
+    mask[1, :, 48:] = False  # padded positions are invalid proposals too
+    with torch.no_grad():
+        out_many, out_exact = many.eval()(images, mask), exact.eval()(images, mask)
+    assert out_many["pred_logits"].shape == (2, 100, 3)
+    assert out_many["enc_outputs"]["pred_logits"].shape == (2, 85, 3)
+    ref_many, ref_exact = captured["many"].init_reference, captured["exact"].init_reference
+    # same proposals; the sigmoid of a 680- vs 800-element tensor may differ in the last bit
+    torch.testing.assert_close(ref_many[:, :85], ref_exact, rtol=0, atol=1e-6)
+    # the 15 extra queries start from the box of an invalid (padded) position: inf logits -> 1
+    assert torch.equal(ref_many[:, 85:], torch.ones(2, 15, 4))
+    # with as many queries as positions every proposal is kept, invalid ones (box 1, 1, 1, 1) included
+    invalid = (out_many["enc_outputs"]["pred_boxes"] == 1).all(-1)
+    assert invalid[1].sum() > invalid[0].sum()
+    assert torch.equal((ref_exact == 1).all(-1).sum(1), invalid.sum(1))
+    for out in (out_many, out_exact):
+        assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_boxes"]).all()
+    # the selection itself, against a sort by hand
+    logits = torch.tensor([[[0.1], [0.9], [0.5]]])
+    boxes = torch.arange(12.0).view(1, 3, 4)
+    picked = select_proposals(logits, boxes, 5)
+    assert picked.shape == (1, 5, 4) and not picked.requires_grad
+    torch.testing.assert_close(picked[0, :3], boxes[0, [1, 2, 0]])
+    assert torch.isinf(picked[0, 3:]).all() and (picked[0, 3:] > 0).all()
+    torch.testing.assert_close(select_proposals(logits, boxes, 2)[0], boxes[0, [1, 2]])
+
+
+def test_one_channel_groups_on_a_1x1_level_raise_a_clear_error():
+    # d_model 32 with 32 groups (Hugging Face's GroupNorm on a d_model-32 model): one channel per group
+    model = build_model("deformable-detr-tiny", num_classes=3, norm_groups=32).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="larger than 64 px"):
+        model(torch.randn(1, 3, 64, 64), torch.ones(1, 64, 64, dtype=torch.bool))
+    with torch.no_grad():  # batch 2, or a level larger than 1x1, is fine
+        for b, h in ((2, 64), (1, 65)):
+            out = model(torch.randn(b, 3, h, 64), torch.ones(b, h, 64, dtype=torch.bool))
+            assert out["pred_logits"].shape == (b, 20, 3)
+    with pytest.raises(ValueError, match="multiple of norm_groups"):
+        build_model("deformable-detr-tiny", num_classes=3, norm_groups=5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from detrkit.models.backbone import Backbone, downsample_mask
+from detrkit.models.backbone import Backbone, FrozenBatchNorm2d, downsample_mask
 from detrkit.models.base import postprocess_sigmoid_topk, postprocess_softmax
 from detrkit.models.detr import build_detr
 from detrkit.models.position import PositionEmbeddingSine
@@ -88,6 +88,37 @@ def test_backbone_shapes_and_frozen_stem(name, layer, dilation, channels, stride
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.modules())
     if layer == "layer3":
         assert not hasattr(bb.body, "layer4")  # dropped: no parameter without a gradient
+
+
+def test_backbone_return_layers_match_torchvision_and_keep_names() -> None:
+    torch.manual_seed(0)
+    multi = Backbone("resnet18", return_layers=("layer2", "layer3", "layer4"))
+    single = Backbone("resnet18")
+    assert list(multi.state_dict()) == list(single.state_dict())  # body.* names: HF mapping unchanged
+    assert multi.level_channels == (128, 256, 512) and multi.level_strides == (8, 16, 32)
+    assert multi.num_channels == 512 and multi.stride == 32
+    ref = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
+    ref.load_state_dict(multi.body.state_dict(), strict=False)
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        levels = multi.forward_levels(images)
+        x = ref.maxpool(ref.relu(ref.bn1(ref.conv1(images))))
+        expected = []
+        for stage in (ref.layer1, ref.layer2, ref.layer3, ref.layer4):
+            x = stage(x)
+            expected.append(x)
+        last, mask = multi(images, torch.ones(2, 64, 96, dtype=torch.bool))
+    for got, want in zip(levels, expected[1:], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(last, expected[-1], rtol=0, atol=0)
+    assert mask.shape == (2, 2, 3) and mask.all()
+    dc5 = Backbone("resnet50", return_layers=("layer3", "layer4"), dilation=True)
+    assert dc5.level_strides == (16, 16)
+    c4 = Backbone("resnet18", return_layer="layer3", return_layers=("layer2", "layer3"))
+    assert not hasattr(c4.body, "layer4") and [f.shape[1] for f in c4.forward_levels(images)] == [128, 256]
+    for bad in (("layer4", "layer3"), ("layer2", "layer2", "layer4"), ("layer2",), ("layer5", "layer4"), ()):
+        with pytest.raises(ValueError, match="return_layers"):
+            Backbone("resnet18", return_layers=bad)
 
 
 def test_backbone_options_and_weights_file(tmp_path) -> None:

@@ -1,4 +1,5 @@
-"""ResNet backbones (torchvision) with frozen BatchNorm, optional DC5 dilation and mask downsampling.
+"""ResNet backbones (torchvision) with frozen BatchNorm, optional DC5 dilation, one or several
+output stages, and mask downsampling.
 
 Parameter names follow torchvision (``body.conv1``, ``body.layer1.0.conv1``...), which are also
 the names of timm's ResNets used by the Hugging Face DETR checkpoints.
@@ -6,6 +7,7 @@ the names of timm's ResNets used by the Hugging Face DETR checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -51,12 +53,15 @@ def downsample_mask(pixel_mask: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 class Backbone(nn.Module):
-    """A ResNet trunk returning one feature map and its valid mask.
+    """A ResNet trunk returning one feature map and its valid mask, or several feature maps.
 
     Args:
         name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
-        return_layer: the stage whose output is returned (``"layer4"``: stride 32, DETR;
+        return_layer: the stage whose output :meth:`forward` returns (``"layer4"``: stride 32, DETR;
             ``"layer3"``: stride 16, cheaper and better for small images). Later stages are dropped.
+        return_layers: the stages :meth:`forward_levels` returns, finest first, ending with
+            ``return_layer`` (e.g. ``("layer2", "layer3", "layer4")``: C3-C5 for Deformable DETR).
+            Default: ``(return_layer,)``.
         dilation: DC5: replace the stride of ``layer4`` by dilation (stride 16 at ``layer4``).
         trainable_layers: how many of the last stages up to ``return_layer`` get gradients
             (0 freezes the backbone). Default: every stage from ``layer2`` on, as DETR (which
@@ -64,6 +69,10 @@ class Backbone(nn.Module):
         weights: optional ImageNet weights: a path to a torchvision ResNet state dict (``.pth``)
             or a torchvision weight name such as ``"IMAGENET1K_V1"`` (downloaded by torchvision
             if not in its cache). ``None``: random initialisation, no download.
+
+    Attributes:
+        num_channels, stride: of ``return_layer``.
+        level_channels, level_strides: of each of ``return_layers``.
     """
 
     def __init__(
@@ -71,6 +80,7 @@ class Backbone(nn.Module):
         name: str = "resnet50",
         *,
         return_layer: str = "layer4",
+        return_layers: Sequence[str] | None = None,
         dilation: bool = False,
         trainable_layers: int | None = None,
         weights: str | Path | None = None,
@@ -80,6 +90,13 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_CHANNELS)}")
         if return_layer not in _STAGES:
             raise ValueError(f"return_layer must be one of {_STAGES}, got {return_layer!r}")
+        levels = (return_layer,) if return_layers is None else tuple(return_layers)
+        indices = [_STAGES.index(s) if s in _STAGES else -1 for s in levels]
+        if not levels or min(indices) < 0 or indices != sorted(set(indices)) or levels[-1] != return_layer:
+            raise ValueError(
+                f"return_layers must be distinct stages of {_STAGES} in order, ending with "
+                f"return_layer={return_layer!r}; got {levels!r}"
+            )
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet (resnet50, resnet101), not {name}")
         if dilation and return_layer != "layer4":
@@ -96,11 +113,14 @@ class Backbone(nn.Module):
         trainable = set(_STAGES[n_stages - trainable_layers : n_stages])
         for pname, p in net.named_parameters():
             p.requires_grad_(pname.split(".")[0] in trainable)
-        self.body = IntermediateLayerGetter(net, return_layers={return_layer: "out"})
+        self.body = IntermediateLayerGetter(net, return_layers={s: s for s in levels})
         self.name = name
         self.return_layer = return_layer
-        self.num_channels = RESNET_CHANNELS[name][return_layer]
-        self.stride = _STRIDES[return_layer] // (2 if dilation else 1)
+        self.return_layers = levels
+        self.level_channels = tuple(RESNET_CHANNELS[name][s] for s in levels)
+        self.level_strides = tuple(_STRIDES[s] // (2 if dilation and s == "layer4" else 1) for s in levels)
+        self.num_channels = self.level_channels[-1]
+        self.stride = self.level_strides[-1]
 
     def forward(self, images: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Features of the return layer.
@@ -112,8 +132,20 @@ class Backbone(nn.Module):
             ``(features [B, C, H/s, W/s], mask bool[B, H/s, W/s])`` with ``s = self.stride``
             (rounded up by the convolutions).
         """
-        features = self.body(images)["out"]
+        features = self.body(images)[self.return_layer]
         return features, downsample_mask(pixel_mask, features.shape[-2:])
+
+    def forward_levels(self, images: Tensor) -> list[Tensor]:
+        """Features of every one of ``return_layers``.
+
+        Args:
+            images: ``float[B, 3, H, W]``.
+        Returns:
+            ``[B, level_channels[i], H/s_i, W/s_i]`` for each level ``i`` (finest first), with
+            ``s_i = level_strides[i]`` (rounded up by the convolutions).
+        """
+        out = self.body(images)
+        return [out[s] for s in self.return_layers]
 
 
 def imagenet_state_dict(name: str, weights: str | Path) -> dict[str, Tensor]:
@@ -162,11 +194,17 @@ def build_backbone(
     name: str = "resnet50",
     *,
     return_layer: str = "layer4",
+    return_layers: Sequence[str] | None = None,
     dilation: bool = False,
     trainable_layers: int | None = None,
     weights: str | Path | None = None,
 ) -> Backbone:
     """Build a :class:`Backbone` (see its arguments)."""
     return Backbone(
-        name, return_layer=return_layer, dilation=dilation, trainable_layers=trainable_layers, weights=weights
+        name,
+        return_layer=return_layer,
+        return_layers=return_layers,
+        dilation=dilation,
+        trainable_layers=trainable_layers,
+        weights=weights,
     )

@@ -18,15 +18,13 @@ import copy
 import inspect
 import math
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models._utils import IntermediateLayerGetter
 
-from detrkit.models.backbone import RESNET_CHANNELS, Backbone, downsample_mask
+from detrkit.models.backbone import Backbone, downsample_mask
 from detrkit.models.base import Detector, check_inputs, postprocess_sigmoid_topk
 from detrkit.models.criterion import SetCriterion
 from detrkit.models.deformable_transformer import DeformableTransformer, refine_reference
@@ -53,35 +51,21 @@ class MLP(nn.Module):
         return x
 
 
-class MultiScaleBackbone(nn.Module):
-    """A :class:`~detrkit.models.backbone.Backbone` trunk returning several stages.
-
-    Args:
-        trunk: the ResNet (frozen BatchNorm, trainable stages and weights already set up).
-        stages: stage names to return, e.g. ``("layer2", "layer3", "layer4")`` (C3-C5).
-    """
-
-    def __init__(self, trunk: Backbone, stages: Sequence[str]) -> None:
-        super().__init__()
-        self.body = IntermediateLayerGetter(trunk.body, return_layers={s: s for s in stages})
-        self.stages = tuple(stages)
-        self.num_channels = [RESNET_CHANNELS[trunk.name][s] for s in stages]
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """``float[B, 3, H, W]`` -> one ``[B, C_s, H / stride_s, W / stride_s]`` map per stage."""
-        out = self.body(images)
-        return [out[s] for s in self.stages]
-
-
 class DeformableDETR(Detector):
     """Deformable DETR detector (see the module docstring).
 
     Args:
-        backbone: returns ``len(backbone.num_channels)`` feature maps, finest first.
+        backbone: a ResNet whose :meth:`~detrkit.models.backbone.Backbone.forward_levels` gives
+            ``len(backbone.level_channels)`` feature maps, finest first.
         transformer: the deformable transformer (its ``two_stage`` decides the variant).
         num_classes: number of classes ``K``.
         num_feature_levels: levels fed to the transformer; the backbone gives the first ones, 3x3
             stride-2 convolutions the rest.
+        norm_groups: groups of the GroupNorm after each input projection (32 in the paper and in
+            Hugging Face's models; ``d_model`` must be a multiple). With one channel per group
+            (``d_model == norm_groups``) a 1x1 level at batch size 1 holds one value per group,
+            which normalises to a constant and which torch refuses: :meth:`forward` then raises a
+            ``ValueError`` naming the smallest input size.
         with_box_refine: per-layer box (and class) heads, each decoder layer refining the boxes.
         aux_loss: supervise every decoder layer (outputs ``aux_outputs``).
         criterion: the loss; ``None`` disallows ``targets`` in :meth:`forward`.
@@ -91,10 +75,11 @@ class DeformableDETR(Detector):
     def __init__(
         self,
         *,
-        backbone: nn.Module,
+        backbone: Backbone,
         transformer: DeformableTransformer,
         num_classes: int,
         num_feature_levels: int = 4,
+        norm_groups: int = 32,
         with_box_refine: bool = False,
         aux_loss: bool = True,
         criterion: SetCriterion | None = None,
@@ -102,24 +87,31 @@ class DeformableDETR(Detector):
     ) -> None:
         super().__init__()
         d_model = transformer.d_model
-        if d_model % 32:
-            raise ValueError(f"d_model must be a multiple of 32 (GroupNorm with 32 groups), got {d_model}")
-        channels = list(backbone.num_channels)
+        if norm_groups < 1 or d_model % norm_groups:
+            raise ValueError(
+                f"d_model must be a multiple of norm_groups (GroupNorm groups), got {d_model} and {norm_groups}"
+            )
+        channels = list(backbone.level_channels)
         if len(channels) > num_feature_levels:
             raise ValueError(f"the backbone gives {len(channels)} levels, more than num_feature_levels")
         self.num_classes = num_classes
         self.model_name = "deformable-detr"
         self.num_feature_levels = num_feature_levels
+        self.norm_groups = norm_groups
         self.with_box_refine = with_box_refine
         self.two_stage = transformer.two_stage
         self.aux_loss = aux_loss
         self.top_k = top_k
         self.backbone = backbone
         self.position_embedding = PositionEmbeddingSine(d_model // 2, normalize=True, offset=-0.5)
-        projections = [nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(32, d_model)) for c in channels]
+        projections = [
+            nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(norm_groups, d_model)) for c in channels
+        ]
         in_ch = channels[-1]
         for _ in range(num_feature_levels - len(channels)):
-            projections.append(nn.Sequential(nn.Conv2d(in_ch, d_model, 3, 2, 1), nn.GroupNorm(32, d_model)))
+            projections.append(
+                nn.Sequential(nn.Conv2d(in_ch, d_model, 3, 2, 1), nn.GroupNorm(norm_groups, d_model))
+            )
             in_ch = d_model
         self.input_proj = nn.ModuleList(projections)
         self.transformer = transformer
@@ -166,7 +158,8 @@ class DeformableDETR(Detector):
         check_inputs(images, pixel_mask, targets)
         if targets is not None and self.criterion is None:
             raise ValueError("this model was built without a criterion; pass targets=None")
-        features = self.backbone(images)
+        features = self.backbone.forward_levels(images)
+        self._check_level_sizes(images, features)
         srcs = [proj(f) for proj, f in zip(self.input_proj, features, strict=False)]
         for level in range(len(features), self.num_feature_levels):
             srcs.append(self.input_proj[level](features[-1] if level == len(features) else srcs[-1]))
@@ -204,6 +197,27 @@ class DeformableDETR(Detector):
             outputs.update(self.criterion(outputs, targets))
         return outputs
 
+    def _check_level_sizes(self, images: Tensor, features: list[Tensor]) -> None:
+        """Raise ``ValueError`` where GroupNorm would see one value per group (see ``norm_groups``).
+
+        Only Python shapes are read: no host sync, nothing for ``torch.compile`` to trace.
+        """
+        if images.shape[0] != 1 or self.transformer.d_model // self.norm_groups != 1:
+            return
+        h, w = (int(v) for v in features[-1].shape[-2:])
+        sizes = [tuple(int(v) for v in f.shape[-2:]) for f in features]
+        for _ in range(len(features), self.num_feature_levels):
+            h, w = (h + 1) // 2, (w + 1) // 2  # 3x3 stride-2 convolution with padding 1
+            sizes.append((h, w))
+        if (1, 1) in sizes:
+            coarsest = self.backbone.level_strides[-1] * 2 ** (self.num_feature_levels - len(features))
+            raise ValueError(
+                f"a {images.shape[-2]}x{images.shape[-1]} image at batch size 1 gives a 1x1 feature level, "
+                f"which GroupNorm cannot normalise with one channel per group (d_model {self.transformer.d_model}"
+                f" == norm_groups {self.norm_groups}); use norm_groups <= {self.transformer.d_model // 2} or "
+                f"images larger than {coarsest} px on a side"
+            )
+
     def postprocess(self, outputs: dict[str, Any], orig_sizes_hw: Tensor) -> list[dict[str, Tensor]]:
         """Sigmoid scores, top ``top_k`` (query, class) pairs per image, boxes in original pixels.
 
@@ -231,6 +245,7 @@ def build_deformable_detr(
     ffn_dim: int = 1024,
     dropout: float = 0.1,
     num_feature_levels: int = 4,
+    norm_groups: int = 32,
     enc_n_points: int = 4,
     dec_n_points: int = 4,
     num_queries: int = 300,
@@ -250,13 +265,16 @@ def build_deformable_detr(
 
     ``backbone_weights`` optionally loads ImageNet weights into the ResNet (see
     :class:`~detrkit.models.backbone.Backbone`). ``num_feature_levels`` 1 uses C5 only, 2 uses
-    C4-C5, 3 C3-C5 and more adds stride-2 convolutions on top. Matcher costs and loss weights
-    follow the paper (class 2, L1 5, GIoU 2, focal alpha 0.25).
+    C4-C5, 3 C3-C5 and more adds stride-2 convolutions on top. ``norm_groups``: GroupNorm groups
+    of the input projections (see :class:`DeformableDETR`). Matcher costs and loss weights follow
+    the paper (class 2, L1 5, GIoU 2, focal alpha 0.25).
     """
     if num_feature_levels < 1:
         raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
-    trunk = Backbone(backbone, trainable_layers=trainable_backbone_layers, weights=backbone_weights)
     stages = _BACKBONE_STAGES[-min(num_feature_levels, len(_BACKBONE_STAGES)) :]
+    trunk = Backbone(
+        backbone, return_layers=stages, trainable_layers=trainable_backbone_layers, weights=backbone_weights
+    )
     transformer = DeformableTransformer(
         d_model=d_model,
         n_heads=n_heads,
@@ -287,10 +305,11 @@ def build_deformable_detr(
         focal_alpha=focal_alpha,
     )
     return DeformableDETR(
-        backbone=MultiScaleBackbone(trunk, stages),
+        backbone=trunk,
         transformer=transformer,
         num_classes=num_classes,
         num_feature_levels=num_feature_levels,
+        norm_groups=norm_groups,
         with_box_refine=with_box_refine,
         aux_loss=aux_loss,
         criterion=criterion,
@@ -343,12 +362,16 @@ TINY_DEFAULTS: dict[str, Any] = {
     "enc_n_points": 2,
     "dec_n_points": 2,
     "num_queries": 20,
+    # 4 channels per GroupNorm group: with 32 groups of 1 channel, the 1x1 levels of small inputs
+    # (<= 64 px) would normalise to a constant, and torch refuses them at batch size 1.
+    "norm_groups": 8,
 }
 
 
 @register_model("deformable-detr-tiny", family="deformable-detr")
 def deformable_detr_tiny(*, num_classes: int, **overrides: Any) -> DeformableDETR:
-    """Tiny Deformable DETR for tests and CPU: ResNet-18, d_model 32, 1+2 layers, 20 queries, 2 points."""
+    """Tiny Deformable DETR for tests and CPU: ResNet-18, d_model 32, 1+2 layers, 20 queries, 2 points,
+    8 GroupNorm groups (works on inputs from 32 px at batch size 1)."""
     return _build_registered(num_classes, TINY_DEFAULTS, overrides)
 
 

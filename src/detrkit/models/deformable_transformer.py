@@ -33,6 +33,7 @@ __all__ = [
     "encoder_reference_points",
     "inverse_sigmoid",
     "refine_reference",
+    "select_proposals",
 ]
 
 
@@ -195,6 +196,27 @@ def refine_reference(reference_points: Tensor, delta: Tensor) -> Tensor:
     return torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1).sigmoid()
 
 
+def select_proposals(class_logits: Tensor, box_logits: Tensor, num_queries: int) -> Tensor:
+    """The two-stage queries' initial boxes: the proposals of highest first-class logit.
+
+    Args:
+        class_logits: ``[B, S, K]`` proposal class logits.
+        box_logits: ``[B, S, 4]`` proposal box logits (``inf`` at padded or border positions).
+        num_queries: ``Q``, the number of proposals to keep.
+    Returns:
+        ``[B, Q, 4]`` box logits, detached, by decreasing score. An image with fewer positions
+        than queries (``S < Q``: a small input) keeps all ``S`` and fills the rest with ``inf``
+        box logits, the same proposal as a padded position's, so that outputs keep ``Q`` queries.
+    """
+    k = min(num_queries, class_logits.shape[1])
+    topk = torch.topk(class_logits[..., 0], k, dim=1).indices
+    selected = torch.gather(box_logits, 1, topk[..., None].expand(-1, -1, 4)).detach()
+    if k < num_queries:
+        fill = selected.new_full((selected.shape[0], num_queries - k, 4), float("inf"))
+        selected = torch.cat([selected, fill], 1)
+    return selected
+
+
 @dataclass
 class TransformerOutput:
     """What :class:`DeformableTransformer` returns.
@@ -226,7 +248,8 @@ class DeformableTransformer(nn.Module):
         dropout: dropout of attention outputs, FFNs and query self-attention weights.
         n_levels: feature levels ``L``.
         enc_n_points, dec_n_points: sampling points per head and level.
-        num_queries: object queries ``Q`` (two-stage: the number of top proposals kept).
+        num_queries: object queries ``Q`` (two-stage: the number of top proposals kept; see
+            :func:`select_proposals` for inputs with fewer positions than queries).
         two_stage: initial boxes and queries from encoder proposals instead of learned embeddings.
     """
 
@@ -370,8 +393,7 @@ class DeformableTransformer(nn.Module):
             features, proposal_logits = self.encoder_proposals(memory, levels)
             enc_class_logits = proposal_heads[0](features)
             enc_box_logits = proposal_heads[1](features) + proposal_logits
-            topk = torch.topk(enc_class_logits[..., 0], self.num_queries, dim=1).indices
-            topk_box_logits = torch.gather(enc_box_logits, 1, topk[..., None].expand(-1, -1, 4)).detach()
+            topk_box_logits = select_proposals(enc_class_logits, enc_box_logits, self.num_queries)
             reference = topk_box_logits.sigmoid()
             query_pos, tgt = self.pos_trans_norm(
                 self.pos_trans(self.proposal_pos_embed(topk_box_logits, memory.dtype))
