@@ -30,8 +30,8 @@ def _draw_examples(run_dir: Path, val_ann: Path, val_images: Path, count: int = 
 
     from detrkit.boxes import box_xywh_to_xyxy
     from detrkit.data.coco import CocoIndex
+    from detrkit.data.visualize import draw_detections
     from detrkit.inference.predictor import Predictor
-    from detrkit.inference.visualize import draw_detections
 
     predictor = Predictor.from_run(run_dir, checkpoint="best", device="cpu")
     index = CocoIndex.load(val_ann)

@@ -13,11 +13,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from detrkit.cli.main import main
+from detrkit.data.visualize import GT_COLOR, PRED_COLOR
 from detrkit.errors import ConfigError
 from detrkit.evaluation.coco import evaluate_coco
 from detrkit.inference.export import example_inputs, export_model
 from detrkit.inference.predictor import Predictor
-from detrkit.inference.visualize import GT_COLOR, PRED_COLOR
 
 from .conftest import CATEGORY_IDS, CLASS_NAMES
 

@@ -38,9 +38,9 @@ def predict_cmd(
     """Detect objects in SOURCE with the model of RUN; write predictions.json and drawn images."""
     from rich.progress import Progress
 
+    from detrkit.data.visualize import draw_detections
     from detrkit.errors import ConfigError, DataError
     from detrkit.inference.predictor import Predictor, resolve_images
-    from detrkit.inference.visualize import draw_detections
 
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")

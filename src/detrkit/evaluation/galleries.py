@@ -92,7 +92,7 @@ def render_tile(image: Image.Image, data: DetectionData, image_index: int, focus
     d = np.flatnonzero((data.dt_image == image_index) & (data.dt_score >= score_thresh))
     if focus_dt is not None and focus_dt not in d:
         d = np.r_[d, focus_dt]
-    from detrkit.inference.visualize import draw_detections  # the one drawing style of the package
+    from detrkit.data.visualize import draw_detections  # the one drawing style of the package
 
     drawn = draw_detections(
         crop,

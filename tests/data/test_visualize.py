@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detrkit.inference.visualize import GT_COLOR, PRED_COLOR, draw_detections, style_for
+from detrkit.data.visualize import GT_COLOR, PRED_COLOR, draw_detections, style_for
 
 
 def _is(pixel: np.ndarray, colour: tuple[int, int, int]) -> bool:
