@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
 
 @dataclass
@@ -82,12 +83,36 @@ def collate_detection(
     h = _round_up(max(img.shape[-2] for img, _ in samples), size_divisibility)
     w = _round_up(max(img.shape[-1] for img, _ in samples), size_divisibility)
     first = samples[0][0]
-    images = first.new_zeros((len(samples), first.shape[0], h, w))
-    mask = torch.zeros((len(samples), h, w), dtype=torch.bool)
+    shared = get_worker_info() is not None
+    images = _new_batch_tensor((len(samples), first.shape[0], h, w), first.dtype, shared=shared)
+    mask = _new_batch_tensor((len(samples), h, w), torch.bool, shared=shared)
     for i, (img, _) in enumerate(samples):
-        images[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
-        mask[i, : img.shape[-2], : img.shape[-1]] = True
+        ih, iw = img.shape[-2], img.shape[-1]
+        images[i, :, :ih, :iw].copy_(img)
+        mask[i, :ih, :iw].fill_(True)
+        if iw < w:  # right strip, then the bottom strip under it: each padded pixel written once
+            images[i, :, :ih, iw:].zero_()
+            mask[i, :ih, iw:].fill_(False)
+        if ih < h:
+            images[i, :, ih:].zero_()
+            mask[i, ih:].fill_(False)
     return Batch(images, mask, [t for _, t in samples], skipped)
+
+
+def _new_batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, *, shared: bool) -> Tensor:
+    """Uninitialised ``shape`` tensor; in shared memory when ``shared`` (inside a DataLoader worker).
+
+    A batch built in a worker is sent to the main process through shared memory; allocating it there
+    directly (as ``torch.utils.data.default_collate`` does) saves a second 4-byte-per-pixel copy.
+    """
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    numel = 1
+    for n in shape:
+        numel *= n
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(numel * itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 class DetectionCollator:

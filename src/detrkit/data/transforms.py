@@ -156,11 +156,18 @@ _INV_STD_255 = torch.tensor(IMAGENET_STD).mul(255).reciprocal().view(3, 1, 1)
 def normalize_uint8(image: Tensor) -> Tensor:
     """``uint8 [3, H, W]`` -> ``float32 [3, H, W]`` ImageNet-normalised, ``(x/255 - mean) / std``.
 
-    One conversion and two in-place passes, instead of ``ToDtype(scale=True)`` + ``Normalize``.
-    The result is contiguous: torchvision's uint8 resize returns a channels-last view, and
-    normalising (then padding in collate) in that layout costs 2-3x more than converting once here.
+    Computed as ``(x - 255 mean) * (1 / (255 std))``: one conversion and two in-place passes instead of
+    ``ToDtype(scale=True)`` + ``Normalize``. The result is contiguous. torchvision's uint8 resize
+    returns a channels-last view; converting it plane by plane (each a stride-3 gather into a
+    contiguous float plane) is about 1.5x faster than one channels-last -> contiguous ``.to``, and
+    normalising (then padding in collate) in the channels-last layout would cost 2-3x more.
     """
-    out = image.to(torch.float32, memory_format=torch.contiguous_format)
+    if image.ndim != 3 or image.stride(0) != 1:
+        out = image.to(torch.float32, memory_format=torch.contiguous_format)
+    else:
+        out = torch.empty(image.shape, dtype=torch.float32)
+        for c in range(image.shape[0]):
+            out[c].copy_(image[c])
     out.sub_(_MEAN_255).mul_(_INV_STD_255)
     return out
 
