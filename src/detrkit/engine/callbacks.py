@@ -53,12 +53,18 @@ class RunLogger:
         self._task = None
         self._images = 0
         self._t0 = 0.0
+        self._want_tb = bool(enabled and run_dir is not None and tensorboard)
+        #: set when resuming: TensorBoard drops events at or after this step (no duplicated curves).
+        self.purge_step: int | None = None
         if enabled and run_dir is not None:
             self._log = open(run_dir / "log.txt", "a", buffering=1)  # noqa: SIM115 - closed in close()
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+    def _writer(self) -> Any:
+        if self._tb is None and self._want_tb and self.run_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self.purge_step)
+        return self._tb
 
     # -- messages ---------------------------------------------------------------------------------
     def info(self, message: str, *, console: bool = True) -> None:
@@ -84,11 +90,12 @@ class RunLogger:
     # -- scalars ----------------------------------------------------------------------------------
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         """TensorBoard scalars ``prefix/name`` at ``step``."""
-        if self._tb is None:
+        writer = self._writer()
+        if writer is None:
             return
         for name, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(float(value)):
-                self._tb.add_scalar(f"{prefix}/{name}" if prefix else name, float(value), step)
+                writer.add_scalar(f"{prefix}/{name}" if prefix else name, float(value), step)
 
     def csv_row(self, row: dict[str, Any]) -> None:
         """Append one row to ``metrics.csv``; a new column rewrites the file with the wider header."""

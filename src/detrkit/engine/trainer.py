@@ -309,6 +309,7 @@ class Trainer:
             self.history = read_metrics_csv(self.run_dir / "metrics.csv")
             self.history = [r for r in self.history if int(r["epoch"]) <= self.epoch]
             self.log.rewrite_csv(self.history)
+            self.log.purge_step = self.runner.global_step + 1
             self.log.info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.epoch_batches}")
         elif acc.is_main_process:
             cfg.save(self.run_dir / "config.yaml")
