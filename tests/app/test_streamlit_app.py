@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from detrkit.aerial.predict import AerialPredictor
+from detrkit.aerial.predict import OVERLAY_COLOUR, AerialPredictor
 from detrkit.app.logic import analyse, format_area, format_area_short, save_upload
 from detrkit.errors import ImageError
 
@@ -76,7 +76,7 @@ def test_logic_analyse_and_formatting(app_checkpoint: Path, png_bytes: bytes, tm
     assert res.image.shape == (160, 160, 3) and res.mask.shape == (160, 160) and res.probability.shape == (160, 160, 3)
     assert res.summary["built_pixels"] == int(res.mask.sum())
     over = res.overlay(1.0)
-    assert (over[res.mask] == [255, 40, 40]).all() and np.array_equal(over[~res.mask], res.image[~res.mask])
+    assert (over[res.mask] == OVERLAY_COLOUR).all() and np.array_equal(over[~res.mask], res.image[~res.mask])
     assert res.csv.count("\n") == len(res.buildings) + 1
     with pytest.raises(ImageError, match="unsupported file type"):
         save_upload("x.gif", b"GIF89a", tmp_path)

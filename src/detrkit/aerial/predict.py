@@ -43,6 +43,7 @@ from detrkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from detrkit.errors import CheckpointError, ImageError
 
 PREVIEW_MAX = 2048
+OVERLAY_COLOUR = (0, 210, 255)  # cyan: stands out on red roofs, green vegetation and grey asphalt
 
 
 def open_raster(path: str | Path) -> rasterio.io.DatasetReader:
@@ -101,7 +102,7 @@ def _preview_shape(h: int, w: int) -> tuple[int, int]:
 
 
 def overlay_image(image: np.ndarray, mask: np.ndarray, *, opacity: float = 0.45,
-                  colour: tuple[int, int, int] = (255, 40, 40)) -> np.ndarray:
+                  colour: tuple[int, int, int] = OVERLAY_COLOUR) -> np.ndarray:
     """Blend ``colour`` over ``image uint8[H,W,3]`` where ``mask bool[H,W]``; returns uint8[H,W,3]."""
     out = image.astype(np.float32).copy()
     out[mask] = out[mask] * (1 - opacity) + np.asarray(colour, np.float32) * opacity

@@ -64,7 +64,7 @@ class AppResult:
     csv: str
 
     def overlay(self, opacity: float) -> np.ndarray:
-        """The input preview with the mask in red at ``opacity`` in [0, 1]: uint8[h,w,3]."""
+        """The input preview with the mask in cyan at ``opacity`` in [0, 1]: uint8[h,w,3]."""
         return overlay_image(self.image, self.mask, opacity=float(opacity))
 
 

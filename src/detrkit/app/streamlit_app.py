@@ -81,7 +81,7 @@ st.caption(f"GSD source: **{g['source']}** ({g['detail']}); model estimate {s['m
            f"{s['tiles']} tiles in {s['seconds']:.1f} s; image area {format_area(s['image_area_m2'])}.")
 
 left, right = st.columns(2)
-left.image(result.overlay(opacity), caption="Buildings (red) over the image", width="stretch")
+left.image(result.overlay(opacity), caption="Buildings (cyan) over the image", width="stretch")
 right.image(result.probability, caption="Building probability (dark: 0, bright: 1)", width="stretch")
 
 st.subheader("Buildings")
