@@ -47,7 +47,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="print the final summary as JSON on stdout"),
 ) -> None:
     """Train a detector: preflight, then epochs with validation, checkpoints and logs in a run folder."""
-    from detrkit.engine.trainer import summary_json, train_from_config
+    from detrkit.engine.run import summary_json, train_from_config
     from detrkit.errors import ConfigError
 
     if config is None and resume is None:

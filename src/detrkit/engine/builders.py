@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -123,6 +125,50 @@ def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log
                 f"init_from {model_cfg.init_from}: {len(loaded)} tensors copied, {len(skipped)} kept (shape or name differ)"
             )
     return model
+
+
+def build_accelerator(cfg: RunConfig) -> Any:
+    """The Accelerator for ``train.precision``/``train.cpu`` (fp16 needs CUDA)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
+    use_cpu = cfg.train.cpu or not torch.cuda.is_available()
+    if mp == "fp16" and use_cpu:
+        raise ConfigError(f"{cfg.source}: train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    # Several runs in one process (library use, tests): start from a clean Accelerate state.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(
+        mixed_precision=mp,
+        cpu=use_cpu,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+
+
+def build_collate(size_divisibility: int) -> Callable[[list[Any]], Any]:
+    """The picklable default ``collate_fn`` (``DetectionCollator``)."""
+    from detrkit.data.collate import DetectionCollator
+
+    return DetectionCollator(size_divisibility=size_divisibility)
+
+
+def repeat_factors_for(dataset: Any, threshold: float, source: str, log: Any = None) -> list[float] | None:
+    """Per-image repeat factors for ``data.repeat_factor_threshold`` (``None`` when it is 0)."""
+    if threshold <= 0:
+        return None
+    labels = getattr(dataset, "labels_per_image", None)
+    if labels is None:
+        raise ConfigError(f"{source}: data.repeat_factor_threshold needs a dataset with labels_per_image()")
+    from detrkit.data.samplers import repeat_factors
+
+    factors = repeat_factors(labels(), threshold=threshold)
+    if log is not None:
+        log(
+            f"repeat-factor sampling (t={threshold}): {factors.sum():.0f} images per epoch instead of {len(factors)}"
+        )
+    return factors.tolist()
 
 
 def _summarise(report: Any) -> str:

@@ -235,3 +235,17 @@ def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(out_dir / name)
     return written
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """The one-line summary of an epoch (console and ``log.txt``)."""
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row.get('train/loss', float('nan')):.4f}"]
+    if "val/loss" in row:
+        parts.append(f"val loss {row['val/loss']:.4f}")
+    for k in ("AP", "AP50", "AP75"):
+        if f"val/{k}" in row:
+            parts.append(f"{k} {row[f'val/{k}']:.3f}")
+    parts += [f"{row['train/images_per_s']:.1f} img/s", f"{row['time_s']:.0f}s"]
+    if row.get("nonfinite"):
+        parts.append(f"{row['nonfinite']} non-finite steps skipped")
+    return "  ".join(parts)

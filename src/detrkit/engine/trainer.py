@@ -11,7 +11,6 @@ use and tests.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import signal
@@ -25,10 +24,18 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from detrkit.config import RunConfig, load_config
+from detrkit.config import RunConfig
 from detrkit.engine import checkpoint as ckpt_io
-from detrkit.engine.builders import DataSplits, build_data, build_detector, ensure_shapes
-from detrkit.engine.callbacks import RunLogger, plot_curves, read_metrics_csv
+from detrkit.engine.builders import (
+    DataSplits,
+    build_accelerator,
+    build_collate,
+    build_data,
+    build_detector,
+    ensure_shapes,
+    repeat_factors_for,
+)
+from detrkit.engine.callbacks import RunLogger, epoch_line, plot_curves, read_metrics_csv
 from detrkit.engine.ema import ModelEMA
 from detrkit.engine.loop import StepRunner
 from detrkit.engine.optim import apply_freezing, build_optimizer, build_scheduler, set_bn_eval
@@ -36,25 +43,6 @@ from detrkit.engine.rundir import check_resumable, environment, make_run_dir, wr
 from detrkit.engine.sampling import EvalBatchSampler, ResumableBatchSampler, SeededDataset
 from detrkit.engine.validate import validate
 from detrkit.errors import ConfigError
-
-
-def _make_accelerator(cfg: RunConfig) -> Any:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
-    use_cpu = cfg.train.cpu or not torch.cuda.is_available()
-    if mp == "fp16" and use_cpu:
-        raise ConfigError(f"{cfg.source}: train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-    # Several runs in one process (library use, tests): start from a clean Accelerate state.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    return Accelerator(
-        mixed_precision=mp,
-        cpu=use_cpu,
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-    )
 
 
 class Trainer:
@@ -97,7 +85,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
         cfg = self.cfg
-        self.acc = acc = _make_accelerator(cfg)
+        self.acc = acc = build_accelerator(cfg)
         self.device = acc.device
         from accelerate.utils import set_seed
 
@@ -175,7 +163,7 @@ class Trainer:
 
     def _build_loaders(self) -> None:
         cfg, acc = self.cfg, self.acc
-        collate = self._collate or _default_collate(cfg.data.size_divisibility)
+        collate = self._collate or build_collate(cfg.data.size_divisibility)
         workers = cfg.data.num_workers
         common = {
             "collate_fn": collate,
@@ -192,7 +180,9 @@ class Trainer:
             world_size=acc.num_processes,
             shuffle=True,
             drop_last=True,
-            weights=self._repeat_factors(),
+            weights=repeat_factors_for(
+                self.data.train, cfg.data.repeat_factor_threshold, cfg.source, self.log.info
+            ),
         )
         if self.train_sampler.batches_per_epoch() == 0:
             raise ConfigError(
@@ -215,23 +205,6 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.train_sampler.batches_per_epoch() / accum)
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
-
-    def _repeat_factors(self) -> list[float] | None:
-        threshold = self.cfg.data.repeat_factor_threshold
-        if threshold <= 0:
-            return None
-        labels = getattr(self.data.train, "labels_per_image", None)
-        if labels is None:
-            raise ConfigError(
-                f"{self.cfg.source}: data.repeat_factor_threshold needs a dataset with labels_per_image()"
-            )
-        from detrkit.data.samplers import repeat_factors
-
-        factors = repeat_factors(labels(), threshold=threshold)
-        self.log.info(
-            f"repeat-factor sampling (t={threshold}): {factors.sum():.0f} images per epoch instead of {len(factors)}"
-        )
-        return factors.tolist()
 
     # ------------------------------------------------------------------------------ checkpoints
     @property
@@ -380,7 +353,7 @@ class Trainer:
                 {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("val/")}, epoch + 1, "val"
             )
             self.log.scalars({"images_per_s": row["train/images_per_s"]}, epoch + 1, "train")
-            self.log.info(_epoch_line(row, cfg.train.epochs, cfg.eval.best_metric))
+            self.log.info(epoch_line(row, cfg.train.epochs))
         wall = time.perf_counter() - t_start
         final = {k: v for k, v in (self.history[-1] if self.history else {}).items()}
         summary = {
@@ -436,44 +409,3 @@ class Trainer:
         if self.cfg.model.freeze_bn:
             set_bn_eval(self.unwrapped)
         return metrics, losses
-
-
-def _epoch_line(row: dict[str, Any], epochs: int, best_metric: str) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row.get('train/loss', float('nan')):.4f}"]
-    if "val/loss" in row:
-        parts.append(f"val loss {row['val/loss']:.4f}")
-    for k in ("AP", "AP50", "AP75"):
-        if f"val/{k}" in row:
-            parts.append(f"{k} {row[f'val/{k}']:.3f}")
-    parts += [f"{row['train/images_per_s']:.1f} img/s", f"{row['time_s']:.0f}s"]
-    if row.get("nonfinite"):
-        parts.append(f"{row['nonfinite']} non-finite steps skipped")
-    return "  ".join(parts)
-
-
-def _default_collate(size_divisibility: int) -> Callable[[list[Any]], Any]:
-    from detrkit.data.collate import DetectionCollator
-
-    return DetectionCollator(size_divisibility=size_divisibility)
-
-
-def train_from_config(
-    config: str | Path | None,
-    overrides: list[str] | None = None,
-    *,
-    resume: str | Path | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """Load a config (or the resumed run's ``config.yaml``), train, return the summary."""
-    if resume is not None:
-        check_resumable(resume)
-        cfg = load_config(Path(resume) / "config.yaml", overrides or [])
-    else:
-        cfg = load_config(config, overrides or [])
-    dry_run = kwargs.pop("dry_run", False)
-    return Trainer(cfg, resume=resume, **kwargs).fit(dry_run=dry_run)
-
-
-def summary_json(summary: dict[str, Any]) -> str:
-    """The ``--json`` output."""
-    return json.dumps(summary, indent=2, default=str)

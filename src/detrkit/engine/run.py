@@ -1,0 +1,33 @@
+"""Entry points: load a config (or a run's), train, and format the summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from detrkit.config import load_config
+from detrkit.engine.rundir import check_resumable
+from detrkit.engine.trainer import Trainer
+
+
+def train_from_config(
+    config: str | Path | None,
+    overrides: list[str] | None = None,
+    *,
+    resume: str | Path | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Load a config (or the resumed run's ``config.yaml``), train, return the summary."""
+    if resume is not None:
+        check_resumable(resume)
+        cfg = load_config(Path(resume) / "config.yaml", overrides or [])
+    else:
+        cfg = load_config(config, overrides or [])
+    dry_run = kwargs.pop("dry_run", False)
+    return Trainer(cfg, resume=resume, **kwargs).fit(dry_run=dry_run)
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    """The ``--json`` output."""
+    return json.dumps(summary, indent=2, default=str)
