@@ -43,6 +43,7 @@ from detrkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from detrkit.errors import CheckpointError, ImageError
 
 PREVIEW_MAX = 2048
+GDAL_CACHE_MB = 128
 OVERLAY_COLOUR = (0, 210, 255)  # cyan: stands out on red roofs, green vegetation and grey asphalt
 
 
@@ -177,6 +178,15 @@ class AerialPredictor:
                      zoom: float | None = None, lat: float | None = None,
                      progress: Callable[[int, int], None] | None = None, **measure_kwargs: Any) -> dict[str, Any]:
         """Predict one image and write the outputs listed in the module docstring; returns the summary dict."""
+        # GDAL's block cache defaults to 5 % of RAM and would hold every block read and written:
+        # capping it keeps the memory of a streamed 20000 x 20000 raster independent of its height.
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            return self._predict_file(source, out_dir, user_gsd=user_gsd, zoom=zoom, lat=lat, progress=progress,
+                                      **measure_kwargs)
+
+    def _predict_file(self, source: str | Path, out_dir: str | Path, *, user_gsd: float | None,
+                      zoom: float | None, lat: float | None, progress: Callable[[int, int], None] | None,
+                      **measure_kwargs: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         src = RasterSource.open(source)
         ds = src.ds
