@@ -240,3 +240,37 @@ def test_cuda_bf16_training_step_syncs_once() -> None:
     assert len(syncs) == 1, [str(w.message) for w in syncs]  # the matcher's cost-matrix copy
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     out["loss"].backward()
+
+
+def test_one_to_many_matches_repeated_targets_by_hand() -> None:
+    """Hybrid matching (k=2): one target, a group of 3 queries -> the 2 nearest queries are positives.
+
+    o2m queries: q0 = the target box exactly, q1 = the target shifted by 0.1 in cx, q2 far away.
+    The repeated targets [t, t] must be matched to q0 and q1; losses are normalised by k * 1 = 2.
+    """
+    logits, boxes, targets = _one_target_case(2)  # one-to-one group: the known case above
+    o2m_logits = torch.tensor([[[0.0, 1.0], [0.5, -0.5], [-1.0, 0.2]]])
+    o2m_boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.6, 0.5, 0.2, 0.2], [0.1, 0.1, 0.05, 0.05]]])
+    outputs = {
+        "pred_logits": logits,
+        "pred_boxes": boxes,
+        "one_to_many": {"pred_logits": o2m_logits, "pred_boxes": o2m_boxes},
+    }
+    crit = _criterion("focal", 2, one_to_many_k=2, one_to_many_weight=0.5)
+    out = crit(outputs, targets)
+    # q1 box [0.5, 0.4, 0.7, 0.6] vs target [0.4, 0.4, 0.6, 0.6]: inter 0.02, union 0.06, enclosing
+    # 0.06 -> GIoU 1/3; q0: GIoU 1, L1 0.
+    assert out["loss_bbox_o2m"].item() == pytest.approx((0.0 + 0.1) / 2, abs=1e-6)
+    assert out["loss_giou_o2m"].item() == pytest.approx((0.0 + (1 - 1 / 3)) / 2, abs=1e-6)
+    onehot = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [0.0, 0.0]]])  # q0, q1 positive for class 1
+    expected_ce = sigmoid_focal_loss(o2m_logits, onehot, 2.0).item()
+    assert out["loss_ce_o2m"].item() == pytest.approx(expected_ce, rel=1e-6)
+    # the one-to-one losses are those of the criterion without hybrid matching
+    plain = _criterion("focal", 2)({"pred_logits": logits, "pred_boxes": boxes}, targets)
+    for name in ("loss_ce", "loss_bbox", "loss_giou"):
+        assert out[name].item() == pytest.approx(plain[name].item(), rel=1e-6)
+    o2m_total = 2.0 * expected_ce + 5.0 * 0.05 + 2.0 * (1 - 1 / 3) / 2
+    assert out["loss"].item() == pytest.approx(plain["loss"].item() + 0.5 * o2m_total, rel=1e-5)
+    # k = 0: the one-to-many group is ignored
+    off = _criterion("focal", 2)(outputs, targets)
+    assert "loss_ce_o2m" not in off and off["loss"].item() == pytest.approx(plain["loss"].item(), rel=1e-6)

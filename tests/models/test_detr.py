@@ -128,7 +128,7 @@ def test_backbone_options_and_weights_file(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown backbone"):
         Backbone("resnet42")
     with pytest.raises(ValueError, match="trainable_layers"):
-        Backbone("resnet18", return_layer="layer2", trainable_layers=3)
+        Backbone("resnet18", return_layer="layer2", trainable_layers=4)  # 3: layer1-2 and the stem
     torch.manual_seed(3)
     ref = torchvision.models.resnet18(weights=None)
     torch.save(ref.state_dict(), tmp_path / "r18.pth")

@@ -1,5 +1,5 @@
-"""ResNet backbones (torchvision) with frozen BatchNorm, optional DC5 dilation, one or several
-output stages, and mask downsampling.
+"""ResNet backbones (torchvision) with frozen BatchNorm (pretrained) or trainable BatchNorm /
+GroupNorm (from scratch), optional DC5 dilation, one or several output stages, and mask downsampling.
 
 Parameter names follow torchvision (``body.conv1``, ``body.layer1.0.conv1``...), which are also
 the names of timm's ResNets used by the Hugging Face DETR checkpoints.
@@ -7,8 +7,9 @@ the names of timm's ResNets used by the Hugging Face DETR checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ __all__ = [
     "RESNET_CHANNELS",
     "Backbone",
     "FrozenBatchNorm2d",
+    "NORMS",
+    "Norm",
     "build_backbone",
     "downsample_mask",
     "imagenet_state_dict",
@@ -36,8 +39,23 @@ RESNET_CHANNELS: dict[str, dict[str, int]] = {
     "resnet50": {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
     "resnet101": {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048},
 }
+#: Normalisation layers of :class:`Backbone`: ``"frozen_bn"`` (fixed affine map, for pretrained
+#: weights), ``"bn"`` (trainable BatchNorm, batch statistics) and ``"gn"`` (trainable GroupNorm).
+NORMS = ("frozen_bn", "bn", "gn")
+Norm = Literal["frozen_bn", "bn", "gn"]
 _STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _norm_layer(norm: str, gn_groups: int) -> Callable[[int], nn.Module]:
+    """``num_channels -> module`` for ``norm`` (GroupNorm uses ``min(gn_groups, channels)`` groups)."""
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "gn":
+        return lambda channels: nn.GroupNorm(min(gn_groups, channels), channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
 def downsample_mask(pixel_mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -64,8 +82,16 @@ class Backbone(nn.Module):
             Default: ``(return_layer,)``.
         dilation: DC5: replace the stride of ``layer4`` by dilation (stride 16 at ``layer4``).
         trainable_layers: how many of the last stages up to ``return_layer`` get gradients
-            (0 freezes the backbone). Default: every stage from ``layer2`` on, as DETR (which
-            trains layer2-4). The stem (``conv1``) is always frozen; BatchNorm is always frozen.
+            (0 freezes the backbone); one more than the number of stages also trains the stem
+            (``conv1``/``bn1``), as torchvision's ``trainable_layers=5``. Default: every stage from
+            ``layer2`` on, as DETR (which trains layer2-4), or everything, stem included, with
+            ``weights=None`` and a trainable ``norm`` (training from scratch).
+        norm: ``"frozen_bn"`` (default: the identity at random init, the pretrained statistics
+            otherwise; what DETR and the Hugging Face checkpoints use), ``"bn"`` (trainable
+            BatchNorm with batch statistics: the choice from scratch on one device) or ``"gn"``
+            (trainable GroupNorm, batch-size independent). With ``"bn"`` the frozen stages stay in
+            eval mode (running statistics not updated) whatever :meth:`train` is called with.
+        gn_groups: GroupNorm groups (``norm="gn"``), at most the channel count of each layer.
         weights: optional ImageNet weights: a path to a torchvision ResNet state dict (``.pth``)
             or a torchvision weight name such as ``"IMAGENET1K_V1"`` (downloaded by torchvision
             if not in its cache). ``None``: random initialisation, no download.
@@ -84,8 +110,14 @@ class Backbone(nn.Module):
         dilation: bool = False,
         trainable_layers: int | None = None,
         weights: str | Path | None = None,
+        norm: Norm = "frozen_bn",
+        gn_groups: int = 32,
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if gn_groups < 1:
+            raise ValueError(f"gn_groups must be >= 1, got {gn_groups}")
         if name not in RESNET_CHANNELS:
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_CHANNELS)}")
         if return_layer not in _STAGES:
@@ -102,25 +134,51 @@ class Backbone(nn.Module):
         if dilation and return_layer != "layer4":
             raise ValueError("dilation (DC5) dilates layer4; use it with return_layer='layer4'")
         n_stages = _STAGES.index(return_layer) + 1
-        trainable_layers = max(n_stages - 1, 0) if trainable_layers is None else trainable_layers
-        if not 0 <= trainable_layers <= n_stages:
-            raise ValueError(f"trainable_layers must be in 0..{n_stages} for return_layer={return_layer!r}")
+        if trainable_layers is None:
+            from_scratch = weights is None and norm != "frozen_bn"
+            trainable_layers = n_stages + 1 if from_scratch else max(n_stages - 1, 0)
+        if not 0 <= trainable_layers <= n_stages + 1:
+            raise ValueError(
+                f"trainable_layers must be in 0..{n_stages + 1} for return_layer={return_layer!r} "
+                f"({n_stages + 1}: every stage and the stem)"
+            )
         net = getattr(torchvision.models, name)(
-            weights=None, norm_layer=FrozenBatchNorm2d, replace_stride_with_dilation=[False, False, dilation]
+            weights=None,
+            norm_layer=_norm_layer(norm, gn_groups),
+            replace_stride_with_dilation=[False, False, dilation],
         )
         if weights is not None:
             load_imagenet_weights(net, name, weights)
-        trainable = set(_STAGES[n_stages - trainable_layers : n_stages])
+        trainable = set(_STAGES[max(n_stages - trainable_layers, 0) : n_stages])
+        if trainable_layers == n_stages + 1:
+            trainable |= {"conv1", "bn1"}
         for pname, p in net.named_parameters():
             p.requires_grad_(pname.split(".")[0] in trainable)
+        self._frozen_modules = (
+            [
+                m
+                for child, m in net.named_children()
+                if child not in trainable and child not in ("fc", "avgpool")
+            ]
+            if norm == "bn"
+            else []
+        )
         self.body = IntermediateLayerGetter(net, return_layers={s: s for s in levels})
         self.name = name
+        self.norm = norm
         self.return_layer = return_layer
         self.return_layers = levels
         self.level_channels = tuple(RESNET_CHANNELS[name][s] for s in levels)
         self.level_strides = tuple(_STRIDES[s] // (2 if dilation and s == "layer4" else 1) for s in levels)
         self.num_channels = self.level_channels[-1]
         self.stride = self.level_strides[-1]
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Set the training mode; the BatchNorms of frozen stages (``norm="bn"``) stay in eval mode."""
+        super().train(mode)
+        for module in self._frozen_modules:
+            module.eval()
+        return self
 
     def forward(self, images: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Features of the return layer.
@@ -198,6 +256,8 @@ def build_backbone(
     dilation: bool = False,
     trainable_layers: int | None = None,
     weights: str | Path | None = None,
+    norm: Norm = "frozen_bn",
+    gn_groups: int = 32,
 ) -> Backbone:
     """Build a :class:`Backbone` (see its arguments)."""
     return Backbone(
@@ -207,4 +267,6 @@ def build_backbone(
         dilation=dilation,
         trainable_layers=trainable_layers,
         weights=weights,
+        norm=norm,
+        gn_groups=gn_groups,
     )

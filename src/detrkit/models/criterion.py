@@ -84,6 +84,11 @@ class SetCriterion(nn.Module):
             DETR: 2, 5, 2).
         eos_coef: relative weight of the no-object class (``"ce"`` only).
         focal_alpha, focal_gamma: focal loss parameters (``"focal"`` only).
+        one_to_many_k: hybrid matching (H-DETR, Jia et al. 2023): when the outputs hold a
+            ``"one_to_many"`` group of queries (training only), its predictions are matched to the
+            targets repeated ``k`` times, so each object gets ``k`` positive queries, and their
+            losses (normalised by ``k`` times the number of boxes) are added with weight
+            ``one_to_many_weight``. 0 disables it. Inference uses the one-to-one queries only.
     """
 
     def __init__(
@@ -98,8 +103,12 @@ class SetCriterion(nn.Module):
         eos_coef: float = 0.1,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        one_to_many_k: int = 0,
+        one_to_many_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if one_to_many_k < 0:
+            raise ValueError(f"one_to_many_k must be >= 0 (0: off; H-DETR uses 6), got {one_to_many_k}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if loss not in ("ce", "focal"):
@@ -113,6 +122,8 @@ class SetCriterion(nn.Module):
         self.eos_coef = eos_coef
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.one_to_many_k = one_to_many_k
+        self.one_to_many_weight = one_to_many_weight
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -199,20 +210,13 @@ class SetCriterion(nn.Module):
         loss_bbox, loss_giou = self.loss_boxes(pred_boxes[batch_idx, src_idx], tgt_boxes[tgt_idx], num_boxes)
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
-    def forward(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Compute all losses.
+    def _weighted_losses(
+        self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]
+    ) -> tuple[dict[str, tuple[float, Tensor]], Tensor]:
+        """Match every layer of ``outputs`` (see :meth:`forward`) to ``targets``.
 
-        Args:
-            outputs: ``"pred_logits"`` ``[B, Q, C]``, ``"pred_boxes"`` ``[B, Q, 4]`` cxcywh
-                normalised, optional ``"aux_outputs"`` (list of dicts with the same keys, one per
-                intermediate decoder layer) and optional ``"enc_outputs"`` (two-stage Deformable
-                DETR proposals, trained class-agnostically: every target gets label 0).
-            targets: ``B`` dicts with ``"labels"`` ``int64[N_i]`` in ``0..K-1`` and ``"boxes"``
-                ``[N_i, 4]`` cxcywh normalised.
         Returns:
-            ``"loss"``: differentiable weighted total; detached scalars ``"loss_ce"``,
-            ``"loss_bbox"``, ``"loss_giou"``, the same per auxiliary layer with suffix ``_i``
-            (``_enc`` for encoder proposals), and ``"cardinality_error"`` (logging only).
+            ``({name: (weight, loss)}, tgt_lengths float[B])``.
         """
         device = outputs["pred_logits"].device
         sizes = [int(t["boxes"].shape[0]) for t in targets]
@@ -248,6 +252,34 @@ class SetCriterion(nn.Module):
             for k, v in self._layer_losses(layer, idx.view(3, -1), labels, tgt_boxes, num_boxes).items():
                 weighted[k + suffix] = (self.weight_dict[k], v)
 
+        return weighted, tgt_lengths
+
+    def forward(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Compute all losses.
+
+        Args:
+            outputs: ``"pred_logits"`` ``[B, Q, C]``, ``"pred_boxes"`` ``[B, Q, 4]`` cxcywh
+                normalised, optional ``"aux_outputs"`` (list of dicts with the same keys, one per
+                intermediate decoder layer) and optional ``"enc_outputs"`` (two-stage Deformable
+                DETR proposals, trained class-agnostically: every target gets label 0) and optional
+                ``"one_to_many"`` (hybrid matching, H-DETR: the outputs of an extra group of
+                queries, same keys, matched one-to-one to every target repeated
+                ``one_to_many_k`` times; ignored when ``one_to_many_k`` is 0).
+            targets: ``B`` dicts with ``"labels"`` ``int64[N_i]`` in ``0..K-1`` and ``"boxes"``
+                ``[N_i, 4]`` cxcywh normalised.
+        Returns:
+            ``"loss"``: differentiable weighted total; detached scalars ``"loss_ce"``,
+            ``"loss_bbox"``, ``"loss_giou"``, the same per auxiliary layer with suffix ``_i``
+            (``_enc`` for encoder proposals), the same with suffix ``_o2m`` for the one-to-many
+            group, and ``"cardinality_error"`` (of the one-to-one predictions; logging only).
+        """
+        weighted, tgt_lengths = self._weighted_losses(outputs, targets)
+        o2m = outputs.get("one_to_many")
+        if o2m is not None and self.one_to_many_k > 0:  # hybrid matching: targets repeated k times
+            k = self.one_to_many_k
+            repeated = [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)} for t in targets]
+            for name, (weight, loss) in self._weighted_losses(o2m, repeated)[0].items():
+                weighted[name + "_o2m"] = (weight * self.one_to_many_weight, loss)
         total = torch.stack([w * v for w, v in weighted.values()]).sum()
         result = {k: v.detach() for k, (_, v) in weighted.items()}
         result["loss"] = total

@@ -24,11 +24,11 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detrkit.models.backbone import Backbone, downsample_mask
+from detrkit.models.backbone import Backbone, Norm, downsample_mask
 from detrkit.models.base import Detector, check_inputs, postprocess_sigmoid_topk
 from detrkit.models.criterion import SetCriterion
-from detrkit.models.deformable_transformer import DeformableTransformer, refine_reference
-from detrkit.models.matcher import HungarianMatcher
+from detrkit.models.deformable_transformer import DeformableTransformer, TransformerOutput, refine_reference
+from detrkit.models.matcher import HungarianMatcher, one_to_many_options
 from detrkit.models.position import PositionEmbeddingSine
 from detrkit.models.registry import register_model
 
@@ -70,6 +70,9 @@ class DeformableDETR(Detector):
         aux_loss: supervise every decoder layer (outputs ``aux_outputs``).
         criterion: the loss; ``None`` disallows ``targets`` in :meth:`forward`.
         top_k: detections kept per image by :meth:`postprocess`.
+        one_to_many_queries: hybrid matching (H-DETR), training only: an extra group of learned
+            queries decoded separately and output as ``"one_to_many"`` (see
+            :class:`~detrkit.models.criterion.SetCriterion`'s ``one_to_many_k``). 0: off.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class DeformableDETR(Detector):
         aux_loss: bool = True,
         criterion: SetCriterion | None = None,
         top_k: int = 100,
+        one_to_many_queries: int = 0,
     ) -> None:
         super().__init__()
         d_model = transformer.d_model
@@ -137,6 +141,12 @@ class DeformableDETR(Detector):
             for head in self.bbox_embed:
                 nn.init.zeros_(head.layers[-1].bias[2:])
         self.criterion = criterion
+        self.one_to_many_queries = one_to_many_queries
+        if one_to_many_queries > 0:
+            if self.two_stage:
+                raise ValueError("one_to_many needs learned queries; it is not available with two_stage")
+            self.query_embed_o2m = nn.Embedding(one_to_many_queries, 2 * d_model)
+            nn.init.normal_(self.query_embed_o2m.weight)
 
     def forward(
         self, images: Tensor, pixel_mask: Tensor, targets: list[dict[str, Tensor]] | None = None
@@ -173,21 +183,13 @@ class DeformableDETR(Detector):
             pos,
             bbox_heads=self.bbox_embed[:num_layers] if self.with_box_refine else None,
             proposal_heads=(self.class_embed[-1], self.bbox_embed[-1]) if self.two_stage else None,
-        )
-        logits, boxes = [], []
-        for layer in range(num_layers):
-            reference = out.init_reference if layer == 0 else out.references[layer - 1]
-            logits.append(self.class_embed[layer](out.hidden[layer]))
-            boxes.append(refine_reference(reference, self.bbox_embed[layer](out.hidden[layer])))
-        outputs: dict[str, Any] = {
-            "pred_logits": logits[-1],
-            "pred_boxes": boxes[-1],
-            "aux_outputs": (
-                [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1], strict=True)]
-                if self.aux_loss
-                else []
+            one_to_many_queries=(
+                self.query_embed_o2m.weight if self.one_to_many_queries > 0 and self.training else None
             ),
-        }
+        )
+        outputs = self._heads(out)
+        if out.one_to_many is not None:
+            outputs["one_to_many"] = self._heads(out.one_to_many)
         if self.two_stage:
             outputs["enc_outputs"] = {
                 "pred_logits": out.enc_class_logits,
@@ -196,6 +198,23 @@ class DeformableDETR(Detector):
         if targets is not None:
             outputs.update(self.criterion(outputs, targets))
         return outputs
+
+    def _heads(self, out: TransformerOutput) -> dict[str, Any]:
+        """Per-layer class logits and refined boxes: the last layer's plus ``"aux_outputs"``."""
+        logits, boxes = [], []
+        for layer in range(len(self.transformer.decoder_layers)):
+            reference = out.init_reference if layer == 0 else out.references[layer - 1]
+            logits.append(self.class_embed[layer](out.hidden[layer]))
+            boxes.append(refine_reference(reference, self.bbox_embed[layer](out.hidden[layer])))
+        return {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "aux_outputs": (
+                [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1], strict=True)]
+                if self.aux_loss
+                else []
+            ),
+        }
 
     def _check_level_sizes(self, images: Tensor, features: list[Tensor]) -> None:
         """Raise ``ValueError`` where GroupNorm would see one value per group (see ``norm_groups``).
@@ -237,7 +256,8 @@ def build_deformable_detr(
     num_classes: int,
     backbone: str = "resnet50",
     backbone_weights: str | Path | None = None,
-    trainable_backbone_layers: int = 3,
+    backbone_norm: Norm = "frozen_bn",
+    trainable_backbone_layers: int | None = 3,
     d_model: int = 256,
     n_heads: int = 8,
     num_encoder_layers: int = 6,
@@ -260,6 +280,7 @@ def build_deformable_detr(
     weight_giou: float = 2.0,
     focal_alpha: float = 0.25,
     top_k: int = 100,
+    one_to_many: dict[str, int] | None = None,
 ) -> DeformableDETR:
     """Build a Deformable DETR with random weights (defaults: the paper's R50 model and loss).
 
@@ -267,13 +288,21 @@ def build_deformable_detr(
     :class:`~detrkit.models.backbone.Backbone`). ``num_feature_levels`` 1 uses C5 only, 2 uses
     C4-C5, 3 C3-C5 and more adds stride-2 convolutions on top. ``norm_groups``: GroupNorm groups
     of the input projections (see :class:`DeformableDETR`). Matcher costs and loss weights follow
-    the paper (class 2, L1 5, GIoU 2, focal alpha 0.25).
+    the paper (class 2, L1 5, GIoU 2, focal alpha 0.25). ``backbone_norm`` ``"bn"``/``"gn"``
+    trains the backbone's norms (from scratch); ``trainable_backbone_layers=None`` then trains the
+    whole backbone, stem included. ``one_to_many`` (``{"k": 4, "queries": 100}``, optional
+    ``"weight"``): hybrid matching in training, see :func:`~detrkit.models.detr.build_detr`.
     """
+    o2m = one_to_many_options(one_to_many)
     if num_feature_levels < 1:
         raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
     stages = _BACKBONE_STAGES[-min(num_feature_levels, len(_BACKBONE_STAGES)) :]
     trunk = Backbone(
-        backbone, return_layers=stages, trainable_layers=trainable_backbone_layers, weights=backbone_weights
+        backbone,
+        return_layers=stages,
+        trainable_layers=trainable_backbone_layers,
+        weights=backbone_weights,
+        norm=backbone_norm,
     )
     transformer = DeformableTransformer(
         d_model=d_model,
@@ -303,6 +332,8 @@ def build_deformable_detr(
         weight_bbox=weight_bbox,
         weight_giou=weight_giou,
         focal_alpha=focal_alpha,
+        one_to_many_k=o2m["k"],
+        one_to_many_weight=o2m["weight"],
     )
     return DeformableDETR(
         backbone=trunk,
@@ -314,6 +345,7 @@ def build_deformable_detr(
         aux_loss=aux_loss,
         criterion=criterion,
         top_k=top_k,
+        one_to_many_queries=o2m["queries"],
     )
 
 

@@ -228,6 +228,7 @@ class TransformerOutput:
         enc_class_logits: two-stage only: ``[B, S, K]`` proposal logits of every encoder position.
         enc_box_logits: two-stage only: ``[B, S, 4]`` proposal box logits (inverse sigmoid of
             cxcywh; ``inf`` at padded or border positions).
+        one_to_many: with ``one_to_many_queries``: the same three tensors for that extra group.
     """
 
     hidden: Tensor
@@ -235,6 +236,7 @@ class TransformerOutput:
     references: Tensor
     enc_class_logits: Tensor | None = None
     enc_box_logits: Tensor | None = None
+    one_to_many: TransformerOutput | None = None
 
 
 class DeformableTransformer(nn.Module):
@@ -360,6 +362,7 @@ class DeformableTransformer(nn.Module):
         *,
         bbox_heads: Sequence[nn.Module] | None = None,
         proposal_heads: tuple[nn.Module, nn.Module] | None = None,
+        one_to_many_queries: Tensor | None = None,
     ) -> TransformerOutput:
         """Encode the feature levels and decode the queries.
 
@@ -372,6 +375,9 @@ class DeformableTransformer(nn.Module):
                 ``None``: the reference points stay fixed.
             proposal_heads: two-stage only: ``(class_head, box_head)`` scoring and refining the
                 encoder proposals (``D -> K`` logits, ``D -> 4`` box-logit deltas).
+            one_to_many_queries: hybrid matching (training only, not two-stage): ``[Q2, 2 * D]``
+                (position, content) embeddings of an extra group of queries, decoded separately
+                (the two groups do not attend to each other) into ``output.one_to_many``.
         Returns:
             A :class:`TransformerOutput`.
         """
@@ -404,7 +410,33 @@ class DeformableTransformer(nn.Module):
             tgt = tgt[None].expand(b, -1, -1)
             reference = self.reference_points(query_pos).sigmoid()
 
-        init_reference = reference
+        hidden, references = self._decode(tgt, query_pos, reference, memory, levels, bbox_heads)
+        o2m = None
+        if one_to_many_queries is not None:
+            if self.two_stage:
+                raise ValueError("one_to_many_queries needs learned queries (two_stage=False)")
+            o2m_pos, o2m_tgt = one_to_many_queries.split(self.d_model, dim=1)
+            o2m_pos, o2m_tgt = o2m_pos[None].expand(b, -1, -1), o2m_tgt[None].expand(b, -1, -1)
+            o2m_reference = self.reference_points(o2m_pos).sigmoid()
+            o2m_hidden, o2m_references = self._decode(
+                o2m_tgt, o2m_pos, o2m_reference, memory, levels, bbox_heads
+            )
+            o2m = TransformerOutput(o2m_hidden, o2m_reference, o2m_references)
+        return TransformerOutput(
+            hidden, reference, references, enc_class_logits, enc_box_logits, one_to_many=o2m
+        )
+
+    def _decode(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        reference: Tensor,
+        memory: Tensor,
+        levels: FlatLevels,
+        bbox_heads: Sequence[nn.Module] | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Run the decoder: ``tgt, query_pos [B, Q, D]``, ``reference [B, Q, 2 or 4]`` ->
+        ``(hidden [N, B, Q, D], references [N, B, Q, 2 or 4])``."""
         ratios = levels.valid_ratios
         hidden, references = [], []
         for i, layer in enumerate(self.decoder_layers):
@@ -414,6 +446,4 @@ class DeformableTransformer(nn.Module):
                 reference = refine_reference(reference, bbox_heads[i](tgt)).detach()
             hidden.append(tgt)
             references.append(reference)
-        return TransformerOutput(
-            torch.stack(hidden), init_reference, torch.stack(references), enc_class_logits, enc_box_logits
-        )
+        return torch.stack(hidden), torch.stack(references)

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from detrkit.models.backbone import Backbone
+from detrkit.models.backbone import Backbone, Norm
 from detrkit.models.base import Detector, check_inputs, postprocess_sigmoid_topk, postprocess_softmax
 from detrkit.models.criterion import SetCriterion
-from detrkit.models.matcher import HungarianMatcher
+from detrkit.models.matcher import HungarianMatcher, one_to_many_options
 from detrkit.models.position import PositionEmbeddingSine
 from detrkit.models.registry import register_model
 from detrkit.models.transformer import Transformer
@@ -57,6 +57,10 @@ class DETR(Detector):
         aux_loss: also output (and train) the predictions of every intermediate decoder layer.
         top_k: detections kept per image by :meth:`postprocess` (``None``: ``Q`` for ``"ce"``,
             100 for ``"focal"``).
+        one_to_many_queries: hybrid matching (H-DETR): an extra group of queries decoded in
+            training only, separately from the ``Q`` one-to-one queries (the two groups do not see
+            each other), and output as ``"one_to_many"`` for the criterion, which matches it to
+            the targets repeated ``criterion.one_to_many_k`` times. 0: off.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class DETR(Detector):
         aux_loss: bool = True,
         top_k: int | None = None,
         model_name: str = "detr",
+        one_to_many_queries: int = 0,
     ) -> None:
         super().__init__()
         d_model = transformer.d_model
@@ -84,6 +89,9 @@ class DETR(Detector):
         self.position = PositionEmbeddingSine(d_model // 2, normalize=True)
         self.input_proj = nn.Conv2d(backbone.num_channels, d_model, kernel_size=1)
         self.query_embed = nn.Embedding(num_queries, d_model)
+        self.one_to_many_queries = one_to_many_queries
+        if one_to_many_queries > 0:
+            self.query_embed_o2m = nn.Embedding(one_to_many_queries, d_model)
         self.transformer = transformer
         self.class_embed = nn.Linear(d_model, num_classes + 1 if loss == "ce" else num_classes)
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
@@ -110,21 +118,31 @@ class DETR(Detector):
         features, mask = self.backbone(images, pixel_mask)
         pos = self.position(mask, features.dtype).flatten(2).transpose(1, 2)
         src = self.input_proj(features).flatten(2).transpose(1, 2)
-        hs, _ = self.transformer(
-            src, mask.flatten(1), pos, self.query_embed.weight, return_intermediate=self.aux_loss
+        valid = mask.flatten(1)
+        hs, memory = self.transformer(
+            src, valid, pos, self.query_embed.weight, return_intermediate=self.aux_loss
         )
+        out = self._heads(hs)
+        if self.one_to_many_queries > 0 and self.training:
+            hs_o2m = self.transformer.decode(
+                memory, valid, pos, self.query_embed_o2m.weight, return_intermediate=self.aux_loss
+            )
+            out["one_to_many"] = self._heads(hs_o2m)
+        if targets is not None:
+            out.update(self.criterion(out, targets))
+        return out
+
+    def _heads(self, hs: Tensor) -> dict[str, Any]:
+        """Decoder outputs ``[L, B, Q, D]`` -> last layer's logits and boxes plus ``"aux_outputs"``."""
         logits = self.class_embed(hs)
         boxes = self.bbox_embed(hs).sigmoid()
-        out: dict[str, Any] = {
+        return {
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
             "aux_outputs": [
                 {"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
             ],
         }
-        if targets is not None:
-            out.update(self.criterion(out, targets))
-        return out
 
     def postprocess(self, outputs: dict[str, Any], orig_sizes_hw: Tensor) -> list[dict[str, Tensor]]:
         """See :meth:`Detector.postprocess` (softmax for ``"ce"``, sigmoid top-k for ``"focal"``)."""
@@ -145,6 +163,7 @@ def build_detr(
     dilation: bool = False,
     trainable_backbone_layers: int | None = None,
     backbone_weights: str | Path | None = None,
+    backbone_norm: Norm = "frozen_bn",
     d_model: int = 256,
     num_heads: int = 8,
     enc_layers: int = 6,
@@ -163,6 +182,7 @@ def build_detr(
     weight_giou: float = 2.0,
     focal_alpha: float = 0.25,
     top_k: int | None = None,
+    one_to_many: dict[str, int] | None = None,
     model_name: str = "detr",
 ) -> DETR:
     """Build a DETR with random weights (``backbone_weights`` optionally loads ImageNet weights).
@@ -175,6 +195,9 @@ def build_detr(
         dilation: DC5 (dilated ``layer4``).
         trainable_backbone_layers: backbone stages trained (default: layer2 up to ``return_layer``, as DETR).
         backbone_weights: torchvision ResNet ``.pth`` path or weight name (e.g. ``"IMAGENET1K_V1"``).
+        backbone_norm: ``"frozen_bn"`` (pretrained weights), ``"bn"`` or ``"gn"`` (trainable: from
+            scratch; the whole backbone, stem included, then trains unless
+            ``trainable_backbone_layers`` says otherwise). See :class:`Backbone`.
         d_model, num_heads, enc_layers, dec_layers, dim_feedforward, dropout: transformer shape.
         num_queries: object queries (max detections per image).
         aux_loss: auxiliary decoding losses on every decoder layer.
@@ -185,6 +208,9 @@ def build_detr(
         weight_ce, weight_bbox, weight_giou: loss weights (``weight_ce`` default 1 / 2 likewise).
         focal_alpha: focal loss alpha.
         top_k: detections kept by ``postprocess``.
+        one_to_many: hybrid matching (H-DETR), training only: ``{"k": 4, "queries": 100}`` adds
+            ``queries`` extra queries matched to the targets repeated ``k`` times (optional
+            ``"weight"`` of their loss, default 1). ``None``: off.
         model_name: stored as ``model.model_name`` (the registry sets it to the registered name).
     """
     if num_classes < 1:
@@ -196,6 +222,7 @@ def build_detr(
     if d_model % 4:
         raise ValueError(f"d_model must be a multiple of 4 (sine position embedding), got {d_model}")
     default_class = 1.0 if loss == "ce" else 2.0
+    o2m = one_to_many_options(one_to_many)
     matcher = HungarianMatcher(
         cost_class=default_class if cost_class is None else cost_class,
         cost_bbox=cost_bbox,
@@ -212,6 +239,8 @@ def build_detr(
         weight_giou=weight_giou,
         eos_coef=eos_coef,
         focal_alpha=focal_alpha,
+        one_to_many_k=o2m["k"],
+        one_to_many_weight=o2m["weight"],
     )
     return DETR(
         backbone=Backbone(
@@ -220,6 +249,7 @@ def build_detr(
             dilation=dilation,
             trainable_layers=trainable_backbone_layers,
             weights=backbone_weights,
+            norm=backbone_norm,
         ),
         transformer=Transformer(
             d_model=d_model,
@@ -236,6 +266,7 @@ def build_detr(
         aux_loss=aux_loss,
         top_k=top_k,
         model_name=model_name,
+        one_to_many_queries=o2m["queries"],
     )
 
 

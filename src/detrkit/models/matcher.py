@@ -7,7 +7,7 @@ The cost matrix of the whole batch is computed on the device in one shot, copied
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from detrkit.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
-__all__ = ["HungarianMatcher", "focal_class_cost", "match_cost_matrix"]
+__all__ = ["HungarianMatcher", "focal_class_cost", "match_cost_matrix", "one_to_many_options"]
 
 ClassCost = Literal["ce", "focal"]
 
@@ -214,3 +214,27 @@ def _assign(cost_all: Tensor, sizes: list[int]) -> list[list[tuple[Tensor, Tenso
             )
         result.append(per_image)
     return result
+
+
+def one_to_many_options(one_to_many: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate the hybrid-matching option of the builders (H-DETR's one-to-many branch).
+
+    Args:
+        one_to_many: ``{"k": 4, "queries": 100}`` (each target repeated ``k`` times for an extra
+            group of ``queries`` queries; optional ``"weight"`` of that group's loss) or ``None``.
+    Returns:
+        ``{"k": int, "queries": int, "weight": float}``; ``k`` and ``queries`` are 0 for ``None``.
+    Raises:
+        ValueError: unknown or missing keys, ``k`` or ``queries`` below 1.
+    """
+    if one_to_many is None:
+        return {"k": 0, "queries": 0, "weight": 1.0}
+    unknown = sorted(set(one_to_many) - {"k", "queries", "weight"})
+    if unknown or not {"k", "queries"} <= set(one_to_many):
+        raise ValueError(
+            f"one_to_many takes k, queries and optional weight, e.g. {{k: 4, queries: 100}}; got {one_to_many}"
+        )
+    k, queries = int(one_to_many["k"]), int(one_to_many["queries"])
+    if k < 1 or queries < 1:
+        raise ValueError(f"one_to_many needs k >= 1 and queries >= 1, got {one_to_many}")
+    return {"k": k, "queries": queries, "weight": float(one_to_many.get("weight", 1.0))}

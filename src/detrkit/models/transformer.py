@@ -170,11 +170,25 @@ class Transformer(nn.Module):
         memory = src
         for layer in self.encoder:
             memory = layer(memory, pos, valid)
-        query_pos = query_embed[None].expand(src.shape[0], -1, -1)
+        return self.decode(memory, valid, pos, query_embed, return_intermediate=return_intermediate), memory
+
+    def decode(
+        self,
+        memory: Tensor,
+        valid: Tensor,
+        pos: Tensor,
+        query_embed: Tensor,
+        *,
+        return_intermediate: bool = True,
+    ) -> Tensor:
+        """Decode queries against an encoded image: ``memory [B, S, D]`` (the encoder output), the
+        other arguments as in :meth:`forward`. Returns ``hs [L, B, Q, D]`` (``L`` = ``dec_layers`` or 1).
+        """
+        query_pos = query_embed[None].expand(memory.shape[0], -1, -1)
         tgt = query_pos.new_zeros(query_pos.shape)
         outputs = []
         for i, layer in enumerate(self.decoder):
             tgt = layer(tgt, memory, valid, pos, query_pos)
             if return_intermediate or i == len(self.decoder) - 1:
                 outputs.append(self.decoder_norm(tgt))
-        return torch.stack(outputs), memory
+        return torch.stack(outputs)
