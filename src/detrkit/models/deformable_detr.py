@@ -257,7 +257,7 @@ def build_deformable_detr(
     backbone: str = "resnet50",
     backbone_weights: str | Path | None = None,
     backbone_norm: Norm = "frozen_bn",
-    trainable_backbone_layers: int | None = 3,
+    trainable_backbone_layers: int | None = None,
     d_model: int = 256,
     n_heads: int = 8,
     num_encoder_layers: int = 6,
@@ -289,8 +289,8 @@ def build_deformable_detr(
     C4-C5, 3 C3-C5 and more adds stride-2 convolutions on top. ``norm_groups``: GroupNorm groups
     of the input projections (see :class:`DeformableDETR`). Matcher costs and loss weights follow
     the paper (class 2, L1 5, GIoU 2, focal alpha 0.25). ``backbone_norm`` ``"bn"``/``"gn"``
-    trains the backbone's norms (from scratch); ``trainable_backbone_layers=None`` then trains the
-    whole backbone, stem included. ``one_to_many`` (``{"k": 4, "queries": 100}``, optional
+    trains the backbone's norms (from scratch); ``trainable_backbone_layers=None`` (default) then
+    trains the whole backbone, stem included, and layer2-4 with ``"frozen_bn"`` (the paper). ``one_to_many`` (``{"k": 4, "queries": 100}``, optional
     ``"weight"``): hybrid matching in training, see :func:`~detrkit.models.detr.build_detr`.
     """
     o2m = one_to_many_options(one_to_many)
