@@ -176,7 +176,12 @@ def subset_cmd(
     if as_json:
         _echo_json(summary)
         return
-    table = Table(title=f"data subset -> {out}")
+    _print_written_classes("data subset", out, summary)
+
+
+def _print_written_classes(command: str, out: Path, summary: dict[str, Any]) -> None:
+    """The per-class table and the one-line total that subset and merge print."""
+    table = Table(title=f"{command} -> {out}")
     for col in ("id", "class", "images"):
         table.add_column(col)
     for c in summary["classes"]:
@@ -252,15 +257,7 @@ def merge_cmd(
     if as_json:
         _echo_json(summary)
         return
-    table = Table(title=f"data merge -> {out}")
-    for col in ("id", "class", "images"):
-        table.add_column(col)
-    for c in summary["classes"]:
-        table.add_row(str(c["id"]), c["name"], str(c["images"]))
-    _out.print(table)
-    _out.print(
-        f"{summary['images']} images, {summary['annotations']} annotations written to {out}", highlight=False
-    )
+    _print_written_classes("data merge", out, summary)
     if link_dir is not None:
         _out.print(f"images: use --images {link_dir} (links: {', '.join(tag_list)})", highlight=False)
 

@@ -100,24 +100,32 @@ def _orientation(im: Image.Image) -> int:
     return int(im.getexif().get(_EXIF_ORIENTATION, 1))
 
 
-def image_size(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Sizes from the header only (no decode): ``((width, height), (raw_width, raw_height))``.
-
-    The first pair is after EXIF orientation, the second as stored. Raises :class:`ImageError`.
-    """
+def _read_sizes(path: str | Path, *, decode: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Open ``path``, optionally decode every pixel, and return (oriented, raw) sizes."""
     path = Path(path)
     try:
         with Image.open(path) as im:
             raw = im.size
+            if decode:
+                im.load()
             orientation = _orientation(im)
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found", path=path) from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, expected an image file", path=path) from None
     except _PIL_ERRORS as err:
-        raise ImageError(f"{path}: cannot read image header ({err})", path=path) from None
+        what = "cannot decode image" if decode else "cannot read image header"
+        raise ImageError(f"{path}: {what} ({err})", path=path) from None
     oriented = (raw[1], raw[0]) if orientation in _SWAPS_AXES else raw
     return oriented, raw
+
+
+def image_size(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Sizes from the header only (no decode): ``((width, height), (raw_width, raw_height))``.
+
+    The first pair is after EXIF orientation, the second as stored. Raises :class:`ImageError`.
+    """
+    return _read_sizes(path, decode=False)
 
 
 def verify_image(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -126,17 +134,4 @@ def verify_image(path: str | Path) -> tuple[tuple[int, int], tuple[int, int]]:
     Returns ``((width, height) after EXIF orientation, (raw_width, raw_height))``.
     Raises :class:`ImageError` naming the file.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            raw = im.size
-            im.load()
-            orientation = _orientation(im)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found", path=path) from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, expected an image file", path=path) from None
-    except _PIL_ERRORS as err:
-        raise ImageError(f"{path}: cannot decode image ({err})", path=path) from None
-    oriented = (raw[1], raw[0]) if orientation in _SWAPS_AXES else raw
-    return oriented, raw
+    return _read_sizes(path, decode=True)
