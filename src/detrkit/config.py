@@ -60,6 +60,35 @@ class ShapesConfig:
 
 
 @dataclass
+class ExtraDataConfig:
+    """One extra training file (e.g. ``detrkit synth`` output) appended to the training set.
+
+    ``{seed}`` in either path is replaced by ``train.seed`` (synthetic data generated per seed).
+    """
+
+    ann: str
+    images: str
+
+
+@dataclass
+class CopyPasteConfig:
+    """Online copy-paste (:func:`detrkit.synth.online.build_online_copy_paste`), training only."""
+
+    #: probability that a training sample gets pastes.
+    prob: float = 0.5
+    #: class names to paste; ``null``: the run's rare classes (``data.rare_classes`` or computed).
+    classes: list[str] | None = None
+    #: pastes per sample, uniform in 1..max_instances.
+    max_instances: int = 2
+    #: instances smaller than this many pixels do not enter the bank.
+    min_area: int = 64
+    #: at most this many instances per class in the bank (``null``: all).
+    max_bank_per_class: int | None = 500
+    #: seed of the bank's instance selection; ``null``: ``train.seed``.
+    seed: int | None = None
+
+
+@dataclass
 class DataConfig:
     """COCO-format train/val data and loader settings."""
 
@@ -75,8 +104,18 @@ class DataConfig:
     transform_args: dict[str, Any] = field(default_factory=dict)
     #: pad batches to a multiple of this many pixels (0: to the largest image only).
     size_divisibility: int = 0
-    #: repeat-factor sampling (LVIS) for rare classes: threshold t (0 disables).
-    repeat_factor_threshold: float = 0.0
+    #: extra training files ``[{ann, images}]``; their class names must be among the training file's.
+    extra: list[ExtraDataConfig] = field(default_factory=list)
+    #: online copy-paste of rare-class instances before the training transforms (``null``: off).
+    copy_paste: CopyPasteConfig | None = None
+    #: ``random`` (each image once per epoch) or ``repeat_factor`` (LVIS repeat-factor sampling).
+    sampler: Literal["random", "repeat_factor"] = "random"
+    #: repeat-factor threshold t: a class in a fraction f < t of the images repeats them sqrt(t/f) times.
+    rfs_threshold: float = 0.001
+    #: the rare class names (recorded in ``classes.json``); ``null``: those ``detrkit data stats``
+    #: marks (shown in fewer than ``rare_fraction`` x the images of the most frequent class).
+    rare_classes: list[str] | None = None
+    rare_fraction: float = 0.05
     num_workers: int = 2
     pin_memory: bool = True
     #: what to do with a degenerate box: ``drop`` it or ``error``.
@@ -231,6 +270,15 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` merged into ``base`` key by key (nested dictionaries merge; other values replace).
+
+    This is how ``_base_`` files and overrides compose; use it to build a config from a base dict
+    plus nested overrides, then validate with :func:`config_from_dict`.
+    """
+    return _deep_merge(base, top)
+
+
 def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
@@ -291,7 +339,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = [] if value.strip() in ("", "[]") else yaml.safe_load(value)
+            try:
+                value = [] if value.strip() in ("", "[]") else yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{where}: {value!r} is not a valid YAML list (quote values with {{ or :)") from None
             value = value if isinstance(value, list) else [value]
         if not isinstance(value, (list, tuple)):
             value = [value] if item_tp is str else value
@@ -349,6 +400,14 @@ def _build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
             hint = f" (did you mean {dotted}{close[0]}?)" if close else f" (known: {', '.join(names)})"
             raise ConfigError(f"{prefix}{key}: unknown key{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in kwargs]
+    if missing:
+        raise ConfigError(f"{prefix.rstrip('.')}: missing key(s) {', '.join(missing)}")
     return cls(**kwargs)
 
 
@@ -375,9 +434,29 @@ def parse_overrides(overrides: typing.Sequence[str], source: str = "<command lin
     return nested
 
 
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Read configs of older runs: ``data.repeat_factor_threshold: t`` (0 = off) became
+    ``data.sampler: repeat_factor`` + ``data.rfs_threshold: t``."""
+    section = data.get("data")
+    if not isinstance(section, dict) or "repeat_factor_threshold" not in section:
+        return data
+    section = dict(section)
+    t = section.pop("repeat_factor_threshold")
+    try:
+        t_value = float(t)
+    except (TypeError, ValueError):
+        t_value = -1.0
+    if t_value > 0:
+        section.setdefault("sampler", "repeat_factor")
+        section.setdefault("rfs_threshold", t_value)
+    elif t_value < 0:
+        raise ConfigError(f"data.repeat_factor_threshold: expected a number >= 0, got {t!r}")
+    return {**data, "data": section}
+
+
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     """Validate a nested dict (the YAML content) into a :class:`RunConfig`."""
-    cfg = _build_dataclass(RunConfig, data, f"{source}: ")
+    cfg = _build_dataclass(RunConfig, _migrate(data), f"{source}: ")
     cfg.source = source
     return cfg
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from detrkit.data.collate import DetectionCollator, collate_detection
+from detrkit.data.collate import DetectionCollator, collate_detection, normalize_images
 from detrkit.data.dataset import CocoDetection
 from detrkit.data.images import load_image_rgb
-from detrkit.data.transforms import build_transforms
+from detrkit.data.transforms import build_transforms, normalize_uint8
 from detrkit.errors import AnnotationError, DataError
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -25,7 +25,9 @@ def test_targets_by_hand(make_dataset) -> None:
     assert len(ds) == 3 and ds.class_names == ["cat", "dog"] and ds.num_classes == 2
     img, t = ds[0]
     ref = torch.from_numpy(np.asarray(load_image_rgb(images / "a.jpg")).copy()).permute(2, 0, 1)
-    torch.testing.assert_close(img, (ref.float() / 255 - MEAN) / STD, atol=1e-5, rtol=1e-5)
+    assert img.dtype == torch.uint8 and torch.equal(img, ref)  # the decoded pixels, not normalised
+    batch = collate_detection([(img, t)])
+    torch.testing.assert_close(batch.normalized()[0], (ref.float() / 255 - MEAN) / STD, atol=1e-5, rtol=1e-5)
     # ann 10: dog (id 7 -> label 1) [10, 8, 20, 16]; ann 11: cat (id 3 -> label 0) [50, 20, 30, 30]
     expected = torch.tensor([[20 / 96, 16 / 64, 20 / 96, 16 / 64], [65 / 96, 35 / 64, 30 / 96, 30 / 64]])
     torch.testing.assert_close(t["boxes"], expected)
@@ -131,6 +133,39 @@ def test_collate_pads_and_masks() -> None:
 
     empty = collate_detection([None, None])
     assert len(empty) == 0 and empty.skipped == 2 and empty.targets == []
+    assert empty.images.dtype == torch.uint8 and empty.normalized().shape == (0, 3, 0, 0)
+    assert batch.normalized() is batch.images  # float samples are already normalised: passed through
+
+
+def test_normalize_images_by_hand() -> None:
+    images = torch.tensor([0, 255, 128, 7], dtype=torch.uint8).view(1, 1, 1, 4).repeat(1, 3, 1, 1)
+    mask = torch.tensor([[[True, True, True, False]]])
+    out = normalize_images(images, mask)
+    assert out.dtype == torch.float32
+    want = (torch.tensor([0.0, 255.0, 128.0]).view(1, 3) / 255 - MEAN.view(3, 1)) / STD.view(3, 1)
+    torch.testing.assert_close(out[0, :, 0, :3], want, atol=1e-6, rtol=1e-6)
+    assert (out[0, :, 0, 3] == 0).all() and not torch.signbit(out[0, :, 0, 3]).any()  # padding is +0
+    assert normalize_images(images, mask, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_images(images.to(torch.int32))
+
+
+@pytest.mark.parametrize("preset", ["val", "light", "detr"])
+def test_uint8_batches_normalised_equal_the_float32_batches(make_dataset, preset) -> None:
+    """The old path (each image normalised on the CPU, float32 batch) and the new one (uint8 batch,
+    normalised at once) give the same tensor, bit for bit, for the same pixels."""
+    ann, images = make_dataset()
+    ds = CocoDetection(ann, images, transforms=build_transforms(preset, train=preset != "val", size=40))
+    torch.manual_seed(0)
+    samples = [ds[i] for i in range(len(ds))]
+    assert all(img.dtype == torch.uint8 for img, _ in samples)
+    assert len({tuple(img.shape) for img, _ in samples}) > 1 or preset == "light"  # padding is exercised
+    new = DetectionCollator(size_divisibility=32)(samples)
+    old = DetectionCollator(size_divisibility=32)([(normalize_uint8(img), t) for img, t in samples])
+    assert new.images.dtype == torch.uint8 and old.images.dtype == torch.float32
+    assert torch.equal(new.pixel_mask, old.pixel_mask)
+    assert torch.equal(new.normalized(), old.images)
+    assert torch.equal(new.normalized(torch.bfloat16), old.images.to(torch.bfloat16))
 
 
 def test_bad_images_are_skipped_and_counted_across_workers(make_dataset, tiny_coco, image_writer) -> None:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from detrkit.data.collate import normalize_images
 from detrkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detrkit.errors import CheckpointError, DataError
 from detrkit.inference.predictor import Detections, Predictor
@@ -132,6 +133,8 @@ def test_from_pretrained_matches_transformers(tmp_path: Path, sample_images: lis
     image = Image.open(sample_images[0]).convert("RGB")
     det = predictor.predict(image, threshold=0.0)[0]
     pixels, _ = predictor.preprocess(image)
+    assert pixels.dtype == torch.uint8
+    pixels = normalize_images(pixels[None])[0]  # the model input, as Batch.normalized() makes it
     with torch.no_grad():
         out = hf(pixel_values=pixels[None], pixel_mask=torch.ones(1, *pixels.shape[1:], dtype=torch.long))
     prob = out.logits.softmax(-1)[0, :, :-1]

@@ -1,6 +1,6 @@
 """``detrkit ablate``: train baseline and rare-class remedies with the same budget and seeds, compare.
 
-Thin front over :func:`detrkit.synth.ablate.run_ablation`.
+Thin front over :func:`detrkit.engine.ablate.run_ablation`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def ablate_cmd(
 ) -> None:
     """Train each arm x seed with one budget, then write per-class and rare-class AP (mean ± std)."""
     from detrkit.config import load_config
-    from detrkit.synth.ablate import AblationSettings, run_ablation
+    from detrkit.engine.ablate import AblationSettings, run_ablation
 
     cfg = load_config(config, list(overrides or []))
     console = Console(stderr=True)

@@ -18,6 +18,14 @@ _out = Console()
 _err = Console(stderr=True)
 
 
+def extra_override(ann: str | Path, images: str | Path) -> str:
+    """The ``detrkit train`` argument that adds a synthetic dataset, quoted for a POSIX shell:
+    ``'data.extra=[{ann: "synth/annotations.json", images: "synth/images"}]'``."""
+    import shlex
+
+    return shlex.quote(f"data.extra=[{{ann: {json.dumps(str(ann))}, images: {json.dumps(str(images))}}}]")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``synth`` command to the root app."""
     app.command("synth")(synth_cmd)
@@ -135,6 +143,7 @@ def synth_cmd(
         )
     summary["classes"] = chosen
     summary["method"] = method
+    summary["override"] = extra_override(summary["annotations"], Path(out) / "images")
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -151,7 +160,8 @@ def synth_cmd(
     if summary["samples"]:
         _out.print(f"samples: {summary['samples']}", highlight=False)
     _out.print(
-        f"extra training file: ann={summary['annotations']} images={Path(out) / 'images'}",
+        f"train on it next to the real data with: {extra_override(summary['annotations'], Path(out) / 'images')}",
         highlight=False,
         markup=False,
+        soft_wrap=True,
     )

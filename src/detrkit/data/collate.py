@@ -1,8 +1,12 @@
 """Batching detection samples: zero padding, a pixel mask, and the count of skipped samples.
 
 ``collate_detection(batch)`` takes what :class:`~detrkit.data.dataset.CocoDetection` returns, a
-list of ``(image float32 [3, H_i, W_i], target dict)`` or ``None`` for a skipped (bad) image, and
-returns a :class:`Batch`. ``None`` entries are dropped and counted in ``Batch.skipped``, so the
+list of ``(image uint8 [3, H_i, W_i], target dict)`` or ``None`` for a skipped (bad) image, and
+returns a :class:`Batch` whose ``images`` keep the samples' dtype: ``uint8`` from CocoDetection, a
+quarter of the bytes of float32 to write, share between processes and copy to the GPU.
+:meth:`Batch.normalized` (:func:`normalize_images`) turns them into the model input, ImageNet-
+normalised float with zeros on the padding, on the device the batch was moved to. Float samples
+(datasets that normalise themselves) are padded with zeros and passed through as they are. ``None`` entries are dropped and counted in ``Batch.skipped``, so the
 number of skipped images reaches the training loop even from DataLoader worker processes. When every
 sample of a batch was skipped the batch is empty (``len(batch) == 0``, ``images`` of shape
 ``[0, 3, 0, 0]``); the training loop should skip it.
@@ -20,13 +24,58 @@ import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
+from detrkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+_CONSTANTS: dict[tuple[str, int | None], tuple[Tensor, Tensor]] = {}
+
+
+def _constants(device: torch.device) -> tuple[Tensor, Tensor]:
+    """``255 * mean`` and ``1 / (255 * std)`` as ``float32 [1, 3, 1, 1]`` on ``device`` (cached)."""
+    key = (device.type, device.index)
+    if key not in _CONSTANTS:
+        mean = torch.tensor(IMAGENET_MEAN).mul(255).view(1, 3, 1, 1)
+        inv_std = torch.tensor(IMAGENET_STD).mul(255).reciprocal().view(1, 3, 1, 1)
+        _CONSTANTS[key] = (mean.to(device), inv_std.to(device))
+    return _CONSTANTS[key]
+
+
+def normalize_images(
+    images: Tensor, pixel_mask: Tensor | None = None, *, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Model input from a batch: ``uint8 [B, 3, H, W]`` -> ImageNet-normalised ``dtype [B, 3, H, W]``.
+
+    ``(x - 255 mean) * (1 / (255 std))`` in float32 (bit-identical to
+    :func:`detrkit.data.transforms.normalize_uint8` on each image), then padded pixels
+    (``pixel_mask`` False) set to exactly 0, as the float batches were padded, then cast to ``dtype``
+    (e.g. ``torch.bfloat16``). Runs where ``images`` is: call it after ``Batch.to(device)``.
+    Floating-point ``images`` are taken as already normalised and only cast to ``dtype``.
+
+    Args:
+        images: ``uint8 [B, 3, H, W]`` (or float, passed through).
+        pixel_mask: ``bool [B, H, W]``, True on real pixels; ``None``: no padding to clear.
+        dtype: the floating dtype to return.
+    Returns:
+        ``dtype [B, 3, H, W]``, contiguous.
+    """
+    if images.is_floating_point():
+        return images if images.dtype == dtype else images.to(dtype)
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (or already-normalised float), got {images.dtype}")
+    mean, inv_std = _constants(images.device)
+    out = images.to(torch.float32, memory_format=torch.contiguous_format)
+    out.sub_(mean).mul_(inv_std)
+    if pixel_mask is not None:
+        out.masked_fill_(~pixel_mask[:, None], 0.0)
+    return out if dtype == torch.float32 else out.to(dtype)
+
 
 @dataclass
 class Batch:
     """A padded batch.
 
     Attributes:
-        images: ``float32 [B, 3, H, W]``, each image at the top-left, zeros elsewhere.
+        images: ``uint8 [B, 3, H, W]`` (the samples' dtype), each image at the top-left, zeros
+            elsewhere; :meth:`normalized` gives the model input.
         pixel_mask: ``bool [B, H, W]``, **True on real pixels** (Hugging Face's ``pixel_mask``).
         targets: ``B`` target dicts (boxes cxcywh normalised by each *unpadded* image size).
         skipped: how many samples of this batch were bad images and left out.
@@ -39,6 +88,10 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def normalized(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The model input: :func:`normalize_images` of ``images`` (on their device), padding 0."""
+        return normalize_images(self.images, self.pixel_mask, dtype=dtype)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move images, mask and every tensor in the targets to ``device``."""
@@ -71,15 +124,18 @@ def collate_detection(
     """Pad images bottom/right to the largest ``H`` and ``W`` (rounded up to ``size_divisibility``).
 
     Args:
-        batch: samples ``(image [3, H_i, W_i], target)`` or ``None`` (skipped).
+        batch: samples ``(image uint8 (or float) [3, H_i, W_i], target)`` or ``None`` (skipped).
         size_divisibility: pad ``H`` and ``W`` up to a multiple of this (0 or 1: no rounding).
     Returns:
-        :class:`Batch` with ``images [B, 3, H, W]``, ``pixel_mask bool [B, H, W]`` and ``skipped``.
+        :class:`Batch` with ``images [B, 3, H, W]`` (the samples' dtype), ``pixel_mask bool [B, H, W]``
+        and ``skipped``.
     """
     samples = [s for s in batch if s is not None]
     skipped = len(batch) - len(samples)
     if not samples:
-        return Batch(torch.zeros(0, 3, 0, 0), torch.zeros(0, 0, 0, dtype=torch.bool), [], skipped)
+        return Batch(
+            torch.zeros(0, 3, 0, 0, dtype=torch.uint8), torch.zeros(0, 0, 0, dtype=torch.bool), [], skipped
+        )
     h = _round_up(max(img.shape[-2] for img, _ in samples), size_divisibility)
     w = _round_up(max(img.shape[-1] for img, _ in samples), size_divisibility)
     first = samples[0][0]
@@ -103,7 +159,7 @@ def _new_batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, *, shared: boo
     """Uninitialised ``shape`` tensor; in shared memory when ``shared`` (inside a DataLoader worker).
 
     A batch built in a worker is sent to the main process through shared memory; allocating it there
-    directly (as ``torch.utils.data.default_collate`` does) saves a second 4-byte-per-pixel copy.
+    directly (as ``torch.utils.data.default_collate`` does) saves a second copy of every pixel.
     """
     if not shared:
         return torch.empty(shape, dtype=dtype)

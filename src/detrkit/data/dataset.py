@@ -2,7 +2,8 @@
 
 ``ds[i]`` returns ``(image, target)``:
 
-- ``image``: ``float32 [3, H, W]``, ImageNet-normalised, after the transforms;
+- ``image``: ``uint8 [3, H, W]`` RGB after the transforms (not normalised: batches are normalised
+  on the device by :meth:`detrkit.data.collate.Batch.normalized`);
 - ``target``: ``{"boxes": float32 [N, 4] cxcywh normalised by the unpadded (W, H),
   "labels": int64 [N] contiguous 0..K-1, "image_id": int, "orig_size": int64 [2] (h, w) from the
   file, "size": int64 [2] (h, w) after the transforms}``.
@@ -42,7 +43,7 @@ from detrkit.boxes import box_xyxy_to_cxcywh
 from detrkit.data.check import classify_boxes
 from detrkit.data.coco import CocoIndex
 from detrkit.data.images import read_image_tensor
-from detrkit.data.transforms import make_target, normalize_uint8
+from detrkit.data.transforms import make_target
 from detrkit.errors import AnnotationError, DataError, ImageError
 
 log = logging.getLogger("detrkit.data")
@@ -222,7 +223,7 @@ class CocoDetection(Dataset):
             labels = target["labels"]
             h, w = int(img.shape[-2]), int(img.shape[-1])
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-        return normalize_uint8(img), {
+        return img, {
             "boxes": box_xyxy_to_cxcywh(boxes.to(torch.float32)) / scale,
             "labels": labels,
             "image_id": rec.image_id,

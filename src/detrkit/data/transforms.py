@@ -6,8 +6,9 @@ Every preset is called as ``image, target = t(image, target)`` with
 - ``target``: a dict with ``"boxes"`` (``tv_tensors.BoundingBoxes``, format XYXY, pixels,
   ``canvas_size=(H, W)``) and ``"labels"`` (``int64 [N]``); other keys pass through untouched.
 
-Presets return ``uint8`` images; :func:`normalize_uint8` turns them into the float32 model input in
-one pass. Boxes that end up empty (cropped away, or under ``min_box_size`` pixels) are dropped with
+Presets return ``uint8`` images, which datasets and batches keep; the float32 model input is made on
+the device from the batch (:func:`detrkit.data.collate.normalize_images`). :func:`normalize_uint8`
+does the same for one image on the CPU (the reference the batch path is tested against). Boxes that end up empty (cropped away, or under ``min_box_size`` pixels) are dropped with
 their labels by ``SanitizeBoundingBoxes``.
 
 ``detr`` (train) follows the DETR paper (Carion et al., 2020, ``datasets/coco.py``): horizontal flip,

@@ -25,11 +25,17 @@ class DataSplits:
     category_ids: list[int]
     #: the val annotation file (ground truth for COCO evaluation).
     val_ann: Path | None
+    #: rare class names when known (``data.rare_classes``, or the ``detrkit data stats`` definition).
+    rare: list[str] | None = None
 
     @property
     def classes(self) -> dict[str, list]:
-        """``{"names": [...], "category_ids": [...]}`` as saved in runs and checkpoints."""
-        return {"names": list(self.class_names), "category_ids": list(self.category_ids)}
+        """``{"names": [...], "category_ids": [...]}`` (+ ``"rare"`` when known), as saved in runs
+        and checkpoints."""
+        out = {"names": list(self.class_names), "category_ids": list(self.category_ids)}
+        if self.rare:
+            out["rare"] = list(self.rare)
+        return out
 
 
 def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
@@ -65,8 +71,14 @@ def _require(value: str | None, key: str, source: str) -> Path:
     return path
 
 
-def build_data(cfg: RunConfig) -> DataSplits:
-    """CocoDetection train/val datasets with the configured transform presets."""
+def build_data(cfg: RunConfig, *, train: bool = True) -> DataSplits:
+    """CocoDetection train/val datasets with the configured transform presets.
+
+    The training set is ``data.train_ann`` plus every ``data.extra`` file (class names must be among
+    the training file's), with online copy-paste (``data.copy_paste``) in front of the training
+    transforms. ``train=False`` builds only what validation needs (``DataSplits.train`` is then the
+    training set without transforms, extra files or copy-paste, for its class list).
+    """
     from detrkit.data.coco import CocoIndex
     from detrkit.data.dataset import CocoDetection
     from detrkit.data.transforms import build_transforms
@@ -81,7 +93,16 @@ def build_data(cfg: RunConfig) -> DataSplits:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{src}: data.train_preset/val_preset/transform_args: {err}") from None
     train_index = CocoIndex.load(train_ann)
-    train = CocoDetection(train_index, train_images, transforms=train_tf, on_bad_box=d.on_bad_box)
+    rare = rare_classes_for(cfg, train_index)
+    if train:
+        extra = _extra_files(cfg, train_index)
+        if d.copy_paste is not None:
+            train_tf = _with_copy_paste(cfg, train_index, train_images, rare, train_tf)
+        train_ds = CocoDetection(
+            train_index, train_images, transforms=train_tf, on_bad_box=d.on_bad_box, extra=extra
+        )
+    else:
+        train_ds = CocoDetection(train_index, train_images, transforms=None, on_bad_box=d.on_bad_box)
     val = None
     val_ann = None
     if d.val_ann:
@@ -95,12 +116,87 @@ def build_data(cfg: RunConfig) -> DataSplits:
             )
         val = CocoDetection(val_index, val_images, transforms=val_tf, on_bad_box=d.on_bad_box)
     return DataSplits(
-        train=train,
+        train=train_ds,
         val=val,
         class_names=list(train_index.class_names),
         category_ids=list(train_index.category_ids),
         val_ann=val_ann,
+        rare=rare,
     )
+
+
+def rare_classes_for(cfg: RunConfig, train_index: Any) -> list[str]:
+    """``data.rare_classes`` (checked against the class names), else the classes that
+    ``detrkit data stats`` marks rare with ``data.rare_fraction`` (rarest first)."""
+    from detrkit.synth.rare import find_rare_classes
+
+    d = cfg.data
+    names = list(train_index.class_names)
+    if d.rare_classes is not None:
+        unknown = [n for n in d.rare_classes if n not in names]
+        if unknown:
+            raise ConfigError(
+                f"{cfg.source}: data.rare_classes: {', '.join(unknown)} not among the classes of "
+                f"{d.train_ann} ({', '.join(names)})"
+            )
+        return list(d.rare_classes)
+    try:
+        return find_rare_classes(train_index, fraction=d.rare_fraction)
+    except ValueError as err:
+        raise ConfigError(f"{cfg.source}: data.rare_fraction: {err}") from None
+
+
+def _extra_files(cfg: RunConfig, train_index: Any) -> list[tuple[Any, Path]]:
+    """``data.extra`` -> ``[(CocoIndex, images dir)]``; ``{seed}`` in a path becomes ``train.seed``."""
+    from detrkit.data.coco import CocoIndex
+
+    names = set(train_index.class_names)
+    out = []
+    for i, item in enumerate(cfg.data.extra):
+        key = f"data.extra[{i}]"
+        ann = _require(item.ann.replace("{seed}", str(cfg.train.seed)), f"extra[{i}].ann", cfg.source)
+        images = _require(item.images.replace("{seed}", str(cfg.train.seed)), f"extra[{i}].images", cfg.source)
+        index = CocoIndex.load(ann)
+        unknown = [c.name for c in index.categories if c.name not in names]
+        if unknown:
+            raise ConfigError(
+                f"{ann}: classes {', '.join(unknown[:5])} are not in the training file {cfg.data.train_ann} "
+                f"({key}; an extra file must use the training file's class names, see `detrkit data merge`)"
+            )
+        out.append((index, images))
+    return out
+
+
+def _with_copy_paste(
+    cfg: RunConfig, train_index: Any, train_images: Path, rare: list[str], transforms: Any
+) -> Any:
+    """``v2.Compose([online copy-paste, transforms])`` for ``data.copy_paste``."""
+    from torchvision.transforms import v2
+
+    from detrkit.synth.online import build_online_copy_paste
+
+    cp = cfg.data.copy_paste
+    assert cp is not None
+    classes = cp.classes if cp.classes is not None else rare
+    if not classes:
+        raise ConfigError(
+            f"{cfg.source}: data.copy_paste: no classes to paste (set data.copy_paste.classes or "
+            f"data.rare_classes; no class is rare at data.rare_fraction={cfg.data.rare_fraction})"
+        )
+    try:
+        online = build_online_copy_paste(
+            train_index,
+            train_images,
+            classes=list(classes),
+            p=cp.prob,
+            max_instances=cp.max_instances,
+            min_area=cp.min_area,
+            max_bank_per_class=cp.max_bank_per_class,
+            seed=cfg.train.seed if cp.seed is None else cp.seed,
+        )
+    except ValueError as err:
+        raise ConfigError(f"{cfg.source}: data.copy_paste: {err}") from None
+    return v2.Compose([online, transforms])
 
 
 def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log: Any = None) -> nn.Module:
@@ -154,13 +250,20 @@ def build_collate(size_divisibility: int) -> Callable[[list[Any]], Any]:
     return DetectionCollator(size_divisibility=size_divisibility)
 
 
-def repeat_factors_for(dataset: Any, threshold: float, source: str, log: Any = None) -> list[float] | None:
-    """Per-image repeat factors for ``data.repeat_factor_threshold`` (``None`` when it is 0)."""
-    if threshold <= 0:
+def repeat_factors_for(data: DataConfig, dataset: Any, source: str, log: Any = None) -> list[float] | None:
+    """Per-image repeat factors when ``data.sampler`` is ``repeat_factor`` (else ``None``).
+
+    The factors weight :class:`~detrkit.engine.sampling.ResumableBatchSampler`, whose order stays a
+    function of ``(seed, epoch)``, so exact resume holds with repeat-factor sampling too.
+    """
+    if data.sampler == "random":
         return None
+    threshold = data.rfs_threshold
+    if threshold <= 0:
+        raise ConfigError(f"{source}: data.rfs_threshold must be > 0 for data.sampler=repeat_factor, got {threshold}")
     labels = getattr(dataset, "labels_per_image", None)
     if labels is None:
-        raise ConfigError(f"{source}: data.repeat_factor_threshold needs a dataset with labels_per_image()")
+        raise ConfigError(f"{source}: data.sampler=repeat_factor needs a dataset with labels_per_image()")
     from detrkit.data.samplers import repeat_factors
 
     factors = repeat_factors(labels(), threshold=threshold)

@@ -134,7 +134,7 @@ def auto_batch_size(t: Trainer, *, max_batch: int = 64, margin: float = 0.85) ->
         try:
             batch = collate([largest] * bs).to(t.device)
             _reset_peak(t.device)
-            out = model(batch.images, batch.pixel_mask, batch.targets)
+            out = model(batch.normalized(), batch.pixel_mask, batch.targets)
             t.acc.backward(out["loss"])
             torch.cuda.synchronize(t.device)
             peak = torch.cuda.max_memory_allocated(t.device) + adam_bytes

@@ -135,7 +135,11 @@ class Trainer:
                 raise ConfigError(
                     f"{self.cfg.source}: an injected train_dataset needs classes={{'names', 'category_ids'}}"
                 )
-            return DataSplits(train, val, list(classes["names"]), list(classes["category_ids"]), val_gt)
+            rare = classes.get("rare")
+            return DataSplits(
+                train, val, list(classes["names"]), list(classes["category_ids"]), val_gt,
+                rare=list(rare) if rare else None,
+            )
         self.cfg.data = ensure_shapes(self.cfg.data, main_process=self.acc.is_main_process)
         self.acc.wait_for_everyone()
         return build_data(self.cfg)
@@ -180,9 +184,7 @@ class Trainer:
             world_size=acc.num_processes,
             shuffle=True,
             drop_last=True,
-            weights=repeat_factors_for(
-                self.data.train, cfg.data.repeat_factor_threshold, cfg.source, self.log.info
-            ),
+            weights=repeat_factors_for(cfg.data, self.data.train, cfg.source, self.log.info),
         )
         if self.train_sampler.batches_per_epoch() == 0:
             raise ConfigError(

@@ -106,7 +106,7 @@ def validate(
             if max_batches is not None and i >= max_batches:
                 break
             batch = batch.to(device)
-            outputs = model(batch.images, batch.pixel_mask, batch.targets)
+            outputs = model(batch.normalized(), batch.pixel_mask, batch.targets)
             for key, value in outputs.items():
                 if key.startswith("loss") and isinstance(value, torch.Tensor) and value.ndim == 0:
                     loss_sums[key] = loss_sums.get(key, 0.0) + value.detach().float()

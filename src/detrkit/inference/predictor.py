@@ -212,7 +212,8 @@ class Predictor:
             [self.preprocess(im) for im in pils], size_divisibility=self.size_divisibility
         )
         sizes_hw = torch.tensor([[im.height, im.width] for im in pils], device=self.device)
-        outputs = self.model(batch.images.to(self.device), batch.pixel_mask.to(self.device))
+        batch = batch.to(self.device)
+        outputs = self.model(batch.normalized(), batch.pixel_mask)
         results = self.model.postprocess(outputs, sizes_hw)
         dets = []
         for item, im, r in zip(items, pils, results, strict=True):
@@ -230,18 +231,19 @@ class Predictor:
         return dets
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, dict[str, Any]]:
-        """PIL RGB -> ``(float32 [3, h, w] normalised, target dict)`` through the eval transform."""
+        """PIL RGB -> ``(uint8 [3, h, w], target dict)`` through the eval transform (batches are
+        normalised on the device, :meth:`detrkit.data.collate.Batch.normalized`)."""
         from torchvision import tv_tensors
         from torchvision.transforms.v2 import functional as F
 
-        from detrkit.data.transforms import make_target, normalize_uint8
+        from detrkit.data.transforms import make_target
 
         tensor = tv_tensors.Image(F.pil_to_tensor(image))
         target = make_target(
             torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), (image.height, image.width)
         )
         tensor, target = self.transform(tensor, target)
-        return normalize_uint8(tensor.as_subclass(torch.Tensor)), {"orig_size": (image.height, image.width)}
+        return tensor.as_subclass(torch.Tensor), {"orig_size": (image.height, image.width)}
 
 
 def resolve_images(images: ImageSource) -> list[Image.Image | Path]:

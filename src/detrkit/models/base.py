@@ -90,7 +90,8 @@ def check_inputs(images: Tensor, pixel_mask: Tensor, targets: list[dict[str, Ten
         )
     if not images.is_floating_point():
         raise ValueError(
-            f"images must be a float tensor normalised with ImageNet mean/std, got {images.dtype}"
+            f"images must be a float tensor normalised with ImageNet mean/std, got {images.dtype}; "
+            "for a uint8 batch pass batch.normalized() (detrkit.data.collate.normalize_images)"
         )
     b, _, h, w = images.shape
     if pixel_mask.dtype != torch.bool or tuple(pixel_mask.shape) != (b, h, w):

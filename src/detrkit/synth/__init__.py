@@ -8,8 +8,10 @@
 - :mod:`~detrkit.synth.diffusion`: Stable Diffusion inpainting (the ``[diffusion]`` extra);
 - :mod:`~detrkit.synth.generate` + :mod:`~detrkit.synth.writer`: offline datasets (images, COCO,
   metadata, sample grid);
-- :mod:`~detrkit.synth.online`: copy-paste as a training-time transform;
-- :mod:`~detrkit.synth.ablate`: arms x seeds with one budget, compared with ``detrkit compare``.
+- :mod:`~detrkit.synth.online`: copy-paste as a training-time transform (``data.copy_paste``).
+
+The package imports only ``detrkit.data`` (and leaf modules), so the engine may use it; the
+ablation driver, which trains runs, is :mod:`detrkit.engine.ablate`.
 
 See ``docs/synth.md``.
 """

@@ -9,7 +9,9 @@ import pytest
 
 from detrkit.config import load_config
 from detrkit.errors import ConfigError
-from detrkit.synth.ablate import AblationSettings, run_ablation, steps_per_epoch
+import yaml
+
+from detrkit.engine.ablate import AblationSettings, arm_overrides, run_ablation, steps_per_epoch
 from detrkit.synth.rare import SynthError
 
 TINY = [
@@ -57,8 +59,30 @@ def test_arms_share_the_budget_and_the_table_has_rare_ap(tmp_path) -> None:
         assert json.loads((run_dir / "metrics.json").read_text())["per_class"]
     synth = json.loads((tmp_path / "abl" / "synth" / "copy-paste-3" / "annotations.json").read_text())
     assert len(synth["images"]) == 6  # 3 per rare class
-    extra = json.loads((runs["copy-paste"][0] / "ablation.json").read_text())["extra"]
-    assert extra["ann"].endswith("copy-paste-3/annotations.json")
+    # Each arm is config overrides only: the saved configs differ exactly by them.
+    configs = {a: yaml.safe_load((ps[0] / "config.yaml").read_text()) for a, ps in runs.items()}
+    base_data = configs["baseline"]["data"]
+    assert base_data["extra"] == [] and base_data["copy_paste"] is None and base_data["sampler"] == "random"
+    (extra,) = configs["copy-paste"]["data"]["extra"]
+    assert extra["ann"].endswith("copy-paste-{seed}/annotations.json")
+    assert configs["copy-paste-online"]["data"]["copy_paste"]["classes"] == ["star", "cross"]
+    assert configs["copy-paste-online"]["data"]["copy_paste"]["prob"] == 1.0
+    assert (configs["rfs"]["data"]["sampler"], configs["rfs"]["data"]["rfs_threshold"]) == ("repeat_factor", 0.3)
+    for arm, cfg_ in configs.items():
+        changed = arm_overrides(
+            arm, out_dir=tmp_path / "abl", rare=["star", "cross"], settings=AblationSettings(per_class=3, online_p=1.0)
+        ).get("data", {})
+        assert {k: v for k, v in cfg_["data"].items() if k not in changed} == {
+            k: v for k, v in base_data.items() if k not in changed
+        }, arm
+        for key, value in changed.items():  # copy_paste is saved with its defaults filled in
+            saved = cfg_["data"][key]
+            assert (saved | value if isinstance(value, dict) else value) == saved != base_data[key], (arm, key)
+        assert {k: v for k, v in cfg_.items() if k not in ("data", "output")} == {
+            k: v for k, v in configs["baseline"].items() if k not in ("data", "output")
+        }
+        assert json.loads((runs[arm][0] / "classes.json").read_text())["rare"] == ["star", "cross"]
+    assert len({json.dumps(c["data"], sort_keys=True) for c in configs.values()}) == len(configs)
     table = (tmp_path / "abl" / "comparison.md").read_text()
     for needle in (
         "rare mAP",
@@ -69,11 +93,15 @@ def test_arms_share_the_budget_and_the_table_has_rare_ap(tmp_path) -> None:
         "Rare classes: star, cross",
     ):
         assert needle in table
-    assert "repeat_factor_threshold=0.3" in table
-    assert (
-        "training copy-paste-3 (30 train images)" in logs
-        and "training copy-paste-online-3 (24 train images)" in logs
-    )
+    assert "repeat_factor" in table
+    assert "training baseline-3 (the config as given)" in logs
+    assert "training rfs-3 (data.sampler=repeat_factor, data.rfs_threshold=0.3)" in logs
+    # detrkit compare on the run folders alone (no ablation help) finds the same arms and rare classes.
+    from detrkit.evaluation.compare import compare_runs
+    from detrkit.evaluation.runs import RunFolder
+
+    alone = compare_runs([RunFolder.load(p) for ps in runs.values() for p in ps])
+    assert len(alone.arms) == 4 and alone.rare == ["star", "cross"]
     # Resuming: finished runs are kept, not trained again.
     before = (runs["rfs"][0] / "metrics.json").stat().st_mtime_ns
     logs.clear()

@@ -1,13 +1,19 @@
 """Ablation of rare-class remedies: every arm trained with the same budget and seeds, then compared.
 
-Arms (:data:`ARMS`):
+Every arm is the base config plus config overrides (:func:`arm_overrides`), so the saved
+``config.yaml`` of the runs differ exactly by what the arm changes and ``detrkit compare`` groups
+them without help. Arms (:data:`ARMS`):
 
 - ``baseline``: the config as given;
 - ``copy-paste``: plus ``per_class`` offline copy-paste images per rare class (``detrkit synth``,
-  generated per seed) as an extra training file;
+  generated per seed) as an extra training file, ``data.extra`` (its path holds ``{seed}``, which
+  the engine replaces by ``train.seed``, so the arm's config is the same for every seed);
 - ``augment``: the same with heavily augmented real images;
-- ``copy-paste-online``: online copy-paste in the training transforms (probability ``online_p``);
-- ``rfs``: repeat-factor sampling (``data.repeat_factor_threshold``).
+- ``copy-paste-online``: online copy-paste in the training transforms, ``data.copy_paste``
+  (probability ``online_p``);
+- ``rfs``: repeat-factor sampling, ``data.sampler=repeat_factor`` with ``data.rfs_threshold``.
+
+Every arm also sets ``data.rare_classes``, which the run records in ``classes.json`` (``rare``).
 
 Same budget: every arm runs ``train.epochs`` epochs of the same number of optimizer steps (that of
 the baseline, ``len(train) // (batch_size * grad_accum)``, or a smaller ``train.max_steps_per_epoch``
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detrkit.config import RunConfig
+from detrkit.config import RunConfig, deep_merge
 from detrkit.errors import ConfigError
 from detrkit.synth.generate import SynthOptions, choose_classes, synthesize
 
@@ -60,6 +66,12 @@ class AblationSettings:
     rfs_threshold: float = 0.3
 
 
+def _describe(overrides: dict[str, dict[str, Any]]) -> str:
+    """``{"data": {"sampler": "repeat_factor"}}`` -> ``data.sampler=repeat_factor``."""
+    items = [f"{section}.{key}={value}" for section, keys in overrides.items() for key, value in keys.items()]
+    return ", ".join(items) or "the config as given"
+
+
 def steps_per_epoch(cfg: RunConfig, num_train: int) -> int:
     """The common budget: the baseline's optimizer steps per epoch (see module docstring)."""
     if not isinstance(cfg.train.batch_size, int):
@@ -76,20 +88,25 @@ def steps_per_epoch(cfg: RunConfig, num_train: int) -> int:
     return steps
 
 
-def _train_dataset(cfg: RunConfig, *, extra: Path | None = None, online: Any = None) -> Any:
-    """The training set of ``cfg``, plus an extra synthetic file or an online transform in front."""
-    from torchvision.transforms import v2
+def arm_overrides(
+    arm: str, *, out_dir: Path, rare: list[str], settings: AblationSettings
+) -> dict[str, dict[str, Any]]:
+    """The nested config overrides that make ``arm`` out of the base config (``{}`` for baseline).
 
-    from detrkit.data.dataset import CocoDetection
-    from detrkit.data.transforms import build_transforms
-
-    d = cfg.data
-    tf = build_transforms(d.train_preset, train=True, **d.transform_args)
-    if online is not None:
-        tf = v2.Compose([online, tf])
-    extras = [(extra / "annotations.json", extra / "images")] if extra is not None else []
-    assert d.train_ann and d.train_images
-    return CocoDetection(d.train_ann, d.train_images, transforms=tf, on_bad_box=d.on_bad_box, extra=extras)
+    Offline arms read ``out_dir/synth/<arm>-{seed}/``; ``{seed}`` is filled in by the engine.
+    """
+    if arm == "baseline":
+        return {}
+    if arm in ("copy-paste", "augment"):
+        synth = out_dir / "synth" / f"{arm}-{{seed}}"
+        extra = [{"ann": str(synth / "annotations.json"), "images": str(synth / "images")}]
+        return {"data": {"extra": extra}}
+    if arm == "copy-paste-online":
+        cp = {"prob": settings.online_p, "classes": list(rare), "max_instances": settings.online_max_instances}
+        return {"data": {"copy_paste": cp}}
+    if arm == "rfs":
+        return {"data": {"sampler": "repeat_factor", "rfs_threshold": settings.rfs_threshold}}
+    raise ConfigError(f"--arms: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
 def run_ablation(
@@ -110,12 +127,12 @@ def run_ablation(
 
     Returns ``{"rare", "steps_per_epoch", "runs": {arm: [run dirs]}, "comparison": path, "table": md}``.
     """
+    from detrkit.config import config_from_dict
     from detrkit.data.coco import CocoIndex
-    from detrkit.engine.builders import build_data, ensure_shapes
+    from detrkit.engine.builders import ensure_shapes
     from detrkit.engine.trainer import Trainer
     from detrkit.evaluation.compare import compare_runs
     from detrkit.evaluation.runs import RunFolder
-    from detrkit.synth.online import build_online_copy_paste
 
     settings = settings or AblationSettings()
     unknown = [a for a in arms if a not in ARMS]
@@ -136,11 +153,12 @@ def run_ablation(
     rare = choose_classes(train_index, classes=rare, rare_k=rare_k, rare_fraction=rare_fraction)
     steps = steps_per_epoch(base, len(train_index.images))
     base.train.max_steps_per_epoch = steps
+    base.data.rare_classes = list(rare)
     log(
         f"ablation: arms {', '.join(arms)}; seeds {seeds}; rare classes {', '.join(rare)}; "
         f"{base.train.epochs} epochs x {steps} steps for every arm"
     )
-    splits = build_data(base)  # the validation set, shared by all arms
+    base_dict = base.to_dict()
     runs: dict[str, list[Path]] = {a: [] for a in arms}
     for seed in seeds:
         for arm in arms:
@@ -149,20 +167,10 @@ def run_ablation(
             if (run_dir / "metrics.json").is_file():
                 log(f"{run_dir}: done before, kept")
                 continue
-            arm_cfg = copy.deepcopy(base)
-            arm_cfg.train.seed = seed
-            arm_cfg.output = dataclasses.replace(arm_cfg.output, dir=str(run_dir), name=None)
-            details: dict[str, Any] = {
-                "arm": arm,
-                "seed": seed,
-                "rare_classes": rare,
-                "steps_per_epoch": steps,
-            }
-            train_ds = None
-            if arm == "rfs":
-                arm_cfg.data.repeat_factor_threshold = settings.rfs_threshold
-                details["repeat_factor_threshold"] = settings.rfs_threshold
-            elif arm in ("copy-paste", "augment"):
+            overrides = arm_overrides(arm, out_dir=out, rare=rare, settings=settings)
+            per_run = {"train": {"seed": seed}, "output": {"dir": str(run_dir), "name": None}}
+            arm_cfg = config_from_dict(deep_merge(deep_merge(base_dict, overrides), per_run), cfg.source)
+            if arm in ("copy-paste", "augment"):
                 synth_dir = out / "synth" / f"{arm}-{seed}"
                 if not (synth_dir / "annotations.json").is_file():
                     synthesize(
@@ -172,43 +180,13 @@ def run_ablation(
                         classes=rare,
                         options=SynthOptions(method=arm, per_class=settings.per_class, seed=seed),
                     )
-                train_ds = _train_dataset(arm_cfg, extra=synth_dir)
-                details["extra"] = {
-                    "ann": str(synth_dir / "annotations.json"),
-                    "images": str(synth_dir / "images"),
-                }
-            elif arm == "copy-paste-online":
-                online = build_online_copy_paste(
-                    train_index,
-                    base.data.train_images,
-                    classes=rare,
-                    p=settings.online_p,
-                    max_instances=settings.online_max_instances,
-                    seed=seed,
-                )
-                train_ds = _train_dataset(arm_cfg, online=online)
-                details["online"] = {"p": settings.online_p, "max_instances": settings.online_max_instances}
-            log(
-                f"training {run_dir.name} "
-                f"({len(train_ds) if train_ds is not None else len(splits.train)} train images)"
-            )
-            inject = {}
-            if train_ds is not None:
-                inject = {
-                    "train_dataset": train_ds,
-                    "val_dataset": splits.val,
-                    "classes": splits.classes,
-                    "val_gt": splits.val_ann,
-                }
-            Trainer(arm_cfg, console=console, quiet=quiet, **inject).fit()
+            details = {"arm": arm, "seed": seed, "rare_classes": rare, "steps_per_epoch": steps,
+                       "overrides": overrides}
+            trainer = Trainer(arm_cfg, console=console, quiet=quiet)
+            log(f"training {run_dir.name} ({_describe(overrides)})")
+            trainer.fit()
             (run_dir / "ablation.json").write_text(json.dumps(details, indent=1))
-    # Offline/online arms differ from the baseline only in injected data, not in config.yaml: tell
-    # compare_runs which arm each run belongs to.
-    folders = []
-    for arm in arms:
-        for run_dir in runs[arm]:
-            rf = RunFolder.load(run_dir)
-            folders.append(dataclasses.replace(rf, config={**rf.config, "ablation": {"arm": arm}}))
+    folders = [RunFolder.load(run_dir) for arm in arms for run_dir in runs[arm]]
     comparison = compare_runs(folders, rare=rare)
     table = comparison.to_markdown()
     (out / "comparison.md").write_text(table)
