@@ -52,14 +52,12 @@ def run(steps: int, evals: int, overrides: list[str], tag: str, out_root: str, f
         cfg.model.overrides = {k: v for k, v in cfg.model.overrides.items() if k in given}
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    trainer = Trainer(cfg)
-    per_eval = trainer.steps_per_epoch  # max_steps_per_epoch cannot exceed one pass over the data
-    summary = trainer.fit()
+    summary = Trainer(cfg).fit()
     wall = time.perf_counter() - t0
     rows = read_metrics_csv(Path(summary["run_dir"]) / "metrics.csv")
     curve = [
         {
-            "step": int(r["epoch"]) * per_eval,
+            "step": int(r["step"]),  # max_steps_per_epoch cannot exceed one pass over the data
             "AP50": float(r.get("val/AP50", float("nan"))),
             "AP": float(r.get("val/AP", float("nan"))),
             "train_loss": float(r.get("train/loss", float("nan"))),
@@ -73,9 +71,9 @@ def run(steps: int, evals: int, overrides: list[str], tag: str, out_root: str, f
         "overrides": overrides,
         "model": cfg.model.name,
         "model_overrides": cfg.model.overrides,
-        "steps": per_eval * evals,
+        "steps": curve[-1]["step"] if curve else 0,
         "curve": curve,
-        "s_per_step_incl_eval": train_s / max(per_eval * evals, 1),
+        "s_per_step_incl_eval": train_s / max(curve[-1]["step"] if curve else 0, 1),
         "wall_s": wall,
         "load_avg_1min": [load_before, os.getloadavg()[0]],
         "omp_threads": os.environ.get("OMP_NUM_THREADS"),
