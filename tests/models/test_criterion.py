@@ -274,3 +274,38 @@ def test_one_to_many_matches_repeated_targets_by_hand() -> None:
     # k = 0: the one-to-many group is ignored
     off = _criterion("focal", 2)(outputs, targets)
     assert "loss_ce_o2m" not in off and off["loss"].item() == pytest.approx(plain["loss"].item(), rel=1e-6)
+
+
+def test_encoder_proposals_class_aware_one_to_many_by_hand() -> None:
+    """Two-stage with ``enc_class_aware`` and ``enc_k=2``: one target (class 1), three proposals.
+
+    Proposals: p0 = the target box exactly, p1 = shifted by 0.1 in cx, p2 far away. The repeated
+    targets [t, t] go to p0 and p1, both positives of class 1 (not class 0), losses / (2 * 1).
+    """
+    logits, boxes, targets = _one_target_case(2)
+    enc_logits = torch.tensor([[[0.0, 1.0], [0.5, -0.5], [-1.0, 0.2]]])
+    enc_boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.6, 0.5, 0.2, 0.2], [0.1, 0.1, 0.05, 0.05]]])
+    outputs = {"pred_logits": logits, "pred_boxes": boxes, "enc_outputs": {"pred_logits": enc_logits, "pred_boxes": enc_boxes}}
+    out = _criterion("focal", 2, enc_class_aware=True, enc_k=2)(outputs, targets)
+    assert out["loss_bbox_enc"].item() == pytest.approx((0.0 + 0.1) / 2, abs=1e-6)
+    assert out["loss_giou_enc"].item() == pytest.approx((0.0 + (1 - 1 / 3)) / 2, abs=1e-6)
+    onehot = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [0.0, 0.0]]])
+    assert out["loss_ce_enc"].item() == pytest.approx(sigmoid_focal_loss(enc_logits, onehot, 2.0).item(), rel=1e-6)
+    # class-agnostic, one-to-one (the paper): only p0, as class 0
+    plain = _criterion("focal", 2)(outputs, targets)
+    onehot0 = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    assert plain["loss_ce_enc"].item() == pytest.approx(sigmoid_focal_loss(enc_logits, onehot0, 1.0).item(), rel=1e-6)
+    assert plain["loss_bbox_enc"].item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="enc_k"):
+        _criterion("focal", 2, enc_k=0)
+
+
+def test_select_proposals_by_best_class() -> None:
+    from detrkit.models.deformable_transformer import select_proposals
+
+    logits = torch.tensor([[[0.0, 3.0], [1.0, 0.0], [-1.0, -2.0]]])
+    box_logits = torch.arange(12, dtype=torch.float32).view(1, 3, 4)
+    assert torch.equal(select_proposals(logits, box_logits, 1), box_logits[:, 1:2])  # first class: p1
+    assert torch.equal(select_proposals(logits, box_logits, 1, score="max"), box_logits[:, 0:1])  # best: p0
+    with pytest.raises(ValueError, match="score"):
+        select_proposals(logits, box_logits, 1, score="mean")

@@ -336,3 +336,20 @@ def test_one_channel_groups_on_a_1x1_level_raise_a_clear_error():
             assert out["pred_logits"].shape == (b, 20, 3)
     with pytest.raises(ValueError, match="multiple of norm_groups"):
         build_model("deformable-detr-tiny", num_classes=3, norm_groups=5)
+
+
+def test_two_stage_class_aware_options() -> None:
+    from detrkit.models.registry import build_model
+
+    with pytest.raises(ValueError, match="two_stage"):
+        build_model("deformable-detr-tiny", num_classes=3, two_stage_class_aware=True)
+    torch.manual_seed(0)
+    model = build_model(
+        "deformable-detr-tiny", num_classes=3, two_stage=True, two_stage_class_aware=True, two_stage_k=3
+    )
+    assert model.transformer.proposal_score == "max" and model.criterion.enc_k == 3
+    images, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.bool)
+    targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]]), "labels": torch.tensor([2])}] * 2
+    out = model(images, mask, targets)
+    assert torch.isfinite(out["loss"]) and out["loss_ce_enc"] > 0
+    out["loss"].backward()

@@ -89,6 +89,12 @@ class SetCriterion(nn.Module):
             targets repeated ``k`` times, so each object gets ``k`` positive queries, and their
             losses (normalised by ``k`` times the number of boxes) are added with weight
             ``one_to_many_weight``. 0 disables it. Inference uses the one-to-one queries only.
+        enc_class_aware: two-stage encoder proposals are trained with the targets' classes
+            instead of one class-agnostic "object" class (dense class supervision of the encoder,
+            as the auxiliary heads of Co-DETR; rank proposals by their best class then).
+        enc_k: each target is matched to ``enc_k`` encoder proposals (the targets repeated
+            ``enc_k`` times, losses normalised by ``enc_k`` times the number of boxes); 1: the
+            paper's one-to-one match.
     """
 
     def __init__(
@@ -105,8 +111,12 @@ class SetCriterion(nn.Module):
         focal_gamma: float = 2.0,
         one_to_many_k: int = 0,
         one_to_many_weight: float = 1.0,
+        enc_class_aware: bool = False,
+        enc_k: int = 1,
     ) -> None:
         super().__init__()
+        if enc_k < 1:
+            raise ValueError(f"enc_k must be >= 1 (1: one-to-one), got {enc_k}")
         if one_to_many_k < 0:
             raise ValueError(f"one_to_many_k must be >= 0 (0: off; H-DETR uses 6), got {one_to_many_k}")
         if num_classes < 1:
@@ -124,6 +134,8 @@ class SetCriterion(nn.Module):
         self.focal_gamma = focal_gamma
         self.one_to_many_k = one_to_many_k
         self.one_to_many_weight = one_to_many_weight
+        self.enc_class_aware = enc_class_aware
+        self.enc_k = enc_k
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -232,12 +244,19 @@ class SetCriterion(nn.Module):
         )
 
         flat = [self._flat_indices(indices, offsets) for indices in all_indices]
-        if "enc_outputs" in outputs:  # two-stage proposals: class-agnostic targets, a second match
-            enc = outputs["enc_outputs"]
-            bin_targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
-            flat.append(
-                self._flat_indices(self.matcher(enc["pred_logits"], enc["pred_boxes"], bin_targets), offsets)
-            )
+        if "enc_outputs" in outputs:  # two-stage proposals: a second match, class-agnostic by default
+            enc, k = outputs["enc_outputs"], self.enc_k
+            enc_targets = [
+                {
+                    "labels": (t["labels"] if self.enc_class_aware else torch.zeros_like(t["labels"])).repeat(k),
+                    "boxes": t["boxes"].repeat(k, 1),
+                }
+                for t in targets
+            ]
+            enc_indices = self.matcher(enc["pred_logits"], enc["pred_boxes"], enc_targets)
+            # target j of the k-fold repetition is target j mod n of the image
+            enc_indices = [(src, tgt % max(n, 1)) for (src, tgt), n in zip(enc_indices, sizes, strict=True)]
+            flat.append(self._flat_indices(enc_indices, offsets))
             layers.append(("_enc", enc))
         # every index and the target counts reach the device in one copy that does not wait for the GPU
         pieces = [*flat, torch.tensor(sizes, dtype=torch.int64)]
@@ -248,8 +267,11 @@ class SetCriterion(nn.Module):
 
         weighted: dict[str, tuple[float, Tensor]] = {}  # name -> (weight, loss)
         for (suffix, layer), idx in zip(layers, packed[:-1], strict=True):
-            labels = torch.zeros_like(tgt_labels) if suffix == "_enc" else tgt_labels
-            for k, v in self._layer_losses(layer, idx.view(3, -1), labels, tgt_boxes, num_boxes).items():
+            labels, norm = tgt_labels, num_boxes
+            if suffix == "_enc":
+                labels = tgt_labels if self.enc_class_aware else torch.zeros_like(tgt_labels)
+                norm = num_boxes * self.enc_k
+            for k, v in self._layer_losses(layer, idx.view(3, -1), labels, tgt_boxes, norm).items():
                 weighted[k + suffix] = (self.weight_dict[k], v)
 
         return weighted, tgt_lengths

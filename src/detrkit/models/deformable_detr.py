@@ -281,6 +281,8 @@ def build_deformable_detr(
     focal_alpha: float = 0.25,
     top_k: int = 100,
     one_to_many: dict[str, int] | None = None,
+    two_stage_class_aware: bool = False,
+    two_stage_k: int = 1,
 ) -> DeformableDETR:
     """Build a Deformable DETR with random weights (defaults: the paper's R50 model and loss).
 
@@ -292,7 +294,13 @@ def build_deformable_detr(
     trains the backbone's norms (from scratch); ``trainable_backbone_layers=None`` (default) then
     trains the whole backbone, stem included, and layer2-4 with ``"frozen_bn"`` (the paper). ``one_to_many`` (``{"k": 4, "queries": 100}``, optional
     ``"weight"``): hybrid matching in training, see :func:`~detrkit.models.detr.build_detr`.
+    ``two_stage_class_aware`` / ``two_stage_k`` (two-stage only): train the encoder proposals with
+    the targets' classes and rank them by their best class / match each target to ``k`` proposals
+    (dense supervision of the encoder, which speeds up learning from scratch; see
+    :class:`~detrkit.models.criterion.SetCriterion` ``enc_class_aware``, ``enc_k``).
     """
+    if (two_stage_class_aware or two_stage_k != 1) and not two_stage:
+        raise ValueError("two_stage_class_aware and two_stage_k need two_stage: true")
     o2m = one_to_many_options(one_to_many)
     if num_feature_levels < 1:
         raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
@@ -316,6 +324,7 @@ def build_deformable_detr(
         dec_n_points=dec_n_points,
         num_queries=num_queries,
         two_stage=two_stage,
+        proposal_score="max" if two_stage_class_aware else "first",
     )
     matcher = HungarianMatcher(
         cost_class=cost_class,
@@ -334,6 +343,8 @@ def build_deformable_detr(
         focal_alpha=focal_alpha,
         one_to_many_k=o2m["k"],
         one_to_many_weight=o2m["weight"],
+        enc_class_aware=two_stage_class_aware,
+        enc_k=two_stage_k,
     )
     return DeformableDETR(
         backbone=trunk,

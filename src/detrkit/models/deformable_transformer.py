@@ -196,20 +196,27 @@ def refine_reference(reference_points: Tensor, delta: Tensor) -> Tensor:
     return torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1).sigmoid()
 
 
-def select_proposals(class_logits: Tensor, box_logits: Tensor, num_queries: int) -> Tensor:
-    """The two-stage queries' initial boxes: the proposals of highest first-class logit.
+def select_proposals(
+    class_logits: Tensor, box_logits: Tensor, num_queries: int, *, score: str = "first"
+) -> Tensor:
+    """The two-stage queries' initial boxes: the proposals of highest score.
 
     Args:
         class_logits: ``[B, S, K]`` proposal class logits.
         box_logits: ``[B, S, 4]`` proposal box logits (``inf`` at padded or border positions).
         num_queries: ``Q``, the number of proposals to keep.
+        score: ``"first"``: the first class's logit (class-agnostic proposals, the paper and
+            transformers); ``"max"``: the highest logit over classes (class-aware proposals).
     Returns:
         ``[B, Q, 4]`` box logits, detached, by decreasing score. An image with fewer positions
         than queries (``S < Q``: a small input) keeps all ``S`` and fills the rest with ``inf``
         box logits, the same proposal as a padded position's, so that outputs keep ``Q`` queries.
     """
     k = min(num_queries, class_logits.shape[1])
-    topk = torch.topk(class_logits[..., 0], k, dim=1).indices
+    if score not in ("first", "max"):
+        raise ValueError(f"score must be 'first' or 'max', got {score!r}")
+    scores = class_logits[..., 0] if score == "first" else class_logits.amax(-1)
+    topk = torch.topk(scores, k, dim=1).indices
     selected = torch.gather(box_logits, 1, topk[..., None].expand(-1, -1, 4)).detach()
     if k < num_queries:
         fill = selected.new_full((selected.shape[0], num_queries - k, 4), float("inf"))
@@ -253,6 +260,7 @@ class DeformableTransformer(nn.Module):
         num_queries: object queries ``Q`` (two-stage: the number of top proposals kept; see
             :func:`select_proposals` for inputs with fewer positions than queries).
         two_stage: initial boxes and queries from encoder proposals instead of learned embeddings.
+        proposal_score: two-stage: how proposals are ranked, see :func:`select_proposals`.
     """
 
     def __init__(
@@ -269,13 +277,17 @@ class DeformableTransformer(nn.Module):
         dec_n_points: int = 4,
         num_queries: int = 300,
         two_stage: bool = False,
+        proposal_score: str = "first",
     ) -> None:
         super().__init__()
+        if proposal_score not in ("first", "max"):
+            raise ValueError(f"proposal_score must be 'first' or 'max', got {proposal_score!r}")
         if d_model % 2 != 0:
             raise ValueError(f"d_model must be even, got {d_model}")
         self.d_model = d_model
         self.num_queries = num_queries
         self.two_stage = two_stage
+        self.proposal_score = proposal_score
         common = {
             "d_model": d_model,
             "n_heads": n_heads,
@@ -399,7 +411,9 @@ class DeformableTransformer(nn.Module):
             features, proposal_logits = self.encoder_proposals(memory, levels)
             enc_class_logits = proposal_heads[0](features)
             enc_box_logits = proposal_heads[1](features) + proposal_logits
-            topk_box_logits = select_proposals(enc_class_logits, enc_box_logits, self.num_queries)
+            topk_box_logits = select_proposals(
+                enc_class_logits, enc_box_logits, self.num_queries, score=self.proposal_score
+            )
             reference = topk_box_logits.sigmoid()
             query_pos, tgt = self.pos_trans_norm(
                 self.pos_trans(self.proposal_pos_embed(topk_box_logits, memory.dtype))
