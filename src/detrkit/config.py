@@ -464,6 +464,9 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
 def load_config(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Read a config file (path or packaged name, with ``_base_``), apply overrides, validate.
 
+    An override of ``model.name`` to another model drops the file's ``model.overrides`` (builder
+    options of the file's model); ``model.overrides.*`` given next to it still apply.
+
     Raises:
         ConfigError: the file is missing or invalid, a key is unknown or a value has the wrong type;
         the message names the file and the dotted key.
@@ -476,7 +479,14 @@ def load_config(source: str | Path | None = None, overrides: typing.Sequence[str
         label = str(source)
     if overrides:
         config_from_dict(data, label)  # errors in the file itself name the file
-        data = _deep_merge(data, parse_overrides(overrides, label))
+        top = parse_overrides(overrides, label)
+        file_model = data.get("model") if isinstance(data.get("model"), dict) else {}
+        new_name = (top.get("model") or {}).get("name") if isinstance(top.get("model"), dict) else None
+        if new_name is not None and new_name != file_model.get("name") and file_model.get("overrides"):
+            # the file's builder options belong to the file's model: another model starts from its
+            # own defaults plus the model.overrides.* given on the command line
+            data = {**data, "model": {k: v for k, v in file_model.items() if k != "overrides"}}
+        data = _deep_merge(data, top)
         cfg = config_from_dict(data, "<command line>")
         cfg.source = label
         return cfg

@@ -13,6 +13,9 @@ import torch
 from detrkit.engine.checkpoint import load_checkpoint, transfer_weights
 
 ENV_OVERRIDES = [
+    "model.name=detr-tiny",  # the demo trains deformable-detr-tiny; these tests use the smaller DETR
+    "model.overrides.loss=focal",
+    "model.overrides.num_queries=30",
     "train.epochs=1",
     "train.batch_size=4",
     "eval.batch_size=4",

@@ -123,3 +123,12 @@ def test_parse_overrides_nests_dotted_keys() -> None:
     }
     with pytest.raises(ConfigError, match="conflicts"):
         parse_overrides(["a=1", "a.b=2"])
+
+
+def test_switching_model_on_the_command_line_drops_the_file_model_options() -> None:
+    demo = load_config("demo")
+    assert demo.model.name == "deformable-detr-tiny" and demo.model.overrides.get("two_stage") is True
+    same = load_config("demo", ["model.overrides.num_queries=30"])  # same model: options merge
+    assert same.model.overrides["num_queries"] == 30 and same.model.overrides["two_stage"] is True
+    other = load_config("demo", ["model.name=detr-tiny", "model.overrides.loss=focal"])
+    assert other.model.name == "detr-tiny" and other.model.overrides == {"loss": "focal"}

@@ -113,3 +113,27 @@ def test_user_errors(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["compare", str(r1), str(tmp_path / "nope")])
     assert exc.value.code == 2
+
+
+def test_config_paths_resolve_against_the_training_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from detrkit.evaluation.runs import resolve_config_path, run_train_cwd
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "val.json").write_text("{}")
+    run = project / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "env.json").write_text(json.dumps({"cwd": str(project)}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cwd = run_train_cwd(run)
+    assert cwd == str(project)
+    assert resolve_config_path("data/val.json", cwd) == project / "data" / "val.json"
+    assert resolve_config_path("data/missing.json", cwd) == Path("data/missing.json")  # error names it as written
+    assert resolve_config_path("", cwd) is None and run_train_cwd(elsewhere) is None
+    (elsewhere / "data").mkdir()
+    (elsewhere / "data" / "val.json").write_text("{}")
+    assert resolve_config_path("data/val.json", cwd) == Path("data/val.json")  # found as written: used as is

@@ -48,8 +48,15 @@ def evaluate_run(
         raise ConfigError(
             f"{run}: give both --data ANN and --images DIR, or neither (to use the run's val set)"
         )
-    ann = Path(ann or cfg.data.val_ann or "")
-    images = Path(images or cfg.data.val_images or "")
+    if ann is None:  # the run's val set; relative paths also work from another folder
+        from detrkit.evaluation.runs import resolve_config_path, run_train_cwd
+
+        run_dir = path.parent.parent  # RUN/checkpoints/NAME.pt
+        train_cwd = run_train_cwd(run_dir)
+        ann = resolve_config_path(cfg.data.val_ann, train_cwd)
+        images = resolve_config_path(cfg.data.val_images, train_cwd)
+    ann = Path(ann or "")
+    images = Path(images or "")
     if not ann.is_file():
         raise DataError(f"{ann}: validation annotation file not found (pass --data ANN --images DIR)")
     if not images.is_dir():

@@ -61,6 +61,28 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def resolve_config_path(value: str | Path | None, train_cwd: str | Path | None) -> Path | None:
+    """A path from a run's config: as written when it exists (or is absolute), else relative to
+    ``train_cwd``, the folder the run was trained from (``env.json`` ``cwd``), when it exists there;
+    so ``detrkit val/analyze --run`` work from any folder. ``None`` for an empty value."""
+    if not value:
+        return None
+    p = Path(value)
+    if p.exists() or p.is_absolute() or not train_cwd:
+        return p
+    return Path(train_cwd) / p if (Path(train_cwd) / p).exists() else p
+
+
+def run_train_cwd(run_dir: str | Path) -> str | None:
+    """The working folder a run was trained from (``env.json`` ``cwd``), ``None`` when unknown."""
+    env = Path(run_dir) / "env.json"
+    try:
+        cwd = json.loads(env.read_text()).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return cwd if isinstance(cwd, str) else None
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """A run folder's files, parsed. ``summary`` is ``metrics.json`` (None when absent)."""
@@ -100,14 +122,7 @@ class RunFolder:
         return self.path.name
 
     def _resolve(self, value: str | None) -> Path | None:
-        """A path from the config: as written, else relative to the training run's working folder."""
-        if not value:
-            return None
-        p = Path(value)
-        if p.exists() or p.is_absolute():
-            return p
-        cwd = (self.env or {}).get("cwd")
-        return Path(cwd) / p if cwd and (Path(cwd) / p).exists() else p
+        return resolve_config_path(value, (self.env or {}).get("cwd"))
 
     def val_paths(self) -> tuple[Path | None, Path | None]:
         """``(val annotation file, val image folder)`` from the config (built-in shapes included)."""
