@@ -1,7 +1,7 @@
 """``make demo`` / ``python -m detrkit.demo``: the whole product in a few minutes on a CPU.
 
 1. generates the built-in shapes dataset (COCO format) under ``data/shapes``;
-2. trains a tiny DETR from scratch with ``configs/demo.yaml`` (preflight, run folder, TensorBoard,
+2. trains a tiny two-stage Deformable DETR from scratch with ``configs/demo.yaml`` (preflight, run folder, TensorBoard,
    checkpoints, metrics);
 3. evaluates the best checkpoint with COCO metrics (overall and per class);
 4. predicts on a few validation images and draws them (ground truth green, predictions red);
