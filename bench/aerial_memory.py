@@ -29,9 +29,20 @@ def make_raster(path: Path, width: int, height: int) -> None:
     from detrkit.aerial.synth import render_tile
 
     block = render_tile(np.random.default_rng(0), 1024, 0.4)[0].transpose(2, 0, 1)
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8", "tiled": True,
-               "blockxsize": 512, "blockysize": 512, "compress": "deflate", "crs": "EPSG:32631",
-               "transform": Affine(0.4, 0, 400000, 0, -0.4, 5400000), "BIGTIFF": "IF_SAFER"}
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 3,
+        "dtype": "uint8",
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "crs": "EPSG:32631",
+        "transform": Affine(0.4, 0, 400000, 0, -0.4, 5400000),
+        "BIGTIFF": "IF_SAFER",
+    }
     with rasterio.open(path, "w", **profile) as dst:
         for r0 in range(0, height, 1024):
             for c0 in range(0, width, 1024):
@@ -42,14 +53,26 @@ def make_raster(path: Path, width: int, height: int) -> None:
 def child(src: str, out: str, model: str | None) -> None:
     from detrkit.aerial.predict import AerialPredictor
 
-    pred = AerialPredictor.from_checkpoint(model, device="cpu") if model else AerialPredictor.default(device="cpu")
+    pred = (
+        AerialPredictor.from_checkpoint(model, device="cpu")
+        if model
+        else AerialPredictor.default(device="cpu")
+    )
     base_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     s = pred.predict_file(src, out)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(peak_mib, 1),
-                      "rss_after_model_load_mib": round(base_mib, 1),
-                      "tiles": s["tiles"], "buildings": s["building_count"]}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(time.perf_counter() - t0, 1),
+                "peak_rss_mib": round(peak_mib, 1),
+                "rss_after_model_load_mib": round(base_mib, 1),
+                "tiles": s["tiles"],
+                "buildings": s["building_count"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -70,7 +93,11 @@ def main() -> None:
             make_raster(src, args.width, h)
             cmd = [sys.executable, __file__, "--child", str(src), str(Path(tmp) / f"out_{h}")]
             cmd += ["--model", args.model] if args.model else []
-            line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            line = (
+                subprocess.run(cmd, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             results.append({"width": args.width, "height": h, **json.loads(line)})
             print(results[-1], flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

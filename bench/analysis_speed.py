@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 
-def synthetic_coco(n_images: int, boxes_per_image: float, dets_per_image: int, n_classes: int,
-                   seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def synthetic_coco(
+    n_images: int, boxes_per_image: float, dets_per_image: int, n_classes: int, seed: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rng = np.random.default_rng(seed)
     n_gt = rng.poisson(boxes_per_image, n_images)
     img_of_gt = np.repeat(np.arange(n_images), n_gt)
@@ -36,11 +37,21 @@ def synthetic_coco(n_images: int, boxes_per_image: float, dets_per_image: int, n
     xy = rng.uniform(0, 1, (g, 2)) * (np.array([640, 480]) - wh).clip(min=1)
     gt_box = np.c_[xy, wh]
     gt_cat = rng.integers(1, n_classes + 1, g)
-    images = [{"id": int(i) + 1, "file_name": f"{i + 1:012d}.jpg", "width": 640, "height": 480}
-              for i in range(n_images)]
-    anns = [{"id": j + 1, "image_id": int(img_of_gt[j]) + 1, "category_id": int(gt_cat[j]),
-             "bbox": gt_box[j].tolist(), "area": float(wh[j, 0] * wh[j, 1]), "iscrowd": 0}
-            for j in range(g)]
+    images = [
+        {"id": int(i) + 1, "file_name": f"{i + 1:012d}.jpg", "width": 640, "height": 480}
+        for i in range(n_images)
+    ]
+    anns = [
+        {
+            "id": j + 1,
+            "image_id": int(img_of_gt[j]) + 1,
+            "category_id": int(gt_cat[j]),
+            "bbox": gt_box[j].tolist(),
+            "area": float(wh[j, 0] * wh[j, 1]),
+            "iscrowd": 0,
+        }
+        for j in range(g)
+    ]
     # Predictions: per image, up to 3 jittered copies of each GT, then background boxes to 100.
     copies = np.minimum(rng.integers(1, 4, g), 3)
     src = np.repeat(np.arange(g), copies)
@@ -64,8 +75,15 @@ def synthetic_coco(n_images: int, boxes_per_image: float, dets_per_image: int, n
     all_box = np.r_[det_box, bg_box]
     all_cat = np.r_[det_cat, rng.integers(1, n_classes + 1, len(bg_img))]
     all_score = np.r_[rng.beta(4, 2, len(src)), rng.beta(1, 4, len(bg_img))]
-    preds = [{"image_id": int(all_img[i]) + 1, "category_id": int(all_cat[i]),
-              "bbox": all_box[i].tolist(), "score": float(all_score[i])} for i in range(len(all_img))]
+    preds = [
+        {
+            "image_id": int(all_img[i]) + 1,
+            "category_id": int(all_cat[i]),
+            "bbox": all_box[i].tolist(),
+            "score": float(all_score[i]),
+        }
+        for i in range(len(all_img))
+    ]
     cats = [{"id": c, "name": f"class{c}", "supercategory": "thing"} for c in range(1, n_classes + 1)]
     return {"images": images, "annotations": anns, "categories": cats}, preds
 
@@ -113,8 +131,12 @@ def main() -> None:
         stages.append(stage)
     best = int(np.argmin(ours_times))
     result = {
-        "shape": {"images": len(gt["images"]), "gt_boxes": len(gt["annotations"]),
-                  "predictions": len(preds), "classes": args.classes},
+        "shape": {
+            "images": len(gt["images"]),
+            "gt_boxes": len(gt["annotations"]),
+            "predictions": len(preds),
+            "classes": args.classes,
+        },
         "coco_eval_s": min(coco_times),
         "analysis_s": min(ours_times),
         "ratio": min(ours_times) / min(coco_times),
@@ -123,8 +145,11 @@ def main() -> None:
         "all_runs": {"coco_eval_s": coco_times, "analysis_s": ours_times},
         "ap50_coco": ap50_coco * 100,
         "ap50_tide": ap50_tide,
-        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

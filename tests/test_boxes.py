@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torchvision.ops import box_convert, box_iou as tv_box_iou, generalized_box_iou as tv_giou
+from torchvision.ops import box_convert
+from torchvision.ops import box_iou as tv_box_iou
+from torchvision.ops import generalized_box_iou as tv_giou
 
 from detrkit.boxes import (
     box_cxcywh_to_xyxy,

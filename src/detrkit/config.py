@@ -342,7 +342,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 value = [] if value.strip() in ("", "[]") else yaml.safe_load(value)
             except yaml.YAMLError:
-                raise ConfigError(f"{where}: {value!r} is not a valid YAML list (quote values with {{ or :)") from None
+                raise ConfigError(
+                    f"{where}: {value!r} is not a valid YAML list (quote values with {{ or :)"
+                ) from None
             value = value if isinstance(value, list) else [value]
         if not isinstance(value, (list, tuple)):
             value = [value] if item_tp is str else value

@@ -72,8 +72,20 @@ def _analyze(run_dir: Path, val_ann: Path, val_images: Path) -> float:
 
     from detrkit.cli.analyze import analyze_cmd
 
-    analyze_cmd(run=run_dir, data=val_ann, images=val_images, pred=None, out=None, iou=0.5, bg=0.1, conf=None,
-                gallery=3, device="cpu", batch_size=16, as_json=False)
+    analyze_cmd(
+        run=run_dir,
+        data=val_ann,
+        images=val_images,
+        pred=None,
+        out=None,
+        iou=0.5,
+        bg=0.1,
+        conf=None,
+        gallery=3,
+        device="cpu",
+        batch_size=16,
+        as_json=False,
+    )
     errors = json.loads((run_dir / "errors.json").read_text())
     return max(float(errors["confusion"]["score_thresh"]), 0.05)
 
@@ -105,7 +117,10 @@ def run_demo(
         fmt = lambda v: "-" if v < 0 else f"{v:.3f}"  # noqa: E731
         table.add_row(c["name"], fmt(c["AP"]), fmt(c["AP50"]), fmt(c["AP75"]))
     console.print(table)
-    val_ann, val_images = Path(cfg.data.shapes.out) / "annotations" / "val.json", Path(cfg.data.shapes.out) / "val"
+    val_ann, val_images = (
+        Path(cfg.data.shapes.out) / "annotations" / "val.json",
+        Path(cfg.data.shapes.out) / "val",
+    )
     threshold = _analyze(run_dir, val_ann, val_images)
     drawn = _draw_examples(run_dir, val_ann, val_images, threshold)
     wall = time.perf_counter() - t0

@@ -17,8 +17,10 @@ from detrkit.aerial.train import model_checkpoint
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 cities x 7 tiles of 128 px (tiles 1-5 validation, 6-7 training), GSD 0.3-1.5 m."""
     out = tmp_path_factory.mktemp("aerial_synth")
-    generate_aerial(out, SynthSpec(cities=("alpha", "bravo"), tiles_per_city=7, size=128, gsd_min=0.3,
-                                   gsd_max=1.5, seed=3))
+    generate_aerial(
+        out,
+        SynthSpec(cities=("alpha", "bravo"), tiles_per_city=7, size=128, gsd_min=0.3, gsd_max=1.5, seed=3),
+    )
     return out
 
 

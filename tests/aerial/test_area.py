@@ -37,7 +37,13 @@ def _mask() -> np.ndarray:
 
 
 def _write(path: Path, mask: np.ndarray, crs: str | None, t: Affine | None) -> Path:
-    profile = {"driver": "GTiff", "width": mask.shape[1], "height": mask.shape[0], "count": 1, "dtype": "uint8"}
+    profile = {
+        "driver": "GTiff",
+        "width": mask.shape[1],
+        "height": mask.shape[0],
+        "count": 1,
+        "dtype": "uint8",
+    }
     if crs:
         profile.update(crs=crs, transform=t)
     with rasterio.open(path, "w", **profile) as dst:
@@ -61,11 +67,16 @@ def test_projected_geotiff_exact(tmp_path: Path) -> None:
     assert b.geometry.area == pytest.approx(200.0) and 2.0 < b.lon < 3.1 and 48.8 < b.lat < 48.9
 
 
-@pytest.mark.parametrize("crs,t", [
-    ("EPSG:4326", Affine(1e-5, 0, 2.35, 0, -1e-5, 48.86)),
-    ("EPSG:3857", Affine(0.6, 0, 261600.0, 0, -0.6, 6251000.0)),
-])
-def test_geographic_and_mercator_areas_match_equal_area_projection(tmp_path: Path, crs: str, t: Affine) -> None:
+@pytest.mark.parametrize(
+    "crs,t",
+    [
+        ("EPSG:4326", Affine(1e-5, 0, 2.35, 0, -1e-5, 48.86)),
+        ("EPSG:3857", Affine(0.6, 0, 261600.0, 0, -0.6, 6251000.0)),
+    ],
+)
+def test_geographic_and_mercator_areas_match_equal_area_projection(
+    tmp_path: Path, crs: str, t: Affine
+) -> None:
     path = _write(tmp_path / "m.tif", _mask(), crs, t)
     rep = measure_mask_file(path, min_area_m2=0.0, min_pixels=1)
     total = 0.0
@@ -92,7 +103,9 @@ def test_png_needs_a_gsd_and_cli_reports(tmp_path: Path) -> None:
     res = runner.invoke(app, ["aerial", "area", "--mask", str(png), "--zoom", "19", "--lat", "0", "--json"])
     gsd = 156543.03392 / 2**19
     assert json.loads(res.stdout)["built_area_m2"] == pytest.approx(pixels * gsd**2)
-    res = runner.invoke(app, ["aerial", "area", "--mask", str(png), "--out", str(tmp_path / "v"), "--gsd", "1"])
+    res = runner.invoke(
+        app, ["aerial", "area", "--mask", str(png), "--out", str(tmp_path / "v"), "--gsd", "1"]
+    )
     assert res.exit_code == 0 and "buildings" in res.stdout
     assert len((tmp_path / "v" / "buildings.csv").read_text().splitlines()) == 5
 
@@ -109,8 +122,12 @@ def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "m.png"
     Image.fromarray(_mask()).save(png)
-    for args, words in ((["--mask", "/nonexistent/m.tif"], "not found"), (["--mask", __file__], "not a readable"),
-                        (["--mask", str(png)], "--gsd"), (["--mask", str(png), "--zoom", "3"], "--lat")):
+    for args, words in (
+        (["--mask", "/nonexistent/m.tif"], "not found"),
+        (["--mask", __file__], "not a readable"),
+        (["--mask", str(png)], "--gsd"),
+        (["--mask", str(png), "--zoom", "3"], "--lat"),
+    ):
         rc, err = _main(["aerial", "area", *args], capsys)
         assert rc == 2 and err.count("\n") == 1 and err.startswith("error:") and words in err, err
         assert args[1] in err or words == "--lat"

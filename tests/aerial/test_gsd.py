@@ -74,11 +74,14 @@ def test_web_mercator_crs_is_corrected_by_cos_latitude() -> None:
     assert est.metres_per_pixel == pytest.approx(d, rel=1e-3)
 
 
-@pytest.mark.parametrize("epsg,t", [
-    (4326, Affine(2e-4, 0, 24.0, 0, -2e-4, 61.0)),
-    (3857, Affine(30.0, 0, 2.6e6, 0, -30.0, 8.7e6)),
-    (32633, Affine(0.5, 0, 4e5, 0, -0.5, 6e6)),
-])
+@pytest.mark.parametrize(
+    "epsg,t",
+    [
+        (4326, Affine(2e-4, 0, 24.0, 0, -2e-4, 61.0)),
+        (3857, Affine(30.0, 0, 2.6e6, 0, -30.0, 8.7e6)),
+        (32633, Affine(0.5, 0, 4e5, 0, -0.5, 6e6)),
+    ],
+)
 def test_pixel_area_rows_sum_equals_equal_area_projection(epsg: int, t: Affine) -> None:
     crs = CRS.from_epsg(epsg)
     h, w = 300, 200

@@ -64,8 +64,9 @@ def test_boundary_loss_is_lowest_for_the_true_mask() -> None:
 def test_boundary_schedule_and_gsd_loss() -> None:
     s = BoundaryWeightSchedule(max_weight=2.0, start=1, ramp=4)
     assert [s(e) for e in range(7)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
-    assert float(gsd_loss(torch.log(torch.tensor([0.3, 1.0])), torch.log(torch.tensor([0.3, 0.5])))) == \
-        pytest.approx(np.log(2) / 2)
+    assert float(
+        gsd_loss(torch.log(torch.tensor([0.3, 1.0])), torch.log(torch.tensor([0.3, 0.5])))
+    ) == pytest.approx(np.log(2) / 2)
 
 
 def test_aerial_loss_combines_and_backpropagates() -> None:
@@ -75,8 +76,12 @@ def test_aerial_loss_combines_and_backpropagates() -> None:
     mask = (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float()
     sdm = torch.from_numpy(np.stack([signed_distance_map(m[0].numpy() > 0) for m in mask]))[:, None]
     batch = {"mask": mask, "sdm": sdm, "log_gsd": torch.tensor([0.1, -1.0])}
-    crit = AerialLoss(dice_weight=1.0, focal_weight=2.0, gsd_weight=0.5,
-                      boundary=BoundaryWeightSchedule(1.0, start=0, ramp=1))
+    crit = AerialLoss(
+        dice_weight=1.0,
+        focal_weight=2.0,
+        gsd_weight=0.5,
+        boundary=BoundaryWeightSchedule(1.0, start=0, ramp=1),
+    )
     out = crit({"logits": logits, "log_gsd": log_gsd}, batch)
     expected = out["loss_dice"] + 2 * out["loss_focal"] + 1.0 * out["loss_boundary"] + 0.5 * out["loss_gsd"]
     assert float(out["loss"].detach()) == pytest.approx(float(expected), rel=1e-6)

@@ -20,8 +20,22 @@ runner = CliRunner()
 
 
 def test_synth_command(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["aerial", "synth", "--out", str(tmp_path / "s"), "--cities", "1",
-                              "--tiles-per-city", "2", "--size", "96", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "aerial",
+            "synth",
+            "--out",
+            str(tmp_path / "s"),
+            "--cities",
+            "1",
+            "--tiles-per-city",
+            "2",
+            "--size",
+            "96",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["tiles"] == 2 and (tmp_path / "s" / "train" / "gt" / "alpha2.tif").is_file()
@@ -29,13 +43,28 @@ def test_synth_command(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_train_resume_predict(synth_dir: Path, tmp_path: Path) -> None:
-    args = ["aerial", "train", "--config", "tiny-synth", "--quiet", f"data={synth_dir}", f"out={tmp_path}",
-            "epochs=1", "crop=64", "batch_size=4", "samples_per_tile=2", "val_samples_per_tile=1", "tensorboard=false"]
+    args = [
+        "aerial",
+        "train",
+        "--config",
+        "tiny-synth",
+        "--quiet",
+        f"data={synth_dir}",
+        f"out={tmp_path}",
+        "epochs=1",
+        "crop=64",
+        "batch_size=4",
+        "samples_per_tile=2",
+        "val_samples_per_tile=1",
+        "tensorboard=false",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     run = tmp_path / "aerial-tiny"
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
-    res = runner.invoke(app, ["aerial", "train", "--config", "tiny-synth", "--quiet", "--resume", str(run), "epochs=2"])
+    res = runner.invoke(
+        app, ["aerial", "train", "--config", "tiny-synth", "--quiet", "--resume", str(run), "epochs=2"]
+    )
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO((run / "metrics.csv").read_text())))
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -44,19 +73,44 @@ def test_train_resume_predict(synth_dir: Path, tmp_path: Path) -> None:
     assert int(rows[1]["step"]) == 2 * int(rows[0]["step"])
 
     tile = synth_dir / "train" / "images" / "alpha6.tif"
-    res = runner.invoke(app, ["aerial", "predict", "--model", str(run), "--source", str(tile),
-                              "--out", str(tmp_path / "p"), "--json", "--tile", "64", "--overlap", "16"])
+    res = runner.invoke(
+        app,
+        [
+            "aerial",
+            "predict",
+            "--model",
+            str(run),
+            "--source",
+            str(tile),
+            "--out",
+            str(tmp_path / "p"),
+            "--json",
+            "--tile",
+            "64",
+            "--overlap",
+            "16",
+        ],
+    )
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     assert s["gsd"]["source"] == "georeference" and s["tiles"] == 9
-    for name in ("mask.tif", "prob.tif", "overlay.png", "probability.png", "buildings.geojson", "buildings.csv",
-                 "summary.json"):
+    for name in (
+        "mask.tif",
+        "prob.tif",
+        "overlay.png",
+        "probability.png",
+        "buildings.geojson",
+        "buildings.csv",
+        "summary.json",
+    ):
         assert (tmp_path / "p" / name).is_file(), name
     with rasterio.open(tile) as src, rasterio.open(tmp_path / "p" / "mask.tif") as m:
         assert m.crs == src.crs and m.transform == src.transform and m.shape == src.shape
     # the area summary is exactly what `aerial area` measures on the written mask
     rep = measure_mask_file(tmp_path / "p" / "mask.tif")
-    assert s["built_area_m2"] == pytest.approx(rep.built_area_m2) and s["building_count"] == rep.building_count
+    assert (
+        s["built_area_m2"] == pytest.approx(rep.built_area_m2) and s["building_count"] == rep.building_count
+    )
 
 
 def test_predict_png_and_user_gsd(random_checkpoint: Path, tmp_path: Path) -> None:
@@ -81,11 +135,24 @@ def test_predict_png_and_user_gsd(random_checkpoint: Path, tmp_path: Path) -> No
 
 
 def test_predict_errors(random_checkpoint: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["aerial", "predict", "--model", str(tmp_path / "none"), "--source", "x.png",
-                              "--out", str(tmp_path)])
+    res = runner.invoke(
+        app,
+        ["aerial", "predict", "--model", str(tmp_path / "none"), "--source", "x.png", "--out", str(tmp_path)],
+    )
     assert res.exit_code != 0
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = runner.invoke(app, ["aerial", "predict", "--model", str(random_checkpoint), "--source", str(empty),
-                              "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        app,
+        [
+            "aerial",
+            "predict",
+            "--model",
+            str(random_checkpoint),
+            "--source",
+            str(empty),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code != 0 and "no images" in str(res.exception)

@@ -90,7 +90,7 @@ def test_stream_writes_every_row_once_in_order(sharp_model: torch.nn.Module) -> 
 
     def write(r0: int, rows: np.ndarray) -> None:
         writes.append((r0, r0 + rows.shape[0]))
-        out[r0:r0 + rows.shape[0]] = rows
+        out[r0 : r0 + rows.shape[0]] = rows
 
     _, n = predict_stream(sharp_model, read, write, h, w, tile=64, overlap=16, batch_size=3)
     assert n == len(tile_starts(h, 64, 48)) * len(tile_starts(w, 64, 48))

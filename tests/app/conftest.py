@@ -23,8 +23,12 @@ def app_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised ``unet-tiny`` checkpoint (tile 64)."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("app_ckpt") / "tiny.pt"
-    torch.save(model_checkpoint(build_aerial_model("unet-tiny").eval(), AerialTrainConfig(model="unet-tiny", crop=64), {}),
-               path)
+    torch.save(
+        model_checkpoint(
+            build_aerial_model("unet-tiny").eval(), AerialTrainConfig(model="unet-tiny", crop=64), {}
+        ),
+        path,
+    )
     return path
 
 
@@ -45,7 +49,16 @@ def png_bytes(scene: np.ndarray) -> bytes:
 def geotiff_bytes(scene: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The scene as a GeoTIFF in UTM 31N with 0.5 m pixels."""
     path = tmp_path_factory.mktemp("geo") / "scene.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=160, height=160, count=3, dtype="uint8",
-                       crs="EPSG:32631", transform=Affine(0.5, 0, 448000, 0, -0.5, 5412000)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=160,
+        height=160,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=Affine(0.5, 0, 448000, 0, -0.5, 5412000),
+    ) as dst:
         dst.write(scene.transpose(2, 0, 1))
     return path.read_bytes()

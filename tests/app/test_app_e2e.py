@@ -21,9 +21,18 @@ import pytest
 from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1400,1700"]
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1700",
+]
 
 
 def _ensure_chromium() -> tuple[str, str]:
@@ -34,8 +43,13 @@ def _ensure_chromium() -> tuple[str, str]:
         pytest.skip("chromium/chromium-driver missing and cannot be installed (no apt-get or not root)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], env=env,
-                       capture_output=True, timeout=600, check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
+            env=env,
+            capture_output=True,
+            timeout=600,
+            check=True,
+        )
     except (subprocess.SubprocessError, OSError) as err:
         pytest.skip(f"chromium/chromium-driver missing and apt-get install failed: {type(err).__name__}")
     chrome, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -54,7 +68,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise AssertionError(f"detrkit app exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            raise AssertionError(
+                f"detrkit app exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.read().strip() == b"ok":
@@ -83,9 +99,22 @@ def test_upload_in_headless_chromium(app_checkpoint: Path, tmp_path: Path) -> No
     Image.fromarray(render_tile(np.random.default_rng(21), 384, 0.4)[0]).save(image)
     port = _free_port()
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    server = subprocess.Popen([sys.executable, "-m", "detrkit.cli.main", "app", "--port", str(port), "--model",
-                               str(_model_for_demo(app_checkpoint))],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "detrkit.cli.main",
+            "app",
+            "--port",
+            str(port),
+            "--model",
+            str(_model_for_demo(app_checkpoint)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     driver = None
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", server, 120)
@@ -102,8 +131,12 @@ def test_upload_in_headless_chromium(app_checkpoint: Path, tmp_path: Path) -> No
         upload.send_keys(str(image))
         wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'Built-up area')]")))
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img")) >= 2)
-        wait.until(lambda d: all(img.get_property("complete") and img.get_property("naturalWidth") > 0
-                                 for img in d.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img")))
+        wait.until(
+            lambda d: all(
+                img.get_property("complete") and img.get_property("naturalWidth") > 0
+                for img in d.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img")
+            )
+        )
         words = ("Built-up area", "Built-up share", "Buildings", "GSD", "Download GeoJSON", "Download CSV")
         wait.until(lambda d: all(w in d.find_element(By.TAG_NAME, "body").text for w in words))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stDataFrame']"))

@@ -73,7 +73,11 @@ def test_logic_analyse_and_formatting(app_checkpoint: Path, png_bytes: bytes, tm
     up = save_upload("x.png", png_bytes, tmp_path)
     assert (up.width, up.height, up.georef_gsd) == (160, 160, None)
     res = analyse(AerialPredictor.from_checkpoint(app_checkpoint, device="cpu"), up, tmp_path / "o", gsd=1.0)
-    assert res.image.shape == (160, 160, 3) and res.mask.shape == (160, 160) and res.probability.shape == (160, 160, 3)
+    assert (
+        res.image.shape == (160, 160, 3)
+        and res.mask.shape == (160, 160)
+        and res.probability.shape == (160, 160, 3)
+    )
     assert res.summary["built_pixels"] == int(res.mask.sum())
     over = res.overlay(1.0)
     assert (over[res.mask] == OVERLAY_COLOUR).all() and np.array_equal(over[~res.mask], res.image[~res.mask])

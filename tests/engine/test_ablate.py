@@ -6,12 +6,11 @@ import csv
 import json
 
 import pytest
-
-from detrkit.config import load_config
-from detrkit.errors import ConfigError
 import yaml
 
+from detrkit.config import load_config
 from detrkit.engine.ablate import AblationSettings, arm_overrides, run_ablation, steps_per_epoch
+from detrkit.errors import ConfigError
 from detrkit.synth.rare import SynthError
 
 TINY = [
@@ -67,17 +66,26 @@ def test_arms_share_the_budget_and_the_table_has_rare_ap(tmp_path) -> None:
     assert extra["ann"].endswith("copy-paste-{seed}/annotations.json")
     assert configs["copy-paste-online"]["data"]["copy_paste"]["classes"] == ["star", "cross"]
     assert configs["copy-paste-online"]["data"]["copy_paste"]["prob"] == 1.0
-    assert (configs["rfs"]["data"]["sampler"], configs["rfs"]["data"]["rfs_threshold"]) == ("repeat_factor", 0.3)
+    assert (configs["rfs"]["data"]["sampler"], configs["rfs"]["data"]["rfs_threshold"]) == (
+        "repeat_factor",
+        0.3,
+    )
     for arm, cfg_ in configs.items():
         changed = arm_overrides(
-            arm, out_dir=tmp_path / "abl", rare=["star", "cross"], settings=AblationSettings(per_class=3, online_p=1.0)
+            arm,
+            out_dir=tmp_path / "abl",
+            rare=["star", "cross"],
+            settings=AblationSettings(per_class=3, online_p=1.0),
         ).get("data", {})
         assert {k: v for k, v in cfg_["data"].items() if k not in changed} == {
             k: v for k, v in base_data.items() if k not in changed
         }, arm
         for key, value in changed.items():  # copy_paste is saved with its defaults filled in
             saved = cfg_["data"][key]
-            assert (saved | value if isinstance(value, dict) else value) == saved != base_data[key], (arm, key)
+            assert (saved | value if isinstance(value, dict) else value) == saved != base_data[key], (
+                arm,
+                key,
+            )
         assert {k: v for k, v in cfg_.items() if k not in ("data", "output")} == {
             k: v for k, v in configs["baseline"].items() if k not in ("data", "output")
         }

@@ -43,11 +43,18 @@ def _extra_file(root: Path, out: Path, names: list[str]) -> tuple[Path, list[str
     """The first two training images again, with only the classes ``names`` under new category ids
     (1000 + position, in reverse name order so that ids and contiguous labels disagree)."""
     coco = json.loads((root / "annotations/train.json").read_text())
-    new_id = {c["id"]: 1000 + i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["name"], reverse=True))}
+    new_id = {
+        c["id"]: 1000 + i
+        for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["name"], reverse=True))
+    }
     keep_cats = [c for c in coco["categories"] if c["name"] in names]
     keep_ids = {c["id"] for c in keep_cats}
     images = coco["images"][:2]
-    anns = [a for a in coco["annotations"] if a["image_id"] in {im["id"] for im in images} and a["category_id"] in keep_ids]
+    anns = [
+        a
+        for a in coco["annotations"]
+        if a["image_id"] in {im["id"] for im in images} and a["category_id"] in keep_ids
+    ]
     extra = {
         "images": images,
         "annotations": [{**a, "category_id": new_id[a["category_id"]]} for a in anns],
@@ -77,7 +84,9 @@ def test_extra_file_with_unknown_class_names_is_a_config_error(shapes: Path, tmp
     coco["categories"][0]["name"] = "unicorn"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(coco))
-    with pytest.raises(ConfigError, match=r"bad\.json: classes unicorn are not in the training file.*data\.extra\[0\]"):
+    with pytest.raises(
+        ConfigError, match=r"bad\.json: classes unicorn are not in the training file.*data\.extra\[0\]"
+    ):
         build_data(_cfg(shapes, f"data.extra=[{{ann: {bad}, images: {shapes / 'train'}}}]"))
     with pytest.raises(ConfigError, match=r"data\.extra\[0\]: missing key\(s\) images"):
         _cfg(shapes, f"data.extra=[{{ann: {bad}}}]")
@@ -85,7 +94,9 @@ def test_extra_file_with_unknown_class_names_is_a_config_error(shapes: Path, tmp
 
 def test_seed_in_an_extra_path_is_the_train_seed(shapes: Path, tmp_path: Path) -> None:
     ann, _ = _extra_file(shapes, tmp_path / "extra-7.json", build_data(_cfg(shapes)).train.class_names)
-    cfg = _cfg(shapes, f"data.extra=[{{ann: '{tmp_path / 'extra-{seed}.json'}', images: {shapes / 'train'}}}]")
+    cfg = _cfg(
+        shapes, f"data.extra=[{{ann: '{tmp_path / 'extra-{seed}.json'}', images: {shapes / 'train'}}}]"
+    )
     cfg.train.seed = 7
     assert len(build_data(cfg).train) == 6 + 2
 
@@ -99,7 +110,9 @@ def test_copy_paste_is_in_front_of_the_training_transforms_only(shapes: Path) ->
     assert isinstance(first, OnlineCopyPaste) and first.p == 1.0 and first.max_instances == 1
     assert not any(isinstance(t, OnlineCopyPaste) for t in data.val.transforms.transforms)
     plain = build_data(_cfg(shapes, "data.train_preset=val"))
-    pasted = build_data(_cfg(shapes, "data.train_preset=val", f"data.copy_paste={{prob: 1.0, classes: [{names[0]}]}}"))
+    pasted = build_data(
+        _cfg(shapes, "data.train_preset=val", f"data.copy_paste={{prob: 1.0, classes: [{names[0]}]}}")
+    )
     torch.manual_seed(0)
     (image, target), (image0, target0) = pasted.train[0], plain.train[0]
     assert image.dtype == torch.uint8 and image.shape == image0.shape and not torch.equal(image, image0)
@@ -136,7 +149,9 @@ def test_repeat_factor_sampler_config_gives_the_hand_computed_factors() -> None:
     assert repeat_factors_for(cfg.data, ds, "t") == pytest.approx([1.0, 1.0, math.sqrt(2), 1.0])
     assert repeat_factors_for(load_config("demo").data, ds, "t") is None
     with pytest.raises(ConfigError, match="rfs_threshold must be > 0"):
-        repeat_factors_for(load_config("demo", ["data.sampler=repeat_factor", "data.rfs_threshold=0"]).data, ds, "t")
+        repeat_factors_for(
+            load_config("demo", ["data.sampler=repeat_factor", "data.rfs_threshold=0"]).data, ds, "t"
+        )
     old = load_config("demo", ["data.repeat_factor_threshold=0.3"]).data  # configs of older runs
     assert (old.sampler, old.rfs_threshold) == ("repeat_factor", 0.3)
     assert load_config("demo", ["data.repeat_factor_threshold=0"]).data.sampler == "random"

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 
-def random_coco(seed: int, *, n_images: int = 40, n_classes: int = 4, crowd: bool = True,
-                max_gt: int = 6, empty_images: int = 3) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def random_coco(
+    seed: int,
+    *,
+    n_images: int = 40,
+    n_classes: int = 4,
+    crowd: bool = True,
+    max_gt: int = 6,
+    empty_images: int = 3,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A GT dict and a predictions list with every error type present.
 
     Predictions are jittered copies of GT (good and poor boxes), class flips, duplicates and
@@ -28,20 +35,39 @@ def random_coco(seed: int, *, n_images: int = 40, n_classes: int = 4, crowd: boo
             x, y = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
             cat = cats[int(rng.integers(n_classes))]["id"]
             is_crowd = int(crowd and rng.random() < 0.08)
-            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat,
-                         "bbox": [x, y, w, h], "area": w * h, "iscrowd": is_crowd})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img_id,
+                    "category_id": cat,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": is_crowd,
+                }
+            )
             for _ in range(int(rng.integers(0, 4))):
                 jitter = rng.choice([0.03, 0.15, 0.35, 0.7])
                 bx = np.array([x, y, w, h]) + rng.normal(0, jitter, 4) * np.array([w, h, w, h])
                 bx[2:] = np.maximum(bx[2:], 2.0)
                 pc = cat if rng.random() < 0.75 else cats[int(rng.integers(n_classes))]["id"]
-                preds.append({"image_id": img_id, "category_id": pc, "bbox": bx.tolist(),
-                              "score": float(rng.uniform(0.01, 1.0))})
+                preds.append(
+                    {
+                        "image_id": img_id,
+                        "category_id": pc,
+                        "bbox": bx.tolist(),
+                        "score": float(rng.uniform(0.01, 1.0)),
+                    }
+                )
         for _ in range(int(rng.integers(0, 5))):
             w, h = rng.uniform(5, 150, size=2)
-            preds.append({"image_id": img_id, "category_id": cats[int(rng.integers(n_classes))]["id"],
-                          "bbox": [float(rng.uniform(0, 600)), float(rng.uniform(0, 440)), w, h],
-                          "score": float(rng.uniform(0.01, 1.0))})
+            preds.append(
+                {
+                    "image_id": img_id,
+                    "category_id": cats[int(rng.integers(n_classes))]["id"],
+                    "bbox": [float(rng.uniform(0, 600)), float(rng.uniform(0, 440)), w, h],
+                    "score": float(rng.uniform(0.01, 1.0)),
+                }
+            )
     gt = {"images": images, "annotations": anns, "categories": cats}
     return gt, preds
 

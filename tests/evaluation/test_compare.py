@@ -20,16 +20,24 @@ from detrkit.evaluation.runs import RunFolder
 CLASSES = ["person", "car", "train", "cat"]
 
 
-def make_run(root: Path, name: str, *, seed: int, synth: bool, ap: float, per_class: dict[str, float]) -> Path:
+def make_run(
+    root: Path, name: str, *, seed: int, synth: bool, ap: float, per_class: dict[str, float]
+) -> Path:
     run = root / name
     run.mkdir(parents=True)
-    cfg = {"model": {"name": "detr-r50"}, "train": {"seed": seed, "epochs": 10, "lr": 1e-5},
-           "data": {"train_ann": "synth.json" if synth else "train.json"},
-           "output": {"dir": str(run), "name": name}}
+    cfg = {
+        "model": {"name": "detr-r50"},
+        "train": {"seed": seed, "epochs": 10, "lr": 1e-5},
+        "data": {"train_ann": "synth.json" if synth else "train.json"},
+        "output": {"dir": str(run), "name": name},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run / "classes.json").write_text(json.dumps({"names": CLASSES, "category_ids": [1, 3, 7, 17]}))
     final = {"epoch": 10, "val/AP": ap, "val/AP50": 2 * ap, "val/AP75": ap / 2, "train/loss": 1.0}
-    pcs = [{"category_id": i, "name": n, "AP": per_class.get(n, -1.0), "AP50": -1.0} for i, n in enumerate(CLASSES)]
+    pcs = [
+        {"category_id": i, "name": n, "AP": per_class.get(n, -1.0), "AP50": -1.0}
+        for i, n in enumerate(CLASSES)
+    ]
     (run / "metrics.json").write_text(json.dumps({"final": final, "per_class": pcs}))
     return run
 
@@ -48,12 +56,25 @@ def test_seed_noise_is_not_called_a_gain(tmp_path: Path) -> None:
     # The users' case: +13% relative at ~0.5 AP points absolute, with a seed spread of ~0.5 points.
     base = [0.040, 0.035, 0.045]
     synth = [0.045, 0.041, 0.049]
-    runs = [RunFolder.load(make_run(tmp_path, f"base_s{i}", seed=i, synth=False, ap=v,
-                                    per_class={"person": 0.1, "train": v}))
-            for i, v in enumerate(base)]
-    runs += [RunFolder.load(make_run(tmp_path, f"synth_s{i}", seed=i, synth=True, ap=v,
-                                     per_class={"person": 0.1, "train": v + 0.05}))
-             for i, v in enumerate(synth)]
+    runs = [
+        RunFolder.load(
+            make_run(tmp_path, f"base_s{i}", seed=i, synth=False, ap=v, per_class={"person": 0.1, "train": v})
+        )
+        for i, v in enumerate(base)
+    ]
+    runs += [
+        RunFolder.load(
+            make_run(
+                tmp_path,
+                f"synth_s{i}",
+                seed=i,
+                synth=True,
+                ap=v,
+                per_class={"person": 0.1, "train": v + 0.05},
+            )
+        )
+        for i, v in enumerate(synth)
+    ]
     cmp = compare_runs(runs, rare=["train", "cat"])
     assert [len(a.runs) for a in cmp.arms] == [3, 3]
     assert cmp.arms[1].changes == {"data.train_ann": "synth.json"}
@@ -115,7 +136,9 @@ def test_user_errors(tmp_path: Path) -> None:
     assert exc.value.code == 2
 
 
-def test_config_paths_resolve_against_the_training_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_paths_resolve_against_the_training_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import json
 
     from detrkit.evaluation.runs import resolve_config_path, run_train_cwd
@@ -132,7 +155,9 @@ def test_config_paths_resolve_against_the_training_folder(tmp_path: Path, monkey
     cwd = run_train_cwd(run)
     assert cwd == str(project)
     assert resolve_config_path("data/val.json", cwd) == project / "data" / "val.json"
-    assert resolve_config_path("data/missing.json", cwd) == Path("data/missing.json")  # error names it as written
+    assert resolve_config_path("data/missing.json", cwd) == Path(
+        "data/missing.json"
+    )  # error names it as written
     assert resolve_config_path("", cwd) is None and run_train_cwd(elsewhere) is None
     (elsewhere / "data").mkdir()
     (elsewhere / "data" / "val.json").write_text("{}")

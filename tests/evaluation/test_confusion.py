@@ -12,19 +12,21 @@ from detrkit.evaluation.detections import load_detections
 
 
 def test_hand_built_confusion() -> None:
-    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 300, "height": 100}],
-          "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-          "annotations": [
-              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 50, 50], "area": 2500, "iscrowd": 0},
-              {"id": 2, "image_id": 1, "category_id": 2, "bbox": [100, 0, 50, 50], "area": 2500, "iscrowd": 0},
-              {"id": 3, "image_id": 1, "category_id": 2, "bbox": [200, 0, 50, 50], "area": 2500, "iscrowd": 0},
-          ]}
+    gt = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 300, "height": 100}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 50, 50], "area": 2500, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [100, 0, 50, 50], "area": 2500, "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [200, 0, 50, 50], "area": 2500, "iscrowd": 0},
+        ],
+    }
     preds = [
-        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 50, 50], "score": 0.9},     # cat TP
-        {"image_id": 1, "category_id": 1, "bbox": [1, 1, 50, 50], "score": 0.8},     # cat duplicate -> bg
-        {"image_id": 1, "category_id": 1, "bbox": [100, 0, 50, 50], "score": 0.7},   # dog seen as cat
-        {"image_id": 1, "category_id": 2, "bbox": [0, 60, 30, 30], "score": 0.6},    # dog on background
-        {"image_id": 1, "category_id": 2, "bbox": [200, 0, 50, 50], "score": 0.1},   # below threshold
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 50, 50], "score": 0.9},  # cat TP
+        {"image_id": 1, "category_id": 1, "bbox": [1, 1, 50, 50], "score": 0.8},  # cat duplicate -> bg
+        {"image_id": 1, "category_id": 1, "bbox": [100, 0, 50, 50], "score": 0.7},  # dog seen as cat
+        {"image_id": 1, "category_id": 2, "bbox": [0, 60, 30, 30], "score": 0.6},  # dog on background
+        {"image_id": 1, "category_id": 2, "bbox": [200, 0, 50, 50], "score": 0.1},  # below threshold
     ]
     cm = confusion_matrix(load_detections(gt, preds), score_thresh=0.5)
     # rows: gt cat, gt dog, background; columns: pred cat, pred dog, background

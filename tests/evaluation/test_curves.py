@@ -47,12 +47,21 @@ def test_ap_matches_pycocotools(make_coco: Any, seed: int) -> None:
 def test_f1_best_threshold_by_hand() -> None:
     # One class, 4 GT in one image; predictions by score: TP, FP, TP, TP, FP.
     gts = [[0, 0, 10, 10], [20, 0, 10, 10], [40, 0, 10, 10], [60, 0, 10, 10]]
-    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 20}],
-          "categories": [{"id": 7, "name": "cat"}],
-          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 7, "bbox": b, "area": 100, "iscrowd": 0}
-                          for i, b in enumerate(gts)]}
-    boxes_scores = [([0, 0, 10, 10], 0.9), ([80, 10, 5, 5], 0.8), ([20, 0, 10, 10], 0.7),
-                    ([40, 0, 10, 10], 0.6), ([85, 10, 5, 5], 0.5)]
+    gt = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 20}],
+        "categories": [{"id": 7, "name": "cat"}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": 7, "bbox": b, "area": 100, "iscrowd": 0}
+            for i, b in enumerate(gts)
+        ],
+    }
+    boxes_scores = [
+        ([0, 0, 10, 10], 0.9),
+        ([80, 10, 5, 5], 0.8),
+        ([20, 0, 10, 10], 0.7),
+        ([40, 0, 10, 10], 0.6),
+        ([85, 10, 5, 5], 0.5),
+    ]
     preds = [{"image_id": 1, "category_id": 7, "bbox": b, "score": s} for b, s in boxes_scores]
     curves = compute_curves(load_detections(gt, preds))
     # thresholds: 0.9 -> P1 R.25 F.4; 0.8 -> P.5 R.25 F1=1/3; 0.7 -> P2/3 R.5 F=4/7; 0.6 -> P.75 R.75 F=.75;

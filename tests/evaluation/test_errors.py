@@ -56,17 +56,30 @@ def test_matches_tidecv_on_random_inputs(make_coco: Any, seed: int) -> None:
     special = tide.get_special_errors()["dt"]
 
     assert ours.ap == pytest.approx(run.ap, abs=1e-9)
-    for name, tide_name in (("cls", "Cls"), ("loc", "Loc"), ("both", "Both"), ("dupe", "Dupe"),
-                            ("bkg", "Bkg"), ("miss", "Miss")):
+    for name, tide_name in (
+        ("cls", "Cls"),
+        ("loc", "Loc"),
+        ("both", "Both"),
+        ("dupe", "Dupe"),
+        ("bkg", "Bkg"),
+        ("miss", "Miss"),
+    ):
         assert ours.dap[name] == pytest.approx(main[tide_name], abs=1e-9), name
     assert ours.special_dap["false_pos"] == pytest.approx(special["FalsePos"], abs=1e-9)
     assert ours.special_dap["false_neg"] == pytest.approx(special["FalseNeg"], abs=1e-9)
 
     # Counts: TIDE's errors, leaving out predictions it ignores (inside crowd regions).
     counted = [e for e in run.errors if not (hasattr(e, "pred") and e.pred["used"] is None)]
-    tide_counts = {n: sum(type(e).short_name == n for e in counted) for n in ("Cls", "Loc", "Both", "Dupe", "Bkg")}
-    assert ours.fp_counts == {"cls": tide_counts["Cls"], "loc": tide_counts["Loc"], "both": tide_counts["Both"],
-                              "dupe": tide_counts["Dupe"], "bkg": tide_counts["Bkg"]}
+    tide_counts = {
+        n: sum(type(e).short_name == n for e in counted) for n in ("Cls", "Loc", "Both", "Dupe", "Bkg")
+    }
+    assert ours.fp_counts == {
+        "cls": tide_counts["Cls"],
+        "loc": tide_counts["Loc"],
+        "both": tide_counts["Both"],
+        "dupe": tide_counts["Dupe"],
+        "bkg": tide_counts["Bkg"],
+    }
     assert ours.fn_counts["miss"] == sum(type(e).short_name == "Miss" for e in run.errors)
     assert ours.num_ignored == sum(1 for e in run.errors if hasattr(e, "pred") and e.pred["used"] is None)
     # Per-class TIDE AP equals tidecv's per-class AP.
@@ -78,10 +91,14 @@ def test_matches_tidecv_on_random_inputs(make_coco: Any, seed: int) -> None:
 
 def _case(gt_boxes: list[tuple[int, list[float]]], preds: list[tuple[int, float, list[float]]]) -> Any:
     """One 200x200 image, classes 1 and 2; gt: (cat, xywh); preds: (cat, score, xywh)."""
-    gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 200}],
-          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
-          "annotations": [{"id": i + 1, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3],
-                           "iscrowd": 0} for i, (c, b) in enumerate(gt_boxes)]}
+    gt = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 200}],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for i, (c, b) in enumerate(gt_boxes)
+        ],
+    }
     dts = [{"image_id": 1, "category_id": c, "score": s, "bbox": b} for c, s, b in preds]
     return analyze_errors(load_detections(gt, dts))
 
@@ -92,12 +109,12 @@ def test_hand_built_each_error_type() -> None:
     res = _case(
         [(1, box), (2, [100.0, 100.0, 100.0, 100.0]), (1, [0.0, 120.0, 50.0, 50.0])],
         [
-            (1, 0.95, box),                        # TP on GT 0
-            (1, 0.90, [2.0, 2.0, 100.0, 100.0]),   # Dupe: IoU 0.92 with the taken GT 0
+            (1, 0.95, box),  # TP on GT 0
+            (1, 0.90, [2.0, 2.0, 100.0, 100.0]),  # Dupe: IoU 0.92 with the taken GT 0
             (1, 0.85, [100.0, 100.0, 100.0, 100.0]),  # Cls: perfect box on a class-2 GT
             (1, 0.80, [0.0, 120.0, 100.0, 50.0]),  # IoU exactly 2500/5000 = 0.5 with GT 2: a TP
             (2, 0.70, [40.0, 40.0, 100.0, 100.0]),  # Both: class 2, IoU 0.22 with GT 0 of class 1
-            (2, 0.60, [150.0, 0.0, 40.0, 40.0]),   # Bkg: touches nothing
+            (2, 0.60, [150.0, 0.0, 40.0, 40.0]),  # Bkg: touches nothing
         ],
     )
     kinds = res.dt_kind.tolist()
@@ -127,8 +144,10 @@ def test_hand_built_loc_and_miss() -> None:
 
 
 def test_loc_error_fixes_missed_gt() -> None:
-    res = _case([(1, [0.0, 0.0, 100.0, 100.0])], [(1, 0.9, [60.0, 0.0, 100.0, 100.0]),
-                                                  (1, 0.8, [65.0, 0.0, 100.0, 100.0])])
+    res = _case(
+        [(1, [0.0, 0.0, 100.0, 100.0])],
+        [(1, 0.9, [60.0, 0.0, 100.0, 100.0]), (1, 0.8, [65.0, 0.0, 100.0, 100.0])],
+    )
     assert res.dt_kind.tolist() == [LOC, LOC]
     assert res.gt_kind.tolist() == [GT_FN_LOC]
     assert res.ap == pytest.approx(0.0)

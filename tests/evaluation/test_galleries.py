@@ -23,11 +23,11 @@ def _data() -> tuple[dict, list[dict]]:
         {"id": 4, "image_id": 3, "category_id": 1, "bbox": [50, 20, 70, 70], "area": 4900, "iscrowd": 0},
     ]
     preds = [
-        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.99},   # TP
-        {"image_id": 1, "category_id": 1, "bbox": [60, 60, 20, 20], "score": 0.90},   # bkg FP
-        {"image_id": 1, "category_id": 1, "bbox": [70, 70, 20, 20], "score": 0.95},   # bkg FP, same image
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.99},  # TP
+        {"image_id": 1, "category_id": 1, "bbox": [60, 60, 20, 20], "score": 0.90},  # bkg FP
+        {"image_id": 1, "category_id": 1, "bbox": [70, 70, 20, 20], "score": 0.95},  # bkg FP, same image
         {"image_id": 2, "category_id": 1, "bbox": [100, 50, 30, 30], "score": 0.50},  # bkg FP
-        {"image_id": 3, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.80},     # dog FP
+        {"image_id": 3, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.80},  # dog FP
     ]
     return {"images": images, "annotations": anns, "categories": cats}, preds
 
@@ -51,8 +51,15 @@ def test_tiles_are_drawn_from_images(tmp_path: Path) -> None:
         Image.new("RGB", (200, 100), (40, 40, 40)).save(tmp_path / im["file_name"])
     data = load_detections(gt, preds)
     errors = analyze_errors(data)
-    png = render_tile(Image.open(tmp_path / "1.png").convert("RGB"), data, 0, data.gt_boxes_xywh[1],
-                      focus_dt=None, score_thresh=0.5, tile_size=320)
+    png = render_tile(
+        Image.open(tmp_path / "1.png").convert("RGB"),
+        data,
+        0,
+        data.gt_boxes_xywh[1],
+        focus_dt=None,
+        score_thresh=0.5,
+        tile_size=320,
+    )
     tile = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     assert max(tile.shape[:2]) == 320
     red = (tile[..., 0] > 150) & (tile[..., 1] < 80)

@@ -80,15 +80,31 @@ def _check_report(path: Path) -> _Collect:
 def test_analyze_from_files(shapes: tuple[Path, Path, Path], tmp_path: Path) -> None:
     ann, images, pred = shapes
     out = tmp_path / "out"
-    _run(["analyze", "--data", str(ann), "--images", str(images), "--pred", str(pred), "--out", str(out),
-          "--gallery", "2"])
+    _run(
+        [
+            "analyze",
+            "--data",
+            str(ann),
+            "--images",
+            str(images),
+            "--pred",
+            str(pred),
+            "--out",
+            str(out),
+            "--gallery",
+            "2",
+        ]
+    )
     parser = _check_report(out / "report.html")
     assert parser.figures > 0  # gallery tiles
     errors = json.loads((out / "errors.json").read_text())
     assert set(errors["tide"]["dap"]) == {"cls", "loc", "both", "dupe", "bkg", "miss"}
     assert errors["coco"]["stats"]["AP50"] * 100 == pytest.approx(
-        sum(v for v in errors["curves"]["ap"]["0.50"].values() if v is not None) * 100
-        / sum(v is not None for v in errors["curves"]["ap"]["0.50"].values()), abs=1e-3)
+        sum(v for v in errors["curves"]["ap"]["0.50"].values() if v is not None)
+        * 100
+        / sum(v is not None for v in errors["curves"]["ap"]["0.50"].values()),
+        abs=1e-3,
+    )
     # confusion rows cover every GT once
     n_gt = errors["num_gt"]
     assert sum(map(sum, errors["confusion"]["matrix"][:-1])) == n_gt
@@ -98,10 +114,15 @@ def test_analyze_run_folder(shapes: tuple[Path, Path, Path], tmp_path: Path) -> 
     ann, images, pred = shapes
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(f"model:\n  name: detr-tiny\ndata:\n  val_ann: {ann}\n  val_images: {images}\n"
-                                     "train:\n  seed: 1\n")
-    rows = ["epoch,train/loss,val/loss,val/AP,val/AP50", "1,3.0,3.2,0.05,0.11", "2,2.1,2.4,0.12,0.25",
-            "3,1.7,2.0,0.18,0.33"]
+    (run / "config.yaml").write_text(
+        f"model:\n  name: detr-tiny\ndata:\n  val_ann: {ann}\n  val_images: {images}\ntrain:\n  seed: 1\n"
+    )
+    rows = [
+        "epoch,train/loss,val/loss,val/AP,val/AP50",
+        "1,3.0,3.2,0.05,0.11",
+        "2,2.1,2.4,0.12,0.25",
+        "3,1.7,2.0,0.18,0.33",
+    ]
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
     (run / "env.json").write_text(json.dumps({"python": "3.11", "git_sha": "abc123"}))
     _run(["analyze", "--run", str(run), "--pred", str(pred), "--gallery", "0"])
@@ -117,9 +138,11 @@ def test_analyze_user_errors(shapes: tuple[Path, Path, Path], tmp_path: Path, ca
     ann, _, pred = shapes
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image_id": 10**9, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]))
-    for argv in (["analyze", "--data", str(ann), "--pred", str(bad)],
-                 ["analyze", "--data", str(tmp_path / "missing.json"), "--pred", str(pred)],
-                 ["analyze", "--pred", str(pred)]):
+    for argv in (
+        ["analyze", "--data", str(ann), "--pred", str(bad)],
+        ["analyze", "--data", str(tmp_path / "missing.json"), "--pred", str(pred)],
+        ["analyze", "--pred", str(pred)],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
@@ -130,10 +153,24 @@ def test_analyze_user_errors(shapes: tuple[Path, Path, Path], tmp_path: Path, ca
 @pytest.mark.slow
 def test_analyze_run_predicts_with_best_checkpoint(tmp_path: Path) -> None:
     """A one-step demo run, then ``analyze --run`` without ``--pred``: predictions come from best.pt."""
-    _run(["train", "-c", "demo", f"data.shapes.out={tmp_path / 'shapes'}", "data.shapes.train=8",
-          "data.shapes.val=6", "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=2",
-          "eval.every=1", f"output.dir={tmp_path / 'run'}", "train.preflight=false", "output.tensorboard=false",
-          "output.plots=false"])
+    _run(
+        [
+            "train",
+            "-c",
+            "demo",
+            f"data.shapes.out={tmp_path / 'shapes'}",
+            "data.shapes.train=8",
+            "data.shapes.val=6",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=1",
+            "train.batch_size=2",
+            "eval.every=1",
+            f"output.dir={tmp_path / 'run'}",
+            "train.preflight=false",
+            "output.tensorboard=false",
+            "output.plots=false",
+        ]
+    )
     run = tmp_path / "run"
     _run(["analyze", "--run", str(run), "--gallery", "1"])
     preds = json.loads((run / "predictions.json").read_text())

@@ -285,16 +285,24 @@ def test_encoder_proposals_class_aware_one_to_many_by_hand() -> None:
     logits, boxes, targets = _one_target_case(2)
     enc_logits = torch.tensor([[[0.0, 1.0], [0.5, -0.5], [-1.0, 0.2]]])
     enc_boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.6, 0.5, 0.2, 0.2], [0.1, 0.1, 0.05, 0.05]]])
-    outputs = {"pred_logits": logits, "pred_boxes": boxes, "enc_outputs": {"pred_logits": enc_logits, "pred_boxes": enc_boxes}}
+    outputs = {
+        "pred_logits": logits,
+        "pred_boxes": boxes,
+        "enc_outputs": {"pred_logits": enc_logits, "pred_boxes": enc_boxes},
+    }
     out = _criterion("focal", 2, enc_class_aware=True, enc_k=2)(outputs, targets)
     assert out["loss_bbox_enc"].item() == pytest.approx((0.0 + 0.1) / 2, abs=1e-6)
     assert out["loss_giou_enc"].item() == pytest.approx((0.0 + (1 - 1 / 3)) / 2, abs=1e-6)
     onehot = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [0.0, 0.0]]])
-    assert out["loss_ce_enc"].item() == pytest.approx(sigmoid_focal_loss(enc_logits, onehot, 2.0).item(), rel=1e-6)
+    assert out["loss_ce_enc"].item() == pytest.approx(
+        sigmoid_focal_loss(enc_logits, onehot, 2.0).item(), rel=1e-6
+    )
     # class-agnostic, one-to-one (the paper): only p0, as class 0
     plain = _criterion("focal", 2)(outputs, targets)
     onehot0 = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
-    assert plain["loss_ce_enc"].item() == pytest.approx(sigmoid_focal_loss(enc_logits, onehot0, 1.0).item(), rel=1e-6)
+    assert plain["loss_ce_enc"].item() == pytest.approx(
+        sigmoid_focal_loss(enc_logits, onehot0, 1.0).item(), rel=1e-6
+    )
     assert plain["loss_bbox_enc"].item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="enc_k"):
         _criterion("focal", 2, enc_k=0)

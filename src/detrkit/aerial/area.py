@@ -77,10 +77,15 @@ class AreaReport:
 
     def to_dict(self, *, with_buildings: bool = True) -> dict[str, object]:
         d: dict[str, object] = {
-            "width": self.width, "height": self.height, "built_pixels": self.built_pixels,
-            "built_area_m2": self.built_area_m2, "image_area_m2": self.image_area_m2,
-            "built_percent": 100.0 * self.built_fraction, "building_count": self.building_count,
-            "speck_count": self.speck_count, "gsd": None if self.gsd is None else self.gsd.to_dict(),
+            "width": self.width,
+            "height": self.height,
+            "built_pixels": self.built_pixels,
+            "built_area_m2": self.built_area_m2,
+            "image_area_m2": self.image_area_m2,
+            "built_percent": 100.0 * self.built_fraction,
+            "building_count": self.building_count,
+            "speck_count": self.speck_count,
+            "gsd": None if self.gsd is None else self.gsd.to_dict(),
             "crs": self.crs,
         }
         if with_buildings:
@@ -88,8 +93,15 @@ class AreaReport:
         return d
 
 
-def label_buildings(mask: np.ndarray, *, split_touching: bool = True, core_fraction: float = 0.5,
-                    min_core_share: float = 0.5, keep_top: bool = False, keep_bottom: bool = False) -> np.ndarray:
+def label_buildings(
+    mask: np.ndarray,
+    *,
+    split_touching: bool = True,
+    core_fraction: float = 0.5,
+    min_core_share: float = 0.5,
+    keep_top: bool = False,
+    keep_bottom: bool = False,
+) -> np.ndarray:
     """Instance labels int32[H,W] (0 background, 1..N buildings) of ``mask bool[H,W]``; see module doc.
 
     Cores are 8-connected; cores smaller than ``min_core_share`` of the component's largest core
@@ -169,8 +181,14 @@ def strip_pieces(labels: np.ndarray, row0: int, row_area: np.ndarray | None) -> 
         cols = np.arange(sl[1].start, sl[1].stop)
         area = None if row_area is None else float(per_row @ row_area[rows])
         pieces[i] = _Piece(
-            i, int(per_row.sum()), area, float(m.sum(axis=0) @ (cols + 0.5)), float(per_row @ (rows + row0 + 0.5)),
-            unary_union(geoms[i]), sl[0].start == 0, sl[0].stop == labels.shape[0],
+            i,
+            int(per_row.sum()),
+            area,
+            float(m.sum(axis=0) @ (cols + 0.5)),
+            float(per_row @ (rows + row0 + 0.5)),
+            unary_union(geoms[i]),
+            sl[0].start == 0,
+            sl[0].stop == labels.shape[0],
         )
     return pieces
 
@@ -189,14 +207,28 @@ class StripMeasurer:
     """
 
     def __init__(
-        self, width: int, height: int, *, crs: object | None = None, transform: Affine | None = None,
-        row_area: np.ndarray | None = None, gsd: GsdEstimate | None = None, min_area_m2: float = 2.0,
-        min_pixels: int = 4, simplify_px: float = 0.7, split_touching: bool = True,
+        self,
+        width: int,
+        height: int,
+        *,
+        crs: object | None = None,
+        transform: Affine | None = None,
+        row_area: np.ndarray | None = None,
+        gsd: GsdEstimate | None = None,
+        min_area_m2: float = 2.0,
+        min_pixels: int = 4,
+        simplify_px: float = 0.7,
+        split_touching: bool = True,
     ) -> None:
         self.width, self.height, self.crs, self.gsd = width, height, crs, gsd
         self.transform = transform if transform is not None else Affine.identity()
         self.row_area = row_area
-        self.min_area_m2, self.min_pixels, self.simplify_px, self.split = min_area_m2, min_pixels, simplify_px, split_touching
+        self.min_area_m2, self.min_pixels, self.simplify_px, self.split = (
+            min_area_m2,
+            min_pixels,
+            simplify_px,
+            split_touching,
+        )
         self.row0, self.strip, self.built_pixels, self.built_area = 0, 0, 0, 0.0
         self.pieces: dict[tuple[int, int], _Piece] = {}
         self.parent: dict[tuple[int, int], tuple[int, int]] = {}
@@ -205,13 +237,17 @@ class StripMeasurer:
     def add(self, mask_rows: np.ndarray) -> None:
         mask_rows = np.asarray(mask_rows, dtype=bool)
         h = mask_rows.shape[0]
-        ra = None if self.row_area is None else self.row_area[self.row0:self.row0 + h]
+        ra = None if self.row_area is None else self.row_area[self.row0 : self.row0 + h]
         per_row = mask_rows.sum(axis=1)
         self.built_pixels += int(per_row.sum())
         if ra is not None:
             self.built_area += float(per_row @ ra)
-        labels = label_buildings(mask_rows, split_touching=self.split, keep_top=self.row0 > 0,
-                                 keep_bottom=self.row0 + h < self.height)
+        labels = label_buildings(
+            mask_rows,
+            split_touching=self.split,
+            keep_top=self.row0 > 0,
+            keep_bottom=self.row0 + h < self.height,
+        )
         for lab, piece in strip_pieces(labels, self.row0, ra).items():
             key = (self.strip, lab)
             self.pieces[key] = piece
@@ -232,7 +268,7 @@ class StripMeasurer:
             groups.setdefault(_find(self.parent, key), []).append(piece)
         buildings, specks = [], 0
         georef = self.row_area is not None
-        for parts in sorted(groups.values(), key=lambda ps: (min(p.sum_y / p.pixels for p in ps))):
+        for parts in sorted(groups.values(), key=lambda ps: min(p.sum_y / p.pixels for p in ps)):
             pixels = sum(p.pixels for p in parts)
             area = sum(p.area_m2 for p in parts) if georef else None  # type: ignore[misc]
             if pixels < self.min_pixels or (area is not None and area < self.min_area_m2):
@@ -244,7 +280,9 @@ class StripMeasurer:
             size = local_pixel_size(self.crs, self.transform, cy) if georef else None
             if size is None and self.gsd is not None:
                 size = (self.gsd.metres_per_pixel, self.gsd.metres_per_pixel)
-            perimeter = None if size is None else affinity.scale(geom_px, size[0], size[1], origin=(0, 0)).length
+            perimeter = (
+                None if size is None else affinity.scale(geom_px, size[0], size[1], origin=(0, 0)).length
+            )
             t = self.transform
             geom = affinity.affine_transform(geom_px, [t.a, t.b, t.d, t.e, t.c, t.f])
             x, y = t @ (cx, cy)
@@ -252,7 +290,9 @@ class StripMeasurer:
         if self.crs is not None and buildings and not self.transform.is_identity:
             from rasterio.warp import transform as warp
 
-            lons, lats = warp(self.crs, "EPSG:4326", [b.centroid_x for b in buildings], [b.centroid_y for b in buildings])
+            lons, lats = warp(
+                self.crs, "EPSG:4326", [b.centroid_x for b in buildings], [b.centroid_y for b in buildings]
+            )
             for b, lon, lat in zip(buildings, lons, lats, strict=True):
                 b.lon, b.lat = float(lon), float(lat)
         total_px = self.width * self.height
@@ -266,14 +306,28 @@ class StripMeasurer:
         else:
             built = image_area = None
         return AreaReport(
-            self.width, self.height, self.built_pixels, built, image_area, self.built_pixels / max(1, total_px),
-            self.gsd, None if self.crs is None else self.crs.to_string(), buildings, specks,  # type: ignore[attr-defined]
+            self.width,
+            self.height,
+            self.built_pixels,
+            built,
+            image_area,
+            self.built_pixels / max(1, total_px),
+            self.gsd,
+            None if self.crs is None else self.crs.to_string(),
+            buildings,
+            specks,  # type: ignore[attr-defined]
         )
 
 
 def measure_mask(
-    mask: np.ndarray, *, crs: object | None = None, transform: Affine | None = None,
-    row_area: np.ndarray | None = None, gsd: GsdEstimate | None = None, strip_rows: int = 4096, **kwargs: object,
+    mask: np.ndarray,
+    *,
+    crs: object | None = None,
+    transform: Affine | None = None,
+    row_area: np.ndarray | None = None,
+    gsd: GsdEstimate | None = None,
+    strip_rows: int = 4096,
+    **kwargs: object,
 ) -> AreaReport:
     """Measure an in-memory ``mask bool[H,W]``. With ``row_area`` (float64[H], m² per pixel per row,
     from a georeference) areas are exact per row; else with ``gsd`` they are ``pixels * gsd²``; else
@@ -281,5 +335,5 @@ def measure_mask(
     h, w = mask.shape
     m = StripMeasurer(w, h, crs=crs, transform=transform, row_area=row_area, gsd=gsd, **kwargs)  # type: ignore[arg-type]
     for r0 in range(0, h, strip_rows):
-        m.add(mask[r0:r0 + strip_rows])
+        m.add(mask[r0 : r0 + strip_rows])
     return m.finish()

@@ -58,12 +58,31 @@ class AerialTrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the users' design on Inria: ResNet-34 encoder with ImageNet weights, 512 px crops
-    "r34-inria": {"data": "data/inria/AerialImageDataset", "model": "unet-r34-aspp", "encoder_weights": "imagenet",
-                  "crop": 512, "batch_size": 8, "epochs": 40, "samples_per_tile": 16, "name": "aerial-r34"},
+    "r34-inria": {
+        "data": "data/inria/AerialImageDataset",
+        "model": "unet-r34-aspp",
+        "encoder_weights": "imagenet",
+        "crop": 512,
+        "batch_size": 8,
+        "epochs": 40,
+        "samples_per_tile": 16,
+        "name": "aerial-r34",
+    },
     # small and fast: trains on CPU on `detrkit aerial synth` data in a few minutes
-    "tiny-synth": {"data": "data/aerial_synth", "model": "unet-tiny", "crop": 192, "batch_size": 8, "epochs": 12,
-                   "samples_per_tile": 8, "val_samples_per_tile": 2, "lr": 2e-3, "warmup_steps": 20,
-                   "boundary_ramp": 4, "name": "aerial-tiny", "tensorboard": True},
+    "tiny-synth": {
+        "data": "data/aerial_synth",
+        "model": "unet-tiny",
+        "crop": 192,
+        "batch_size": 8,
+        "epochs": 12,
+        "samples_per_tile": 8,
+        "val_samples_per_tile": 2,
+        "lr": 2e-3,
+        "warmup_steps": 20,
+        "boundary_ramp": 4,
+        "name": "aerial-tiny",
+        "tensorboard": True,
+    },
 }
 
 
@@ -78,7 +97,11 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, bool):
             return value
     elif allowed.startswith("list"):
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        if (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) for v in value)
+        ):
             return [float(v) for v in value]
     elif allowed == "int":
         if isinstance(value, int) and not isinstance(value, bool):
@@ -91,7 +114,9 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
     raise ConfigError(f"{source}: {name}={value!r} is not a valid {allowed}")
 
 
-def load_aerial_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> AerialTrainConfig:
+def load_aerial_config(
+    source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> AerialTrainConfig:
     """Preset name or YAML path (or None for defaults) + ``key=value`` overrides -> validated config."""
     values: dict[str, Any] = {}
     label = "<defaults>"
@@ -121,12 +146,16 @@ def load_aerial_config(source: str | Path | None = None, overrides: list[str] | 
     for key, value in values.items():
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
-            raise ConfigError(f"{label}: unknown key {key!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+            raise ConfigError(
+                f"{label}: unknown key {key!r}" + (f" (did you mean {close[0]}?)" if close else "")
+            )
         kwargs[key] = _coerce(key, value, getattr(defaults, key), label)
     cfg = AerialTrainConfig(**kwargs)
     lo, hi = cfg.scale_range
     if not 0 < lo <= hi:
         raise ConfigError(f"{label}: scale_range {cfg.scale_range} must be [min, max] with 0 < min <= max")
     if cfg.crop % 32:
-        raise ConfigError(f"{label}: crop {cfg.crop} must be a multiple of 32 (e.g. {-(-cfg.crop // 32) * 32})")
+        raise ConfigError(
+            f"{label}: crop {cfg.crop} must be a multiple of 32 (e.g. {-(-cfg.crop // 32) * 32})"
+        )
     return cfg

@@ -89,8 +89,17 @@ def list_tiles(root: str | Path, split: str = "train", *, default_gsd: float = 0
         try:
             with rasterio.open(path) as src:
                 est = gsd_from_georeference(src.crs, src.transform, src.width, src.height)
-                tiles.append(Tile(path, mask, src.width, src.height, est.metres_per_pixel if est else default_gsd,
-                                  city, number))
+                tiles.append(
+                    Tile(
+                        path,
+                        mask,
+                        src.width,
+                        src.height,
+                        est.metres_per_pixel if est else default_gsd,
+                        city,
+                        number,
+                    )
+                )
         except rasterio.errors.RasterioIOError as err:
             raise DataError(f"cannot read tile ({err})", path=path) from err
     if not tiles:

@@ -26,7 +26,8 @@ FILE_NAME = "unet_tiny_synth.pt"
 def cache_dir() -> Path:
     """``$DETRKIT_CACHE`` or ``$XDG_CACHE_HOME/detrkit`` or ``~/.cache/detrkit``, plus ``/aerial``."""
     base = os.environ.get("DETRKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "detrkit")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "detrkit"
+    )
     return Path(base) / "aerial"
 
 
@@ -35,8 +36,21 @@ def export_inference_checkpoint(run_or_file: str | Path, dest: str | Path) -> Pa
     from detrkit.engine.checkpoint import resolve_checkpoint
 
     ckpt = load_checkpoint(resolve_checkpoint(run_or_file, "best"))
-    keep = {k: ckpt[k] for k in ("kind", "model_name", "model_kwargs", "classes", "tile", "gsd_range_m",
-                                 "config", "metrics", "epoch") if k in ckpt}
+    keep = {
+        k: ckpt[k]
+        for k in (
+            "kind",
+            "model_name",
+            "model_kwargs",
+            "classes",
+            "tile",
+            "gsd_range_m",
+            "config",
+            "metrics",
+            "epoch",
+        )
+        if k in ckpt
+    }
     keep["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     return atomic_save(keep, dest)
 
@@ -48,8 +62,9 @@ def train_default_model(dest: str | Path, *, epochs: int = 12, quiet: bool = Tru
 
     with tempfile.TemporaryDirectory(prefix="detrkit-aerial-") as tmp:
         generate_aerial(Path(tmp) / "data", SynthSpec(seed=0))
-        cfg = load_aerial_config("tiny-synth", [f"data={tmp}/data", f"out={tmp}/runs", f"epochs={epochs}",
-                                                "tensorboard=false"])
+        cfg = load_aerial_config(
+            "tiny-synth", [f"data={tmp}/data", f"out={tmp}/runs", f"epochs={epochs}", "tensorboard=false"]
+        )
         run = train_aerial(cfg, quiet=quiet)
         return export_inference_checkpoint(run, dest)
 

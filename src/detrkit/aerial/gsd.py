@@ -88,7 +88,9 @@ def _authalic_integral(phi: np.ndarray) -> np.ndarray:
     """Ellipsoid area between the equator and latitude ``phi`` (radians) per radian of longitude."""
     e = math.sqrt(WGS84_E2)
     s = np.sin(phi)
-    return (WGS84_B**2 / 2.0) * (s / (1.0 - WGS84_E2 * s**2) + np.log((1.0 + e * s) / (1.0 - e * s)) / (2.0 * e))
+    return (WGS84_B**2 / 2.0) * (
+        s / (1.0 - WGS84_E2 * s**2) + np.log((1.0 + e * s) / (1.0 - e * s)) / (2.0 * e)
+    )
 
 
 def quadrangle_area_m2(lat1_deg: np.ndarray, lat2_deg: np.ndarray, dlon_deg: float) -> np.ndarray:
@@ -187,7 +189,9 @@ def gsd_from_georeference(
     lat = float(mercator_y_to_lat(cy))
     kx, ky = mercator_ground_scale(lat)
     gsd = math.sqrt(sx * kx * sy * ky)
-    return GsdEstimate(gsd, "georeference", f"{name}: Web Mercator pixel scaled by cos(latitude {lat:.5f}) on WGS84")
+    return GsdEstimate(
+        gsd, "georeference", f"{name}: Web Mercator pixel scaled by cos(latitude {lat:.5f}) on WGS84"
+    )
 
 
 def resolve_gsd(
@@ -205,9 +209,13 @@ def resolve_gsd(
     if (zoom is None) != (lat is None):
         raise GsdError("--zoom and --lat go together: give both to compute a Web Mercator GSD")
     if zoom is not None and lat is not None:
-        return GsdEstimate(web_mercator_gsd(zoom, lat), "zoom", f"Web Mercator zoom {zoom:g} at latitude {lat:g}")
+        return GsdEstimate(
+            web_mercator_gsd(zoom, lat), "zoom", f"Web Mercator zoom {zoom:g} at latitude {lat:g}"
+        )
     if georeference is not None:
         return georeference
     if model_gsd is not None:
-        return GsdEstimate(float(model_gsd), "model", f"predicted by the model, geometric mean over {model_tiles} tiles")
+        return GsdEstimate(
+            float(model_gsd), "model", f"predicted by the model, geometric mean over {model_tiles} tiles"
+        )
     return None

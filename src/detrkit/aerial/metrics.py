@@ -20,8 +20,15 @@ class SegmentationMeter:
         self.tp = self.fp = self.fn = self.tn = 0
         self.ape_sum, self.n_gsd = 0.0, 0
 
-    def update(self, prob: Tensor, target: Tensor, pred_log_gsd: Tensor | None = None,
-               true_log_gsd: Tensor | None = None, *, threshold: float = 0.5) -> None:
+    def update(
+        self,
+        prob: Tensor,
+        target: Tensor,
+        pred_log_gsd: Tensor | None = None,
+        true_log_gsd: Tensor | None = None,
+        *,
+        threshold: float = 0.5,
+    ) -> None:
         """prob, target: [B,1,H,W] (probabilities, {0,1}); log-GSDs: [B]."""
         pred = prob >= threshold
         true = target >= 0.5

@@ -26,7 +26,9 @@ from detrkit.errors import CheckpointError
 def _conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (k // 2)
     return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -50,8 +52,12 @@ class ResNetEncoder(nn.Module):
             stride = 1 if i == 0 else 2
             down = None
             if stride != 1 or cin != width:
-                down = nn.Sequential(nn.Conv2d(cin, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
-            blocks = [BasicBlock(cin, width, stride, down)] + [BasicBlock(width, width) for _ in range(depth - 1)]
+                down = nn.Sequential(
+                    nn.Conv2d(cin, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
+                )
+            blocks = [BasicBlock(cin, width, stride, down)] + [
+                BasicBlock(width, width) for _ in range(depth - 1)
+            ]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = width
 
@@ -72,9 +78,13 @@ class ASPP(nn.Module):
     pixel depend on the whole input extent, so a tiled prediction could not match a full-image one.
     """
 
-    def __init__(self, cin: int, cout: int, rates: tuple[int, ...] = (3, 6, 9), image_pooling: bool = False) -> None:
+    def __init__(
+        self, cin: int, cout: int, rates: tuple[int, ...] = (3, 6, 9), image_pooling: bool = False
+    ) -> None:
         super().__init__()
-        self.branches = nn.ModuleList([_conv_bn_relu(cin, cout, 1)] + [_conv_bn_relu(cin, cout, 3, r) for r in rates])
+        self.branches = nn.ModuleList(
+            [_conv_bn_relu(cin, cout, 1)] + [_conv_bn_relu(cin, cout, 3, r) for r in rates]
+        )
         self.pool = (
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(inplace=True))
             if image_pooling
@@ -180,7 +190,10 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
         "aspp_channels": 96,
     },
 }
-_TORCHVISION = {"unet-r34-aspp": ("resnet34", "ResNet34_Weights"), "unet-r18-aspp": ("resnet18", "ResNet18_Weights")}
+_TORCHVISION = {
+    "unet-r34-aspp": ("resnet34", "ResNet34_Weights"),
+    "unet-r18-aspp": ("resnet18", "ResNet18_Weights"),
+}
 
 
 def list_aerial_models() -> list[str]:
@@ -190,7 +203,9 @@ def list_aerial_models() -> list[str]:
 
 def _imagenet_state_dict(name: str) -> dict[str, Tensor]:
     if name not in _TORCHVISION:
-        raise CheckpointError(f"model {name!r} has no ImageNet encoder weights; use one of {sorted(_TORCHVISION)}")
+        raise CheckpointError(
+            f"model {name!r} has no ImageNet encoder weights; use one of {sorted(_TORCHVISION)}"
+        )
     fn_name, enum_name = _TORCHVISION[name]
     weights = getattr(resnet, enum_name).IMAGENET1K_V1
     try:

@@ -77,7 +77,9 @@ class RasterSource:
             scale = (0.0, 255.0)
         else:  # 16-bit or float imagery: stretch the 0.5-99.5 percentiles of a small overview to 0..255
             f = max(1, math.ceil(max(ds.width, ds.height) / 1024))
-            ov = ds.read(out_shape=(ds.count, max(1, ds.height // f), max(1, ds.width // f))).astype(np.float64)
+            ov = ds.read(out_shape=(ds.count, max(1, ds.height // f), max(1, ds.width // f))).astype(
+                np.float64
+            )
             lo, hi = np.percentile(ov, [0.5, 99.5])
             scale = (float(lo), float(max(hi, lo + 1e-6)))
         return cls(Path(path), ds, geo, scale)
@@ -102,8 +104,13 @@ def _preview_shape(h: int, w: int) -> tuple[int, int]:
     return max(1, round(h / f)), max(1, round(w / f))
 
 
-def overlay_image(image: np.ndarray, mask: np.ndarray, *, opacity: float = 0.45,
-                  colour: tuple[int, int, int] = OVERLAY_COLOUR) -> np.ndarray:
+def overlay_image(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    opacity: float = 0.45,
+    colour: tuple[int, int, int] = OVERLAY_COLOUR,
+) -> np.ndarray:
     """Blend ``colour`` over ``image uint8[H,W,3]`` where ``mask bool[H,W]``; returns uint8[H,W,3]."""
     out = image.astype(np.float32).copy()
     out[mask] = out[mask] * (1 - opacity) + np.asarray(colour, np.float32) * opacity
@@ -123,16 +130,30 @@ def _row_areas(src: RasterSource, est: GsdEstimate | None) -> np.ndarray | None:
     return None
 
 
-def measure_mask_file(path: str | Path, *, user_gsd: float | None = None, zoom: float | None = None,
-                      lat: float | None = None, strip_rows: int = 4096, **kwargs: Any) -> AreaReport:
+def measure_mask_file(
+    path: str | Path,
+    *,
+    user_gsd: float | None = None,
+    zoom: float | None = None,
+    lat: float | None = None,
+    strip_rows: int = 4096,
+    **kwargs: Any,
+) -> AreaReport:
     """Area and buildings of an existing building mask (any raster; pixels > 0 are buildings)."""
     src = RasterSource.open(path)
     ds = src.ds
     georef = gsd_from_georeference(ds.crs, ds.transform, ds.width, ds.height)
     est = resolve_gsd(user_gsd=user_gsd, zoom=zoom, lat=lat, georeference=georef)
     row_area = _row_areas(src, est)
-    measurer = StripMeasurer(ds.width, ds.height, crs=ds.crs if src.georeferenced else None,
-                             transform=ds.transform if src.georeferenced else None, row_area=row_area, gsd=est, **kwargs)
+    measurer = StripMeasurer(
+        ds.width,
+        ds.height,
+        crs=ds.crs if src.georeferenced else None,
+        transform=ds.transform if src.georeferenced else None,
+        row_area=row_area,
+        gsd=est,
+        **kwargs,
+    )
     with ds:
         for r0 in range(0, ds.height, strip_rows):
             h = min(strip_rows, ds.height - r0)
@@ -143,10 +164,23 @@ def measure_mask_file(path: str | Path, *, user_gsd: float | None = None, zoom: 
 class AerialPredictor:
     """A loaded aerial model plus tiling settings. ``device``: ``auto``/``cpu``/``cuda``."""
 
-    def __init__(self, model: AerialUNet, *, tile: int = 512, overlap: int = 128, batch_size: int = 8,
-                 device: str = "auto", threshold: float = 0.5, amp: bool = True, name: str = "model") -> None:
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
+    def __init__(
+        self,
+        model: AerialUNet,
+        *,
+        tile: int = 512,
+        overlap: int = 128,
+        batch_size: int = 8,
+        device: str = "auto",
+        threshold: float = 0.5,
+        amp: bool = True,
+        name: str = "model",
+    ) -> None:
+        dev = torch.device(
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
         self.model, self.device = model.to(dev).eval(), dev
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.threshold, self.amp, self.name = threshold, amp, name
@@ -157,12 +191,18 @@ class AerialPredictor:
         path = resolve_checkpoint(source, "best")
         ckpt = load_checkpoint(path)
         if ckpt.get("kind") != "aerial-segmentation":
-            raise CheckpointError(f"{path}: not an aerial segmentation checkpoint (kind {ckpt.get('kind')!r})")
+            raise CheckpointError(
+                f"{path}: not an aerial segmentation checkpoint (kind {ckpt.get('kind')!r})"
+            )
         model = build_aerial_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
         try:
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
+            model.load_state_dict(
+                {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+            )
         except RuntimeError as err:
-            raise CheckpointError(f"{path}: weights do not fit {ckpt['model_name']} ({str(err).splitlines()[0]})") from None
+            raise CheckpointError(
+                f"{path}: weights do not fit {ckpt['model_name']} ({str(err).splitlines()[0]})"
+            ) from None
         kwargs.setdefault("tile", max(256, int(ckpt.get("tile", 512))))
         kwargs.setdefault("overlap", kwargs["tile"] // 4)
         return cls(model, name=str(path), **kwargs)
@@ -174,19 +214,36 @@ class AerialPredictor:
 
         return cls.from_checkpoint(default_model_path(), **kwargs)
 
-    def predict_file(self, source: str | Path, out_dir: str | Path, *, user_gsd: float | None = None,
-                     zoom: float | None = None, lat: float | None = None,
-                     progress: Callable[[int, int], None] | None = None, **measure_kwargs: Any) -> dict[str, Any]:
+    def predict_file(
+        self,
+        source: str | Path,
+        out_dir: str | Path,
+        *,
+        user_gsd: float | None = None,
+        zoom: float | None = None,
+        lat: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        **measure_kwargs: Any,
+    ) -> dict[str, Any]:
         """Predict one image and write the outputs listed in the module docstring; returns the summary dict."""
         # GDAL's block cache defaults to 5 % of RAM and would hold every block read and written:
         # capping it keeps the memory of a streamed 20000 x 20000 raster independent of its height.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-            return self._predict_file(source, out_dir, user_gsd=user_gsd, zoom=zoom, lat=lat, progress=progress,
-                                      **measure_kwargs)
+            return self._predict_file(
+                source, out_dir, user_gsd=user_gsd, zoom=zoom, lat=lat, progress=progress, **measure_kwargs
+            )
 
-    def _predict_file(self, source: str | Path, out_dir: str | Path, *, user_gsd: float | None,
-                      zoom: float | None, lat: float | None, progress: Callable[[int, int], None] | None,
-                      **measure_kwargs: Any) -> dict[str, Any]:
+    def _predict_file(
+        self,
+        source: str | Path,
+        out_dir: str | Path,
+        *,
+        user_gsd: float | None,
+        zoom: float | None,
+        lat: float | None,
+        progress: Callable[[int, int], None] | None,
+        **measure_kwargs: Any,
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         src = RasterSource.open(source)
         ds = src.ds
@@ -194,11 +251,26 @@ class AerialPredictor:
         out.mkdir(parents=True, exist_ok=True)
         georef = gsd_from_georeference(ds.crs, ds.transform, ds.width, ds.height)
         upfront = resolve_gsd(user_gsd=user_gsd, zoom=zoom, lat=lat, georeference=georef)
-        measurer = StripMeasurer(ds.width, ds.height, crs=ds.crs if src.georeferenced else None,
-                                 transform=ds.transform if src.georeferenced else None,
-                                 row_area=_row_areas(src, upfront), gsd=upfront, **measure_kwargs)
-        profile = {"driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1, "dtype": "uint8",
-                   "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+        measurer = StripMeasurer(
+            ds.width,
+            ds.height,
+            crs=ds.crs if src.georeferenced else None,
+            transform=ds.transform if src.georeferenced else None,
+            row_area=_row_areas(src, upfront),
+            gsd=upfront,
+            **measure_kwargs,
+        )
+        profile = {
+            "driver": "GTiff",
+            "width": ds.width,
+            "height": ds.height,
+            "count": 1,
+            "dtype": "uint8",
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+        }
         if src.georeferenced:
             profile.update(crs=ds.crs, transform=ds.transform)
         with warnings.catch_warnings():
@@ -206,6 +278,7 @@ class AerialPredictor:
             mask_dst = rasterio.open(out / "mask.tif", "w", **profile)
             prob_dst = rasterio.open(out / "prob.tif", "w", **profile)
         try:
+
             def read_rows(r0: int, r1: int) -> np.ndarray:
                 return src.read(Window(0, r0, ds.width, r1 - r0))
 
@@ -217,13 +290,25 @@ class AerialPredictor:
                 measurer.add(mask)
 
             log_gsd, n_tiles = predict_stream(
-                self.model, read_rows, write_rows, ds.height, ds.width, tile=self.tile, overlap=self.overlap,
-                batch_size=self.batch_size, device=self.device, in_channels=self.model.in_channels,
-                amp=self.amp, progress=progress)
+                self.model,
+                read_rows,
+                write_rows,
+                ds.height,
+                ds.width,
+                tile=self.tile,
+                overlap=self.overlap,
+                batch_size=self.batch_size,
+                device=self.device,
+                in_channels=self.model.in_channels,
+                amp=self.amp,
+                progress=progress,
+            )
         finally:
             mask_dst.close()
             prob_dst.close()
-        model_gsd = GsdEstimate(math.exp(log_gsd), "model", f"predicted by the model, geometric mean over {n_tiles} tiles")
+        model_gsd = GsdEstimate(
+            math.exp(log_gsd), "model", f"predicted by the model, geometric mean over {n_tiles} tiles"
+        )
         gsd = upfront or model_gsd
         if upfront is None:
             measurer.gsd = model_gsd
@@ -232,13 +317,26 @@ class AerialPredictor:
         self._previews(src, out)
         ds.close()
         summary = {
-            "source": str(source), "model": self.name, "width": report.width, "height": report.height,
-            "gsd": gsd.to_dict(), "model_gsd_m": model_gsd.metres_per_pixel, "tiles": n_tiles,
-            **report.to_dict(with_buildings=False), "threshold": self.threshold,
+            "source": str(source),
+            "model": self.name,
+            "width": report.width,
+            "height": report.height,
+            "gsd": gsd.to_dict(),
+            "model_gsd_m": model_gsd.metres_per_pixel,
+            "tiles": n_tiles,
+            **report.to_dict(with_buildings=False),
+            "threshold": self.threshold,
             "seconds": round(time.perf_counter() - t0, 3),
-            "files": {k: str(v) for k, v in {**files, "mask": out / "mask.tif", "prob": out / "prob.tif",
-                                             "overlay": out / "overlay.png",
-                                             "probability": out / "probability.png"}.items()},
+            "files": {
+                k: str(v)
+                for k, v in {
+                    **files,
+                    "mask": out / "mask.tif",
+                    "prob": out / "prob.tif",
+                    "overlay": out / "overlay.png",
+                    "probability": out / "probability.png",
+                }.items()
+            },
         }
         tmp = out / ".summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))

@@ -58,7 +58,9 @@ def _noise(rng: np.random.Generator, size: int, scale_px: float) -> np.ndarray:
     return (out - out.mean()) / (out.std() + 1e-6)
 
 
-def _building(rng: np.random.Generator, cx: float, cy: float, angle: float, gsd: float) -> tuple[Polygon, str]:
+def _building(
+    rng: np.random.Generator, cx: float, cy: float, angle: float, gsd: float
+) -> tuple[Polygon, str]:
     """A rectangle or L-shape footprint in pixel coordinates, sides 7-36 m."""
     w, length = rng.uniform(7, 22), rng.uniform(8, 36)
     shape = box(-w / 2, -length / 2, w / 2, length / 2)
@@ -83,6 +85,7 @@ def render_tile(rng: np.random.Generator, size: int, gsd: float) -> tuple[np.nda
 
     ``buildings`` holds ``{"id", "kind", "polygon_px": shapely Polygon, "pixels": int}`` per building.
     """
+
     def px(metres: float) -> float:
         return metres / gsd
 
@@ -105,8 +108,12 @@ def render_tile(rng: np.random.Generator, size: int, gsd: float) -> tuple[np.nda
     img[road_mask] = np.stack([asphalt, asphalt, asphalt + 4], -1)[road_mask]
     alpha = min(1.0, 0.15 / gsd)
     for axis, _ in road_axes:
-        dash_line = unary_union([LineString([axis.interpolate(t), axis.interpolate(t + px(3))]) for t in
-                                 np.arange(0, axis.length, px(6))]).buffer(max(px(0.08), 0.5), cap_style="flat")
+        dash_line = unary_union(
+            [
+                LineString([axis.interpolate(t), axis.interpolate(t + px(3))])
+                for t in np.arange(0, axis.length, px(6))
+            ]
+        ).buffer(max(px(0.08), 0.5), cap_style="flat")
         m = _burn([dash_line], size)
         img[m] = img[m] * (1 - alpha) + 235 * alpha
 
@@ -125,7 +132,9 @@ def render_tile(rng: np.random.Generator, size: int, gsd: float) -> tuple[np.nda
         if poly.intersects(blocked) or (placed and shapely.distance(poly, np.asarray(placed)).min() < gap):
             continue
         placed.append(poly)
-        buildings.append({"id": len(buildings) + 1, "kind": kind, "polygon_px": poly, "height": rng.uniform(3, 14)})
+        buildings.append(
+            {"id": len(buildings) + 1, "kind": kind, "polygon_px": poly, "height": rng.uniform(3, 14)}
+        )
 
     def shadow(poly: Polygon, height: float) -> Polygon:
         dx, dy = px(height * tan_elev) * math.cos(sun), px(height * tan_elev) * math.sin(sun)
@@ -136,7 +145,9 @@ def render_tile(rng: np.random.Generator, size: int, gsd: float) -> tuple[np.nda
         p = Point(rng.uniform(0, size, 2))
         if not p.intersects(blocked):
             trees.append(p.buffer(px(rng.uniform(1.5, 5))))
-    shadows = [shadow(t, rng.uniform(4, 10)) for t in trees] + [shadow(b["polygon_px"], b["height"]) for b in buildings]
+    shadows = [shadow(t, rng.uniform(4, 10)) for t in trees] + [
+        shadow(b["polygon_px"], b["height"]) for b in buildings
+    ]
     img[_burn(shadows, size)] *= 0.55
     tree_mask = _burn(trees, size)
     leaves = 1 + 0.18 * _noise(rng, size, px(0.7))
@@ -144,7 +155,9 @@ def render_tile(rng: np.random.Generator, size: int, gsd: float) -> tuple[np.nda
 
     labels = np.zeros((size, size), dtype=np.int32)
     if buildings:
-        labels = rasterize([(b["polygon_px"], b["id"]) for b in buildings], out_shape=(size, size), dtype="int32")
+        labels = rasterize(
+            [(b["polygon_px"], b["id"]) for b in buildings], out_shape=(size, size), dtype="int32"
+        )
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     roof_texture = 1 + 0.05 * _noise(rng, size, px(0.4))
     for b in buildings:
@@ -183,26 +196,44 @@ def generate_aerial(out_dir: str | Path, spec: SynthSpec | None = None) -> dict:
             image, labels, buildings = render_tile(rng, spec.size, gsd)
             x0, y0 = 400_000.0 + 3_000.0 * n, 5_000_000.0 + 20_000.0 * ci
             transform = Affine(gsd, 0.0, x0, 0.0, -gsd, y0)
-            profile = {"driver": "GTiff", "width": spec.size, "height": spec.size, "crs": f"EPSG:{epsg}",
-                       "transform": transform, "tiled": True, "blockxsize": 256, "blockysize": 256,
-                       "compress": "deflate"}
+            profile = {
+                "driver": "GTiff",
+                "width": spec.size,
+                "height": spec.size,
+                "crs": f"EPSG:{epsg}",
+                "transform": transform,
+                "tiled": True,
+                "blockxsize": 256,
+                "blockysize": 256,
+                "compress": "deflate",
+            }
             name = f"{city}{n}.tif"
-            with rasterio.open(out / "train" / "images" / name, "w", count=3, dtype="uint8", **profile) as dst:
+            with rasterio.open(
+                out / "train" / "images" / name, "w", count=3, dtype="uint8", **profile
+            ) as dst:
                 dst.write(image.transpose(2, 0, 1))
             with rasterio.open(out / "train" / "gt" / name, "w", count=1, dtype="uint8", **profile) as dst:
                 dst.write(((labels > 0) * 255).astype(np.uint8)[None])
             items, frame = [], box(0, 0, spec.size, spec.size)
             for b in buildings:
                 cx, cy = b["polygon_px"].centroid.coords[0]
-                items.append({
-                    "id": b["id"], "kind": b["kind"], "pixels": b["pixels"],
-                    "area_m2": b["pixels"] * gsd * gsd,
-                    "polygon_area_m2": b["polygon_px"].intersection(frame).area * gsd * gsd,
-                    "centroid_xy": list(transform @ (cx, cy)),
-                })
+                items.append(
+                    {
+                        "id": b["id"],
+                        "kind": b["kind"],
+                        "pixels": b["pixels"],
+                        "area_m2": b["pixels"] * gsd * gsd,
+                        "polygon_area_m2": b["polygon_px"].intersection(frame).area * gsd * gsd,
+                        "centroid_xy": list(transform @ (cx, cy)),
+                    }
+                )
             truth["tiles"][f"train/images/{name}"] = {
-                "gsd_m": gsd, "crs": f"EPSG:{epsg}", "width": spec.size, "height": spec.size,
-                "built_area_m2": float((labels > 0).sum()) * gsd * gsd, "buildings": items,
+                "gsd_m": gsd,
+                "crs": f"EPSG:{epsg}",
+                "width": spec.size,
+                "height": spec.size,
+                "built_area_m2": float((labels > 0).sum()) * gsd * gsd,
+                "buildings": items,
             }
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=1))
     return truth

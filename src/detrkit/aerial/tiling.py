@@ -36,6 +36,7 @@ def blend_weight(tile_h: int, tile_w: int, mode: str = "hann") -> np.ndarray:
     ``hann``: outer product of ``sin²(π (k+1) / (n+1))``; ``pyramid``: of ``min(k+1, n-k) / ceil(n/2)``;
     ``none``: ones (plain averaging, shows seams; kept for comparison).
     """
+
     def one(n: int) -> np.ndarray:
         k = np.arange(n, dtype=np.float64)
         if mode == "hann":
@@ -67,7 +68,9 @@ def _pad_hw(x: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def run_tiles(model: nn.Module, tiles: np.ndarray, device: torch.device, amp: bool = False) -> tuple[Tensor, Tensor]:
+def run_tiles(
+    model: nn.Module, tiles: np.ndarray, device: torch.device, amp: bool = False
+) -> tuple[Tensor, Tensor]:
     """Model on a batch ``tiles float32[B,C,h,w]`` -> (probabilities float32[B,h,w] on CPU, log_gsd float32[B])."""
     x = torch.from_numpy(tiles).to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
@@ -118,13 +121,13 @@ def predict_stream(
         rows = read_rows(y, min(y + th, height))
         rows = _pad_hw(normalize_image(rows, in_channels), th, wp)
         for b0 in range(0, len(xs), batch_size):
-            bx = xs[b0:b0 + batch_size]
-            batch = np.stack([rows[:, :, x:x + tw] for x in bx])
+            bx = xs[b0 : b0 + batch_size]
+            batch = np.stack([rows[:, :, x : x + tw] for x in bx])
             prob, log_gsd = run_tiles(model, batch, device, amp)
             log_gsd_sum += float(log_gsd.sum())
             for p, x in zip(prob.numpy(), bx, strict=True):
-                acc[:, x:x + tw] += p * weight
-                wsum[:, x:x + tw] += weight
+                acc[:, x : x + tw] += p * weight
+                wsum[:, x : x + tw] += weight
             done += len(bx)
             if progress is not None:
                 progress(done, total)
@@ -135,14 +138,12 @@ def predict_stream(
             write_rows(y, acc[:n_out, :width] / wsum[:n_out, :width])
         if n < th:
             acc[: th - n], wsum[: th - n] = acc[n:].copy(), wsum[n:].copy()
-        acc[max(0, th - n):] = 0
-        wsum[max(0, th - n):] = 0
+        acc[max(0, th - n) :] = 0
+        wsum[max(0, th - n) :] = 0
     return log_gsd_sum / total, total
 
 
-def predict_array(
-    model: nn.Module, image: np.ndarray, **kwargs: object
-) -> tuple[np.ndarray, float, int]:
+def predict_array(model: nn.Module, image: np.ndarray, **kwargs: object) -> tuple[np.ndarray, float, int]:
     """Tiled prediction of an in-memory ``image uint8[C,H,W]``.
 
     Returns (probabilities float32[H,W], mean log-GSD over tiles, number of tiles); ``kwargs`` as
@@ -152,7 +153,7 @@ def predict_array(
     out = np.zeros((h, w), dtype=np.float32)
 
     def write(r0: int, rows: np.ndarray) -> None:
-        out[r0:r0 + rows.shape[0]] = rows
+        out[r0 : r0 + rows.shape[0]] = rows
 
     log_gsd, n = predict_stream(model, lambda r0, r1: image[:, r0:r1], write, h, w, **kwargs)  # type: ignore[arg-type]
     return out, log_gsd, n

@@ -58,8 +58,9 @@ def _batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def evaluate_aerial(model: AerialUNet, loader: DataLoader, criterion: AerialLoss, device: torch.device,
-                    amp: bool = False) -> dict[str, float]:
+def evaluate_aerial(
+    model: AerialUNet, loader: DataLoader, criterion: AerialLoss, device: torch.device, amp: bool = False
+) -> dict[str, float]:
     """Validation loss and :class:`SegmentationMeter` metrics over ``loader``."""
     model.eval()
     meter, loss_sum, n = SegmentationMeter(), 0.0, 0
@@ -74,8 +75,13 @@ def evaluate_aerial(model: AerialUNet, loader: DataLoader, criterion: AerialLoss
     return {"loss": loss_sum / max(1, n), **meter.compute()}
 
 
-def train_aerial(cfg: AerialTrainConfig, *, resume: str | Path | None = None, quiet: bool = False,
-                 console: Console | None = None) -> Path:
+def train_aerial(
+    cfg: AerialTrainConfig,
+    *,
+    resume: str | Path | None = None,
+    quiet: bool = False,
+    console: Console | None = None,
+) -> Path:
     """Train (or resume) a run; returns the run folder."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -88,16 +94,39 @@ def train_aerial(cfg: AerialTrainConfig, *, resume: str | Path | None = None, qu
         ckpt = None
         run_dir = make_run_dir(root=cfg.out, name=cfg.name, explicit=cfg.run_dir, source="aerial config")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_json(run_dir / "env.json", environment(device, num_processes=1, precision="bf16" if cfg.amp else "fp32"))
+    write_json(
+        run_dir / "env.json", environment(device, num_processes=1, precision="bf16" if cfg.amp else "fp32")
+    )
     write_json(run_dir / "classes.json", {"names": ["building"], "category_ids": [1]})
 
-    common = {"crop": cfg.crop, "in_channels": cfg.in_channels, "default_gsd": cfg.default_gsd, "seed": cfg.seed}
-    train_ds = AerialCrops(cfg.data, split="train", samples_per_tile=cfg.samples_per_tile,
-                           scale_range=tuple(cfg.scale_range), train=True, **common)
-    val_ds = AerialCrops(cfg.data, split="val", samples_per_tile=cfg.val_samples_per_tile,
-                         scale_range=tuple(cfg.scale_range), train=False, **common)
-    loader_kw = {"batch_size": cfg.batch_size, "num_workers": cfg.workers, "pin_memory": device.type == "cuda",
-                 "persistent_workers": cfg.workers > 0}
+    common = {
+        "crop": cfg.crop,
+        "in_channels": cfg.in_channels,
+        "default_gsd": cfg.default_gsd,
+        "seed": cfg.seed,
+    }
+    train_ds = AerialCrops(
+        cfg.data,
+        split="train",
+        samples_per_tile=cfg.samples_per_tile,
+        scale_range=tuple(cfg.scale_range),
+        train=True,
+        **common,
+    )
+    val_ds = AerialCrops(
+        cfg.data,
+        split="val",
+        samples_per_tile=cfg.val_samples_per_tile,
+        scale_range=tuple(cfg.scale_range),
+        train=False,
+        **common,
+    )
+    loader_kw = {
+        "batch_size": cfg.batch_size,
+        "num_workers": cfg.workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": cfg.workers > 0,
+    }
     train_dl = DataLoader(train_ds, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, **loader_kw)
     val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
 
@@ -113,8 +142,12 @@ def train_aerial(cfg: AerialTrainConfig, *, resume: str | Path | None = None, qu
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    criterion = AerialLoss(dice_weight=cfg.dice_weight, focal_weight=cfg.focal_weight, gsd_weight=cfg.gsd_weight,
-                           boundary=BoundaryWeightSchedule(cfg.boundary_weight, cfg.boundary_start, cfg.boundary_ramp))
+    criterion = AerialLoss(
+        dice_weight=cfg.dice_weight,
+        focal_weight=cfg.focal_weight,
+        gsd_weight=cfg.gsd_weight,
+        boundary=BoundaryWeightSchedule(cfg.boundary_weight, cfg.boundary_start, cfg.boundary_ramp),
+    )
     start_epoch, step, best = 0, 0, -1.0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -124,8 +157,10 @@ def train_aerial(cfg: AerialTrainConfig, *, resume: str | Path | None = None, qu
         set_rng_state(ckpt["rng"])
 
     log = RunLogger(run_dir, tensorboard=cfg.tensorboard, console=console, quiet=quiet)
-    log.info(f"run {run_dir}: {cfg.model} on {device}, {len(train_ds)} train / {len(val_ds)} val crops "
-             f"of {cfg.crop} px, epochs {start_epoch + 1}..{cfg.epochs}")
+    log.info(
+        f"run {run_dir}: {cfg.model} on {device}, {len(train_ds)} train / {len(val_ds)} val crops "
+        f"of {cfg.crop} px, epochs {start_epoch + 1}..{cfg.epochs}"
+    )
     metrics: dict[str, float] = {}
     amp = cfg.amp and device.type == "cuda"
     try:
@@ -142,7 +177,9 @@ def train_aerial(cfg: AerialTrainConfig, *, resume: str | Path | None = None, qu
                     out = model(batch["image"])
                 losses = criterion({k: v.float() for k, v in out.items()}, batch)
                 if not torch.isfinite(losses["loss"]):
-                    raise TrainingError(f"{run_dir}: non-finite loss at epoch {epoch + 1} step {step}; lower lr")
+                    raise TrainingError(
+                        f"{run_dir}: non-finite loss at epoch {epoch + 1} step {step}; lower lr"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -151,31 +188,60 @@ def train_aerial(cfg: AerialTrainConfig, *, resume: str | Path | None = None, qu
                 step += 1
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
-                log.advance(batch["image"].shape[0], loss=float(losses["loss"].detach()), lr=scheduler.get_last_lr()[0])
+                log.advance(
+                    batch["image"].shape[0],
+                    loss=float(losses["loss"].detach()),
+                    lr=scheduler.get_last_lr()[0],
+                )
             log.end_epoch()
             train_metrics = {k: v / max(1, len(train_dl)) for k, v in sums.items()}
             val = evaluate_aerial(model, val_dl, criterion, device, amp)
-            metrics = {**{f"train/{k}": v for k, v in train_metrics.items()}, **{f"val/{k}": v for k, v in val.items()},
-                       "boundary_weight": criterion.boundary_weight}
-            row = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
-                   "time_s": round(time.perf_counter() - t0, 2), **metrics}
+            metrics = {
+                **{f"train/{k}": v for k, v in train_metrics.items()},
+                **{f"val/{k}": v for k, v in val.items()},
+                "boundary_weight": criterion.boundary_weight,
+            }
+            row = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                "time_s": round(time.perf_counter() - t0, 2),
+                **metrics,
+            }
             log.csv_row(row)
             log.scalars(metrics, step)
-            log.info(f"epoch {epoch + 1}/{cfg.epochs} loss {train_metrics['loss']:.4f} val IoU {val['IoU']:.4f} "
-                     f"acc {val['accuracy']:.4f} F1 {val['F1']:.4f} GSD MAPE {val['gsd_mape']:.1f}%")
+            log.info(
+                f"epoch {epoch + 1}/{cfg.epochs} loss {train_metrics['loss']:.4f} val IoU {val['IoU']:.4f} "
+                f"acc {val['accuracy']:.4f} F1 {val['F1']:.4f} GSD MAPE {val['gsd_mape']:.1f}%"
+            )
             is_best = val["IoU"] > best
             best = max(best, val["IoU"])
-            state = {**model_checkpoint(model, cfg, metrics), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "rng": rng_state(),
-                     "best_iou": best}
+            state = {
+                **model_checkpoint(model, cfg, metrics),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "rng": rng_state(),
+                "best_iou": best,
+            }
             atomic_save(state, run_dir / "checkpoints" / "last.pt")
             if is_best:
-                atomic_save(model_checkpoint(model, cfg, metrics) | {"epoch": epoch}, run_dir / "checkpoints" / "best.pt")
+                atomic_save(
+                    model_checkpoint(model, cfg, metrics) | {"epoch": epoch},
+                    run_dir / "checkpoints" / "best.pt",
+                )
             if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
                 atomic_save(state, run_dir / "checkpoints" / f"epoch_{epoch + 1}.pt")
         write_json(run_dir / "metrics.json", {"final": metrics, "best_val_IoU": best, "epochs": cfg.epochs})
-        log.table("aerial training", {"run": str(run_dir), "best val IoU": best,
-                                      "val GSD MAPE %": metrics.get("val/gsd_mape", math.nan)})
+        log.table(
+            "aerial training",
+            {
+                "run": str(run_dir),
+                "best val IoU": best,
+                "val GSD MAPE %": metrics.get("val/gsd_mape", math.nan),
+            },
+        )
     finally:
         log.close()
     return run_dir

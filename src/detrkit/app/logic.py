@@ -39,7 +39,9 @@ def save_upload(name: str, data: bytes, folder: str | Path | None = None) -> Upl
     """Write ``data`` to a temp file keeping the suffix, open it, and read size and georeference."""
     suffix = Path(name).suffix.lower()
     if suffix.lstrip(".") not in UPLOAD_TYPES:
-        raise ImageError(f"unsupported file type {suffix or '(none)'}; upload {', '.join(UPLOAD_TYPES)}", path=name)
+        raise ImageError(
+            f"unsupported file type {suffix or '(none)'}; upload {', '.join(UPLOAD_TYPES)}", path=name
+        )
     digest = hashlib.sha1(data).hexdigest()[:16]
     folder = Path(folder or tempfile.gettempdir()) / "detrkit-app"
     folder.mkdir(parents=True, exist_ok=True)
@@ -68,8 +70,15 @@ class AppResult:
         return overlay_image(self.image, self.mask, opacity=float(opacity))
 
 
-def analyse(predictor: AerialPredictor, upload: Upload, out_dir: str | Path, *, gsd: float | None = None,
-            zoom: float | None = None, lat: float | None = None) -> AppResult:
+def analyse(
+    predictor: AerialPredictor,
+    upload: Upload,
+    out_dir: str | Path,
+    *,
+    gsd: float | None = None,
+    zoom: float | None = None,
+    lat: float | None = None,
+) -> AppResult:
     """Run :meth:`AerialPredictor.predict_file` on the upload and load what the page needs."""
     out = Path(out_dir)
     summary = predictor.predict_file(upload.path, out, user_gsd=gsd, zoom=zoom, lat=lat)
@@ -79,8 +88,15 @@ def analyse(predictor: AerialPredictor, upload: Upload, out_dir: str | Path, *, 
         mask = m.read(1, out_shape=image.shape[:2], resampling=Resampling.nearest) > 0
     geojson = (out / "buildings.geojson").read_text()
     buildings = [f["properties"] for f in json.loads(geojson)["features"]]
-    return AppResult(summary, image, mask, np.asarray(Image.open(out / "probability.png").convert("RGB")),
-                     buildings, geojson, (out / "buildings.csv").read_text())
+    return AppResult(
+        summary,
+        image,
+        mask,
+        np.asarray(Image.open(out / "probability.png").convert("RGB")),
+        buildings,
+        geojson,
+        (out / "buildings.csv").read_text(),
+    )
 
 
 def format_area(m2: float | None) -> str:

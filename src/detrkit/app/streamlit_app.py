@@ -39,16 +39,26 @@ st.caption("Upload an image: detrkit segments buildings, measures their area in 
 with st.sidebar:
     st.header("Settings")
     model_default = _model_arg() or ""
-    model = st.text_input("Model run folder or checkpoint", value=model_default,
-                          help="Leave empty for the built-in small model trained on generated data.")
-    mode = st.radio("Ground sample distance (GSD)", ["Auto-detect", "Metres per pixel", "Web Mercator zoom + latitude"],
-                    help="Auto: from the GeoTIFF georeference, else predicted by the model.")
+    model = st.text_input(
+        "Model run folder or checkpoint",
+        value=model_default,
+        help="Leave empty for the built-in small model trained on generated data.",
+    )
+    mode = st.radio(
+        "Ground sample distance (GSD)",
+        ["Auto-detect", "Metres per pixel", "Web Mercator zoom + latitude"],
+        help="Auto: from the GeoTIFF georeference, else predicted by the model.",
+    )
     gsd = zoom = lat = None
     if mode == "Metres per pixel":
-        gsd = st.number_input("GSD (m/pixel)", min_value=0.01, max_value=100.0, value=0.3, step=0.05, format="%.3f")
+        gsd = st.number_input(
+            "GSD (m/pixel)", min_value=0.01, max_value=100.0, value=0.3, step=0.05, format="%.3f"
+        )
     elif mode == "Web Mercator zoom + latitude":
         zoom = st.number_input("Zoom level", min_value=0, max_value=23, value=18, step=1)
-        lat = st.number_input("Latitude (degrees)", min_value=-85.0, max_value=85.0, value=48.85, format="%.5f")
+        lat = st.number_input(
+            "Latitude (degrees)", min_value=-85.0, max_value=85.0, value=48.85, format="%.5f"
+        )
     opacity = st.slider("Mask opacity", 0.0, 1.0, 0.45, 0.05)
 
 uploaded = st.file_uploader("Image (PNG, JPEG or GeoTIFF)", type=UPLOAD_TYPES)
@@ -77,8 +87,10 @@ c1.metric("Built-up area", format_area_short(s["built_area_m2"]), help=format_ar
 c2.metric("Built-up share", f"{s['built_percent']:.2f} %")
 c3.metric("Buildings", f"{s['building_count']}")
 c4.metric("GSD", f"{g['metres_per_pixel']:.3f} m/px", help=g["detail"])
-st.caption(f"GSD source: **{g['source']}** ({g['detail']}); model estimate {s['model_gsd_m']:.3f} m/px; "
-           f"{s['tiles']} tiles in {s['seconds']:.1f} s; image area {format_area(s['image_area_m2'])}.")
+st.caption(
+    f"GSD source: **{g['source']}** ({g['detail']}); model estimate {s['model_gsd_m']:.3f} m/px; "
+    f"{s['tiles']} tiles in {s['seconds']:.1f} s; image area {format_area(s['image_area_m2'])}."
+)
 
 left, right = st.columns(2)
 left.image(result.overlay(opacity), caption="Buildings (cyan) over the image", width="stretch")
@@ -86,16 +98,23 @@ right.image(result.probability, caption="Building probability (dark: 0, bright: 
 
 st.subheader("Buildings")
 if result.buildings:
-    rows = [{"id": b["id"], "area (m²)": None if b["area_m2"] is None else round(b["area_m2"], 1),
-             "perimeter (m)": None if b["perimeter_m"] is None else round(b["perimeter_m"], 1),
-             "centroid x": round(b["centroid_x"], 2), "centroid y": round(b["centroid_y"], 2)}
-            for b in sorted(result.buildings, key=lambda b: -(b["area_m2"] or 0))]
+    rows = [
+        {
+            "id": b["id"],
+            "area (m²)": None if b["area_m2"] is None else round(b["area_m2"], 1),
+            "perimeter (m)": None if b["perimeter_m"] is None else round(b["perimeter_m"], 1),
+            "centroid x": round(b["centroid_x"], 2),
+            "centroid y": round(b["centroid_y"], 2),
+        }
+        for b in sorted(result.buildings, key=lambda b: -(b["area_m2"] or 0))
+    ]
     st.dataframe(rows, hide_index=True, width="stretch", height=min(400, 38 + 35 * len(rows)))
 else:
     st.write("No buildings found.")
 
 stem = Path(upload.name).stem
 d1, d2 = st.columns(2)
-d1.download_button("Download GeoJSON", result.geojson, file_name=f"{stem}_buildings.geojson",
-                   mime="application/geo+json")
+d1.download_button(
+    "Download GeoJSON", result.geojson, file_name=f"{stem}_buildings.geojson", mime="application/geo+json"
+)
 d2.download_button("Download CSV", result.csv, file_name=f"{stem}_buildings.csv", mime="text/csv")

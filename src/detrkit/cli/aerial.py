@@ -15,8 +15,9 @@ from rich.table import Table
 
 from detrkit.errors import DataError
 
-aerial_app = typer.Typer(help="Buildings, GSD and built-up area (m²) from aerial and satellite images.",
-                         no_args_is_help=True)
+aerial_app = typer.Typer(
+    help="Buildings, GSD and built-up area (m²) from aerial and satellite images.", no_args_is_help=True
+)
 _out = Console()
 _err = Console(stderr=True)
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt"}
@@ -34,11 +35,16 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def _print_report(title: str, d: dict[str, Any], buildings: list[dict[str, Any]] | None, limit: int) -> None:
     table = Table(title=title, show_header=False)
     gsd = d.get("gsd") or {}
-    rows = {"size (px)": f"{d['width']} x {d['height']}",
-            "GSD (m/px)": f"{gsd.get('metres_per_pixel', float('nan')):.4g} from {gsd.get('source', 'nowhere')}"
-            if gsd else "unknown (give --gsd or --zoom/--lat)",
-            "built-up area (m²)": _fmt(d["built_area_m2"]), "built-up (%)": _fmt(d["built_percent"], 3),
-            "buildings": str(d["building_count"]), "specks dropped": str(d["speck_count"])}
+    rows = {
+        "size (px)": f"{d['width']} x {d['height']}",
+        "GSD (m/px)": f"{gsd.get('metres_per_pixel', float('nan')):.4g} from {gsd.get('source', 'nowhere')}"
+        if gsd
+        else "unknown (give --gsd or --zoom/--lat)",
+        "built-up area (m²)": _fmt(d["built_area_m2"]),
+        "built-up (%)": _fmt(d["built_percent"], 3),
+        "buildings": str(d["building_count"]),
+        "specks dropped": str(d["speck_count"]),
+    }
     for k, v in rows.items():
         table.add_row(k, v)
     _out.print(table)
@@ -47,16 +53,25 @@ def _print_report(title: str, d: dict[str, Any], buildings: list[dict[str, Any]]
         for col in ("id", "area m²", "perimeter m", "centroid x", "centroid y"):
             bt.add_column(col, justify="right")
         for b in buildings[:limit]:
-            bt.add_row(str(b["id"]), _fmt(b["area_m2"]), _fmt(b["perimeter_m"]), _fmt(b["centroid_x"]),
-                       _fmt(b["centroid_y"]))
+            bt.add_row(
+                str(b["id"]),
+                _fmt(b["area_m2"]),
+                _fmt(b["perimeter_m"]),
+                _fmt(b["centroid_x"]),
+                _fmt(b["centroid_y"]),
+            )
         _out.print(bt)
 
 
 @aerial_app.command("synth")
 def synth_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder (Inria layout + ground_truth.json)."),
-    cities: int = typer.Option(3, "--cities", min=1, max=4, help="Number of cities (each with its own UTM CRS)."),
-    tiles_per_city: int = typer.Option(12, "--tiles-per-city", min=1, help="Tiles per city; 1-5 are validation."),
+    cities: int = typer.Option(
+        3, "--cities", min=1, max=4, help="Number of cities (each with its own UTM CRS)."
+    ),
+    tiles_per_city: int = typer.Option(
+        12, "--tiles-per-city", min=1, help="Tiles per city; 1-5 are validation."
+    ),
     size: int = typer.Option(512, "--size", min=64, help="Tile size in pixels."),
     gsd_min: float = typer.Option(0.15, "--gsd-min", help="Smallest GSD (m/px)."),
     gsd_max: float = typer.Option(2.0, "--gsd-max", help="Largest GSD (m/px)."),
@@ -72,12 +87,18 @@ def synth_cmd(
     with _err.status("generating tiles"):
         truth = generate_aerial(out, spec)
     n_b = sum(len(t["buildings"]) for t in truth["tiles"].values())
-    summary = {"out": str(out), "tiles": len(truth["tiles"]), "buildings": n_b,
-               "ground_truth": str(out / "ground_truth.json")}
+    summary = {
+        "out": str(out),
+        "tiles": len(truth["tiles"]),
+        "buildings": n_b,
+        "ground_truth": str(out / "ground_truth.json"),
+    }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
-        _out.print(f"wrote {summary['tiles']} tiles with {n_b} buildings to {out} (truth: {summary['ground_truth']})")
+        _out.print(
+            f"wrote {summary['tiles']} tiles with {n_b} buildings to {out} (truth: {summary['ground_truth']})"
+        )
 
 
 @aerial_app.command("train")
@@ -111,7 +132,9 @@ def _sources(source: Path) -> list[Path]:
 def predict_cmd(
     source: Path = typer.Option(..., "--source", help="Image (GeoTIFF, PNG, JPEG) or folder of images."),
     out: Path = typer.Option(..., "--out", help="Output folder (one subfolder per image)."),
-    model: str | None = typer.Option(None, "--model", help="Run folder or checkpoint; default: the built-in tiny model."),
+    model: str | None = typer.Option(
+        None, "--model", help="Run folder or checkpoint; default: the built-in tiny model."
+    ),
     gsd: float | None = typer.Option(None, "--gsd", help="Metres per pixel (overrides the file)."),
     zoom: float | None = typer.Option(None, "--zoom", help="Web Mercator zoom level (with --lat)."),
     lat: float | None = typer.Option(None, "--lat", help="Latitude in degrees (with --zoom)."),
@@ -133,15 +156,24 @@ def predict_cmd(
         kwargs["tile"] = tile
     if overlap is not None:
         kwargs["overlap"] = overlap
-    predictor = AerialPredictor.from_checkpoint(model, **kwargs) if model else AerialPredictor.default(**kwargs)
+    predictor = (
+        AerialPredictor.from_checkpoint(model, **kwargs) if model else AerialPredictor.default(**kwargs)
+    )
     files = _sources(source)
     summaries = []
     for f in files:
         dest = out / f.stem if len(files) > 1 else out
         with Progress(console=_err, transient=True, disable=as_json or not _err.is_terminal) as bar:
             task = bar.add_task(f"{f.name}", total=None)
-            s = predictor.predict_file(f, dest, user_gsd=gsd, zoom=zoom, lat=lat, min_area_m2=min_area,
-                                       progress=lambda d, t, task=task: bar.update(task, completed=d, total=t))
+            s = predictor.predict_file(
+                f,
+                dest,
+                user_gsd=gsd,
+                zoom=zoom,
+                lat=lat,
+                min_area_m2=min_area,
+                progress=lambda d, t, task=task: bar.update(task, completed=d, total=t),
+            )
         summaries.append(s)
         if not as_json:
             _print_report(f"{f.name} -> {dest}", s, None, 0)
@@ -151,13 +183,19 @@ def predict_cmd(
 
 @aerial_app.command("area")
 def area_cmd(
-    mask: Path = typer.Option(..., "--mask", help="Building mask (GeoTIFF or PNG; pixels > 0 are buildings)."),
+    mask: Path = typer.Option(
+        ..., "--mask", help="Building mask (GeoTIFF or PNG; pixels > 0 are buildings)."
+    ),
     gsd: float | None = typer.Option(None, "--gsd", help="Metres per pixel (overrides the file)."),
     zoom: float | None = typer.Option(None, "--zoom", help="Web Mercator zoom level (with --lat)."),
     lat: float | None = typer.Option(None, "--lat", help="Latitude in degrees (with --zoom)."),
     min_area: float = typer.Option(2.0, "--min-area", help="Buildings smaller than this (m²) are specks."),
-    split: bool = typer.Option(True, "--split/--no-split", help="Split buildings touching through a narrow neck."),
-    out: Path | None = typer.Option(None, "--out", help="Also write buildings.geojson and buildings.csv here."),
+    split: bool = typer.Option(
+        True, "--split/--no-split", help="Split buildings touching through a narrow neck."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Also write buildings.geojson and buildings.csv here."
+    ),
     limit: int = typer.Option(20, "--limit", help="Buildings listed in the table."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with every building) instead of tables."),
 ) -> None:
@@ -166,7 +204,9 @@ def area_cmd(
     from detrkit.aerial.predict import measure_mask_file
     from detrkit.aerial.vector import write_vectors
 
-    report = measure_mask_file(mask, user_gsd=gsd, zoom=zoom, lat=lat, min_area_m2=min_area, split_touching=split)
+    report = measure_mask_file(
+        mask, user_gsd=gsd, zoom=zoom, lat=lat, min_area_m2=min_area, split_touching=split
+    )
     if report.gsd is None:
         raise GsdError(f"{mask}: no georeference and no GSD given: pass --gsd M or --zoom Z --lat L")
     if out is not None:

@@ -20,10 +20,27 @@ def register(app: typer.Typer) -> None:
 def streamlit_command(port: int, model: str | None = None) -> list[str]:
     """The ``python -m streamlit run ...`` command line for the app (headless, localhost, no telemetry)."""
     script = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--global.developmentMode", "false",
-           "--client.toolbarMode", "viewer"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--global.developmentMode",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
+    ]
     if model:
         cmd += ["--", "--model", model]
     return cmd
@@ -31,7 +48,9 @@ def streamlit_command(port: int, model: str | None = None) -> list[str]:
 
 def app_cmd(
     port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port on 127.0.0.1."),
-    model: str | None = typer.Option(None, "--model", help="Aerial run folder or checkpoint (default: built-in tiny model)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Aerial run folder or checkpoint (default: built-in tiny model)."
+    ),
 ) -> None:
     """Start the web app: upload an image, get buildings, areas, GeoJSON and CSV."""
     try:

@@ -20,7 +20,9 @@ def register(app: typer.Typer) -> None:
 
 def compare_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders; the first one's arm is the baseline."),
-    rare: list[str] | None = typer.Option(None, "--rare", help="A rare class name (repeat); default: the runs' own record."),
+    rare: list[str] | None = typer.Option(
+        None, "--rare", help="A rare class name (repeat); default: the runs' own record."
+    ),
     per_class: bool = typer.Option(True, "--per-class/--no-per-class", help="One row per class AP."),
     out: Path | None = typer.Option(None, "--out", help="Write OUT.md and OUT.csv (e.g. --out ablation)."),
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV instead of Markdown."),
@@ -37,12 +39,29 @@ def compare_cmd(
         out.with_suffix(".md").write_text(markdown)
         out.with_suffix(".csv").write_text(table_csv)
     if as_json:
-        arms = [{"label": a.label, "runs": [str(r.path) for r in a.runs], "changes": a.changes}
-                for a in comparison.arms]
-        rows = [{"metric": name, "cells": [{"mean": c.mean, "std": c.std, "n": len(c.values), "delta": c.delta,
-                                            "rel": c.rel, "test": c.test, "p_value": c.p_value,
-                                            "larger_than_seed_spread": c.significant} for c in cells]}
-                for name, cells in comparison.rows]
+        arms = [
+            {"label": a.label, "runs": [str(r.path) for r in a.runs], "changes": a.changes}
+            for a in comparison.arms
+        ]
+        rows = [
+            {
+                "metric": name,
+                "cells": [
+                    {
+                        "mean": c.mean,
+                        "std": c.std,
+                        "n": len(c.values),
+                        "delta": c.delta,
+                        "rel": c.rel,
+                        "test": c.test,
+                        "p_value": c.p_value,
+                        "larger_than_seed_spread": c.significant,
+                    }
+                    for c in cells
+                ],
+            }
+            for name, cells in comparison.rows
+        ]
         typer.echo(json.dumps({"arms": arms, "rows": rows, "rare": comparison.rare}, indent=2, default=str))
         return
     typer.echo(table_csv if csv_out else markdown, nl=False)

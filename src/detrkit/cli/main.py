@@ -18,7 +18,19 @@ from detrkit import __version__
 from detrkit.errors import DetrkitError
 
 # Command modules, in the order their commands appear in --help. Add a module here when it exists.
-COMMAND_MODULES: tuple[str, ...] = ("data", "train", "evaluate", "predict", "export", "aerial", "app", "synth", "analyze", "compare", "ablate")
+COMMAND_MODULES: tuple[str, ...] = (
+    "data",
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "aerial",
+    "app",
+    "synth",
+    "analyze",
+    "compare",
+    "ablate",
+)
 
 app = typer.Typer(
     name="detrkit",

@@ -102,7 +102,11 @@ def arm_overrides(
         extra = [{"ann": str(synth / "annotations.json"), "images": str(synth / "images")}]
         return {"data": {"extra": extra}}
     if arm == "copy-paste-online":
-        cp = {"prob": settings.online_p, "classes": list(rare), "max_instances": settings.online_max_instances}
+        cp = {
+            "prob": settings.online_p,
+            "classes": list(rare),
+            "max_instances": settings.online_max_instances,
+        }
         return {"data": {"copy_paste": cp}}
     if arm == "rfs":
         return {"data": {"sampler": "repeat_factor", "rfs_threshold": settings.rfs_threshold}}
@@ -180,8 +184,13 @@ def run_ablation(
                         classes=rare,
                         options=SynthOptions(method=arm, per_class=settings.per_class, seed=seed),
                     )
-            details = {"arm": arm, "seed": seed, "rare_classes": rare, "steps_per_epoch": steps,
-                       "overrides": overrides}
+            details = {
+                "arm": arm,
+                "seed": seed,
+                "rare_classes": rare,
+                "steps_per_epoch": steps,
+                "overrides": overrides,
+            }
             trainer = Trainer(arm_cfg, console=console, quiet=quiet)
             log(f"training {run_dir.name} ({_describe(overrides)})")
             trainer.fit()

@@ -155,7 +155,9 @@ def _extra_files(cfg: RunConfig, train_index: Any) -> list[tuple[Any, Path]]:
     for i, item in enumerate(cfg.data.extra):
         key = f"data.extra[{i}]"
         ann = _require(item.ann.replace("{seed}", str(cfg.train.seed)), f"extra[{i}].ann", cfg.source)
-        images = _require(item.images.replace("{seed}", str(cfg.train.seed)), f"extra[{i}].images", cfg.source)
+        images = _require(
+            item.images.replace("{seed}", str(cfg.train.seed)), f"extra[{i}].images", cfg.source
+        )
         index = CocoIndex.load(ann)
         unknown = [c.name for c in index.categories if c.name not in names]
         if unknown:
@@ -260,7 +262,9 @@ def repeat_factors_for(data: DataConfig, dataset: Any, source: str, log: Any = N
         return None
     threshold = data.rfs_threshold
     if threshold <= 0:
-        raise ConfigError(f"{source}: data.rfs_threshold must be > 0 for data.sampler=repeat_factor, got {threshold}")
+        raise ConfigError(
+            f"{source}: data.rfs_threshold must be > 0 for data.sampler=repeat_factor, got {threshold}"
+        )
     labels = getattr(dataset, "labels_per_image", None)
     if labels is None:
         raise ConfigError(f"{source}: data.sampler=repeat_factor needs a dataset with labels_per_image()")

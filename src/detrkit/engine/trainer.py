@@ -137,7 +137,11 @@ class Trainer:
                 )
             rare = classes.get("rare")
             return DataSplits(
-                train, val, list(classes["names"]), list(classes["category_ids"]), val_gt,
+                train,
+                val,
+                list(classes["names"]),
+                list(classes["category_ids"]),
+                val_gt,
                 rare=list(rare) if rare else None,
             )
         self.cfg.data = ensure_shapes(self.cfg.data, main_process=self.acc.is_main_process)

@@ -65,8 +65,16 @@ def _undef(v: float) -> float | None:
     return None if v < 0 or not np.isfinite(v) else float(v)
 
 
-def run_analysis(gt: GtSource, predictions: PredSource, *, pos_thresh: float = 0.5, bg_thresh: float = 0.1,
-                 max_dets: int = 100, score_thresh: float | None = None, with_coco: bool = True) -> AnalysisResult:
+def run_analysis(
+    gt: GtSource,
+    predictions: PredSource,
+    *,
+    pos_thresh: float = 0.5,
+    bg_thresh: float = 0.1,
+    max_dets: int = 100,
+    score_thresh: float | None = None,
+    with_coco: bool = True,
+) -> AnalysisResult:
     """Load ``gt`` and ``predictions`` and run every analysis.
 
     Args:
@@ -91,12 +99,15 @@ def run_analysis(gt: GtSource, predictions: PredSource, *, pos_thresh: float = 0
     t = time.perf_counter()
     thr = score_thresh if score_thresh is not None else curves.micro_best_threshold
     thr = 0.0 if not np.isfinite(thr) else thr
-    confusion = confusion_matrix(data, score_thresh=thr, iou_thresh=pos_thresh, max_dets=max_dets, pairs=pairs)
+    confusion = confusion_matrix(
+        data, score_thresh=thr, iou_thresh=pos_thresh, max_dets=max_dets, pairs=pairs
+    )
     timings["confusion"] = time.perf_counter() - t
     coco = None
     if with_coco:
         t = time.perf_counter()
         coco = evaluate_coco(gt, predictions, max_dets=max_dets)
         timings["coco"] = time.perf_counter() - t
-    return AnalysisResult(data=data, errors=errors, curves=curves, confusion=confusion, coco=coco,
-                          timings=timings)
+    return AnalysisResult(
+        data=data, errors=errors, curves=curves, confusion=confusion, coco=coco, timings=timings
+    )

@@ -71,9 +71,12 @@ class Comparison:
             for c in cells[1:]:
                 row += [_signed(c.delta), _pct(c.rel), _verdict(c)]
             lines.append("| " + " | ".join(row) + " |")
-        notes = ["", "AP values in percent (COCO AP x 100); mean ± sample std over seeds.",
-                 "Seed spread: Welch's t-test (p < 0.05) when both arms have >= 2 seeds, else "
-                 "|Δ| > 2·std of the arm that has seeds (2σ), else unknown."]
+        notes = [
+            "",
+            "AP values in percent (COCO AP x 100); mean ± sample std over seeds.",
+            "Seed spread: Welch's t-test (p < 0.05) when both arms have >= 2 seeds, else "
+            "|Δ| > 2·std of the arm that has seeds (2σ), else unknown.",
+        ]
         if self.rare:
             notes.append(f"Rare classes: {', '.join(self.rare)}.")
         for a in self.arms:
@@ -85,13 +88,38 @@ class Comparison:
     def to_csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["metric", "arm", "runs", "n", "mean", "std", "delta_abs", "delta_rel", "test", "p_value",
-                    "larger_than_seed_spread"])
+        w.writerow(
+            [
+                "metric",
+                "arm",
+                "runs",
+                "n",
+                "mean",
+                "std",
+                "delta_abs",
+                "delta_rel",
+                "test",
+                "p_value",
+                "larger_than_seed_spread",
+            ]
+        )
         for name, cells in self.rows:
             for a, c in zip(self.arms, cells, strict=True):
-                w.writerow([name, a.label, " ".join(r.name for r in a.runs), len(c.values), _r(c.mean), _r(c.std),
-                            _r(c.delta), _r(c.rel), c.test, _r(c.p_value),
-                            "" if c.significant is None else str(c.significant).lower()])
+                w.writerow(
+                    [
+                        name,
+                        a.label,
+                        " ".join(r.name for r in a.runs),
+                        len(c.values),
+                        _r(c.mean),
+                        _r(c.std),
+                        _r(c.delta),
+                        _r(c.rel),
+                        c.test,
+                        _r(c.p_value),
+                        "" if c.significant is None else str(c.significant).lower(),
+                    ]
+                )
         return buf.getvalue()
 
 
@@ -158,11 +186,14 @@ def _cell(values: list[float], base: Cell | None) -> Cell:
     elif len(arr) >= 2 or nb >= 2:
         spread = std if len(arr) >= 2 else base.std
         test, sig = "2sigma", bool(abs(delta) > 2 * spread)
-    return Cell(values=list(arr), mean=mean, std=std, delta=delta, rel=rel, test=test, p_value=p, significant=sig)
+    return Cell(
+        values=list(arr), mean=mean, std=std, delta=delta, rel=rel, test=test, p_value=p, significant=sig
+    )
 
 
-def compare_runs(runs: Sequence[RunFolder], *, rare: Sequence[str] | None = None,
-                 per_class: bool = True) -> Comparison:
+def compare_runs(
+    runs: Sequence[RunFolder], *, rare: Sequence[str] | None = None, per_class: bool = True
+) -> Comparison:
     """Overall metrics, per-class AP and the mean AP of the rare classes, arm by arm.
 
     Args:
@@ -176,7 +207,9 @@ def compare_runs(runs: Sequence[RunFolder], *, rare: Sequence[str] | None = None
         raise ConfigError("compare needs at least two run folders")
     for r in runs:
         if not r.final_metrics():
-            raise ConfigError(f"{r.path / 'metrics.json'}: no validation metrics (did the run finish an evaluation?)")
+            raise ConfigError(
+                f"{r.path / 'metrics.json'}: no validation metrics (did the run finish an evaluation?)"
+            )
     arms = group_arms(runs)
     rare_names = list(rare) if rare else next((r.rare_classes() for r in runs if r.rare_classes()), [])
     class_names: list[str] = []
@@ -186,7 +219,9 @@ def compare_runs(runs: Sequence[RunFolder], *, rare: Sequence[str] | None = None
                 class_names.append(n)
     unknown = [n for n in rare_names if class_names and n not in class_names]
     if unknown:
-        raise ConfigError(f"--rare: {', '.join(unknown)} not among the classes of the runs ({', '.join(class_names)})")
+        raise ConfigError(
+            f"--rare: {', '.join(unknown)} not among the classes of the runs ({', '.join(class_names)})"
+        )
 
     def metric(run: RunFolder, name: str) -> float:
         if name.startswith("AP[") and name.endswith("]"):

@@ -42,13 +42,24 @@ class ConfusionMatrix:
         return np.divide(self.matrix, sums, out=np.zeros(self.matrix.shape), where=sums > 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"labels": self.labels, "rows": "ground truth", "columns": "prediction",
-                "iou_thresh": self.iou_thresh, "score_thresh": self.score_thresh,
-                "matrix": self.matrix.tolist()}
+        return {
+            "labels": self.labels,
+            "rows": "ground truth",
+            "columns": "prediction",
+            "iou_thresh": self.iou_thresh,
+            "score_thresh": self.score_thresh,
+            "matrix": self.matrix.tolist(),
+        }
 
 
-def confusion_matrix(data: DetectionData, *, score_thresh: float, iou_thresh: float = 0.5,
-                     max_dets: int | None = 100, pairs: Pairs | None = None) -> ConfusionMatrix:
+def confusion_matrix(
+    data: DetectionData,
+    *,
+    score_thresh: float,
+    iou_thresh: float = 0.5,
+    max_dets: int | None = 100,
+    pairs: Pairs | None = None,
+) -> ConfusionMatrix:
     """Build the confusion matrix (see the module docstring for the rules)."""
     k = data.num_classes
     dt_mask = top_k_mask(data, max_dets, per_class=True) & (data.dt_score >= score_thresh)
@@ -59,8 +70,9 @@ def confusion_matrix(data: DetectionData, *, score_thresh: float, iou_thresh: fl
 
     # Second pass: leftovers of both sides, any class (GT taken in the first pass are hidden).
     left = dt_mask & (match < 0) & ~ignored
-    match2, _ = match_coco(data, iou_thresh, class_agnostic=True, dt_mask=left, gt_allowed=~gt_taken,
-                           pairs=pairs)
+    match2, _ = match_coco(
+        data, iou_thresh, class_agnostic=True, dt_mask=left, gt_allowed=~gt_taken, pairs=pairs
+    )
 
     m = np.zeros((k + 1, k + 1), np.int64)
     tp = match >= 0
@@ -72,6 +84,6 @@ def confusion_matrix(data: DetectionData, *, score_thresh: float, iou_thresh: fl
     np.add.at(m, (np.full(int(bg_dt.sum()), k), data.dt_label[bg_dt]), 1)
     missed = ~gt_taken & ~data.gt_crowd
     np.add.at(m, (data.gt_label[missed], np.full(int(missed.sum()), k)), 1)
-    return ConfusionMatrix(class_names=list(data.class_names), matrix=m, iou_thresh=iou_thresh,
-                           score_thresh=float(score_thresh))
-
+    return ConfusionMatrix(
+        class_names=list(data.class_names), matrix=m, iou_thresh=iou_thresh, score_thresh=float(score_thresh)
+    )

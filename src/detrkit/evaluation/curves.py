@@ -60,8 +60,10 @@ class Curves:
 
         return {
             "iou_thresholds": list(self.iou_thresholds),
-            "ap": {f"{t:.2f}": {n: num(self.ap[i, k]) for k, n in enumerate(self.class_names)}
-                   for i, t in enumerate(self.iou_thresholds)},
+            "ap": {
+                f"{t:.2f}": {n: num(self.ap[i, k]) for k, n in enumerate(self.class_names)}
+                for i, t in enumerate(self.iou_thresholds)
+            },
             "best_threshold": {n: num(self.best_threshold[k]) for k, n in enumerate(self.class_names)},
             "best_f1": {n: num(self.best_f1[k]) for k, n in enumerate(self.class_names)},
             "micro_best_threshold": num(self.micro_best_threshold),
@@ -69,9 +71,16 @@ class Curves:
         }
 
 
-def match_coco(data: DetectionData, iou_thresh: float, *, max_dets: int | None = 100,
-               class_agnostic: bool = False, dt_mask: np.ndarray | None = None,
-               gt_allowed: np.ndarray | None = None, pairs: Pairs | None = None) -> tuple[np.ndarray, np.ndarray]:
+def match_coco(
+    data: DetectionData,
+    iou_thresh: float,
+    *,
+    max_dets: int | None = 100,
+    class_agnostic: bool = False,
+    dt_mask: np.ndarray | None = None,
+    gt_allowed: np.ndarray | None = None,
+    pairs: Pairs | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """COCO-style greedy matching at one IoU.
 
     Args:
@@ -88,21 +97,27 @@ def match_coco(data: DetectionData, iou_thresh: float, *, max_dets: int | None =
         dt_mask = top_k_mask(data, max_dets, per_class=True)
     pairs = (pairs if pairs is not None else image_pairs(data)).select_dt(dt_mask)
     crowd = data.gt_crowd[pairs.gt]
-    same = np.ones(len(pairs.dt), bool) if class_agnostic else (
-        data.dt_label[pairs.dt] == data.gt_label[pairs.gt])
+    same = (
+        np.ones(len(pairs.dt), bool)
+        if class_agnostic
+        else (data.dt_label[pairs.dt] == data.gt_label[pairs.gt])
+    )
     hit = same & (pairs.iou >= iou_thresh)
     cand = hit & ~crowd
     if gt_allowed is not None:
         cand &= gt_allowed[pairs.gt]
-    match = greedy_match(len(data.dt_score), len(data.gt_label), pairs.dt[cand], pairs.gt[cand], pairs.iou[cand])
+    match = greedy_match(
+        len(data.dt_score), len(data.gt_label), pairs.dt[cand], pairs.gt[cand], pairs.iou[cand]
+    )
     ignored = np.zeros(len(data.dt_score), bool)
     ignored[pairs.dt[hit & crowd]] = True
     ignored &= dt_mask & (match < 0)
     return match, ignored
 
 
-def _class_matches(data: DetectionData, match: np.ndarray, ignored: np.ndarray,
-                   dt_mask: np.ndarray) -> list[ClassMatches]:
+def _class_matches(
+    data: DetectionData, match: np.ndarray, ignored: np.ndarray, dt_mask: np.ndarray
+) -> list[ClassMatches]:
     k = data.num_classes
     num_gt = np.bincount(data.gt_label[~data.gt_crowd], minlength=k)
     use = np.flatnonzero(dt_mask & ~ignored)
@@ -112,7 +127,7 @@ def _class_matches(data: DetectionData, match: np.ndarray, ignored: np.ndarray,
     ends = np.searchsorted(lab, np.arange(k), "right")
     out = []
     for c in range(k):
-        sel = order[starts[c]:ends[c]]
+        sel = order[starts[c] : ends[c]]
         out.append(ClassMatches(scores=data.dt_score[sel], is_tp=match[sel] >= 0, num_gt=int(num_gt[c])))
     return out
 
@@ -155,8 +170,14 @@ def _f1_on_grid(scores: np.ndarray, is_tp: np.ndarray, num_gt: int, grid: np.nda
         return np.where(tp > 0, 2 * p * r / (p + r), 0.0)
 
 
-def compute_curves(data: DetectionData, *, iou_thresholds: tuple[float, ...] = (0.5, 0.75),
-                   max_dets: int | None = 100, grid_size: int = 201, pairs: Pairs | None = None) -> Curves:
+def compute_curves(
+    data: DetectionData,
+    *,
+    iou_thresholds: tuple[float, ...] = (0.5, 0.75),
+    max_dets: int | None = 100,
+    grid_size: int = 201,
+    pairs: Pairs | None = None,
+) -> Curves:
     """PR curves and AP per class at each IoU; F1-versus-confidence at ``iou_thresholds[0]``."""
     k = data.num_classes
     dt_mask = top_k_mask(data, max_dets, per_class=True)
@@ -188,7 +209,9 @@ def compute_curves(data: DetectionData, *, iou_thresholds: tuple[float, ...] = (
     order = np.argsort(-pooled_scores, kind="stable")
     pooled_scores, pooled_tp = pooled_scores[order], pooled_tp[order]
     total_gt = sum(m.num_gt for m in matches[0])
-    micro_f1 = _f1_on_grid(pooled_scores, pooled_tp, total_gt, grid) if len(pooled_scores) else np.zeros(grid_size)
+    micro_f1 = (
+        _f1_on_grid(pooled_scores, pooled_tp, total_gt, grid) if len(pooled_scores) else np.zeros(grid_size)
+    )
     if len(pooled_scores) and total_gt:
         s, f, _, _ = _f1_at_scores(pooled_scores, pooled_tp, total_gt)
         i = int(np.argmax(f))

@@ -165,7 +165,9 @@ def load_detections(gt: GtSource, predictions: PredSource) -> DetectionData:
         raise AnnotationError(f"{gt_source}: an annotation refers to an image id that is not in 'images'")
     g_lab, l_found = label_index(np.asarray(_column(anns, "category_id", gt_source, "annotation"), np.int64))
     if not l_found.all():
-        raise AnnotationError(f"{gt_source}: an annotation refers to a category id that is not in 'categories'")
+        raise AnnotationError(
+            f"{gt_source}: an annotation refers to a category id that is not in 'categories'"
+        )
     g_box = _boxes(_column(anns, "bbox", gt_source, "annotation"), gt_source, "annotation")
     g_area = np.asarray([a.get("area", -1.0) for a in anns], dtype=np.float64)
     g_area = np.where(g_area < 0, g_box[:, 2] * g_box[:, 3], g_area)
@@ -300,8 +302,9 @@ def image_pairs(data: DetectionData, dt_index: np.ndarray | None = None, *, chun
     return Pairs(*(np.concatenate(x) for x in zip(*parts, strict=True)))
 
 
-def greedy_match(num_dt: int, num_gt: int, cand_dt: np.ndarray, cand_gt: np.ndarray,
-                 cand_iou: np.ndarray) -> np.ndarray:
+def greedy_match(
+    num_dt: int, num_gt: int, cand_dt: np.ndarray, cand_gt: np.ndarray, cand_iou: np.ndarray
+) -> np.ndarray:
     """Greedy matching in priority order, vectorised over all images at once.
 
     Equivalent to: for each prediction by ascending index (= descending score within an image),

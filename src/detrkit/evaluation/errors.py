@@ -37,8 +37,14 @@ from detrkit.evaluation.detections import (
 ERROR_TYPES: tuple[str, ...] = ("cls", "loc", "both", "dupe", "bkg", "miss")
 FP_TYPES: tuple[str, ...] = ("cls", "loc", "both", "dupe", "bkg")
 TIDE_NAMES: dict[str, str] = {
-    "cls": "Cls", "loc": "Loc", "both": "Both", "dupe": "Dupe", "bkg": "Bkg", "miss": "Miss",
-    "false_pos": "FalsePos", "false_neg": "FalseNeg",
+    "cls": "Cls",
+    "loc": "Loc",
+    "both": "Both",
+    "dupe": "Dupe",
+    "bkg": "Bkg",
+    "miss": "Miss",
+    "false_pos": "FalsePos",
+    "false_neg": "FalseNeg",
 }
 DESCRIPTIONS: dict[str, str] = {
     "cls": "right box, wrong class (IoU >= fg with a GT of another class)",
@@ -91,7 +97,10 @@ class ErrorAnalysis:
         """JSON-ready summary (the content of ``errors.json``)."""
 
         def per_class(arr: np.ndarray) -> dict[str, float | None]:
-            return {n: (None if np.isnan(v) else round(float(v), 4)) for n, v in zip(self.class_names, arr, strict=True)}
+            return {
+                n: (None if np.isnan(v) else round(float(v), 4))
+                for n, v in zip(self.class_names, arr, strict=True)
+            }
 
         return {
             "definition": "TIDE (tidecv 1.0.1) at one IoU threshold; AP and dAP in percent",
@@ -124,8 +133,9 @@ def _num(v: float) -> float | None:
     return None if np.isnan(v) else round(float(v), 4)
 
 
-def tide_ap_per_class(labels: np.ndarray, priority: np.ndarray, is_tp: np.ndarray,
-                      num_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tide_ap_per_class(
+    labels: np.ndarray, priority: np.ndarray, is_tp: np.ndarray, num_gt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """TIDE's AP (101-point, percent) of each class from ranked true/false positives.
 
     Args:
@@ -143,7 +153,7 @@ def tide_ap_per_class(labels: np.ndarray, priority: np.ndarray, is_tp: np.ndarra
     ends = np.searchsorted(lab, np.arange(k), side="right")
     non_empty = (ends > starts) | (num_gt != 0)
     for c in np.flatnonzero((ends > starts) & (num_gt > 0)):
-        t = tp[starts[c]:ends[c]]
+        t = tp[starts[c] : ends[c]]
         cum_tp = np.cumsum(t)
         precision = cum_tp / np.arange(1, len(t) + 1)
         recall = cum_tp / num_gt[c]
@@ -159,8 +169,14 @@ def _mean(ap: np.ndarray, non_empty: np.ndarray) -> float:
     return sum(vals) / len(vals) if vals else 0.0
 
 
-def analyze_errors(data: DetectionData, *, pos_thresh: float = 0.5, bg_thresh: float = 0.1,
-                   max_dets: int | None = 100, pairs: Pairs | None = None) -> ErrorAnalysis:
+def analyze_errors(
+    data: DetectionData,
+    *,
+    pos_thresh: float = 0.5,
+    bg_thresh: float = 0.1,
+    max_dets: int | None = 100,
+    pairs: Pairs | None = None,
+) -> ErrorAnalysis:
     """Classify every error and measure the dAP of each error type, overall and per class.
 
     Args:
@@ -242,8 +258,12 @@ def analyze_errors(data: DetectionData, *, pos_thresh: float = 0.5, bg_thresh: f
     ap_base, ne_base = tide_ap_per_class(base_lab, base_rank, base_tp, num_gt)
     map_base = _mean(ap_base, ne_base)
 
-    def scenario(drop_kind: int | None = None, fix_kind: int | None = None, num_gt_fixed: np.ndarray = num_gt,
-                 tp_first: bool = False) -> tuple[np.ndarray, float]:
+    def scenario(
+        drop_kind: int | None = None,
+        fix_kind: int | None = None,
+        num_gt_fixed: np.ndarray = num_gt,
+        tp_first: bool = False,
+    ) -> tuple[np.ndarray, float]:
         keep = np.ones(len(base_lab), bool) if drop_kind is None else kind[in_ap] != drop_kind
         lab, rk, tp = base_lab[keep], base_rank[keep], base_tp[keep]
         if fix_kind is not None:
@@ -275,10 +295,14 @@ def analyze_errors(data: DetectionData, *, pos_thresh: float = 0.5, bg_thresh: f
     }
 
     fp_mask = ~ignored
-    fp_pc = {name: np.bincount(data.dt_label[(kind == code) & fp_mask], minlength=k)
-             for name, code in (("cls", CLS), ("loc", LOC), ("both", BOTH), ("dupe", DUPE), ("bkg", BKG))}
-    fn_pc = {name: np.bincount(data.gt_label[gt_kind == code], minlength=k)
-             for name, code in (("miss", GT_MISSED), ("loc", GT_FN_LOC), ("cls", GT_FN_CLS))}
+    fp_pc = {
+        name: np.bincount(data.dt_label[(kind == code) & fp_mask], minlength=k)
+        for name, code in (("cls", CLS), ("loc", LOC), ("both", BOTH), ("dupe", DUPE), ("bkg", BKG))
+    }
+    fn_pc = {
+        name: np.bincount(data.gt_label[gt_kind == code], minlength=k)
+        for name, code in (("miss", GT_MISSED), ("loc", GT_FN_LOC), ("cls", GT_FN_CLS))
+    }
     return ErrorAnalysis(
         class_names=list(data.class_names),
         pos_thresh=pos_thresh,

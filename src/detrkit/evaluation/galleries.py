@@ -66,8 +66,17 @@ def _xyxy(boxes_xywh: np.ndarray) -> np.ndarray:
     return np.c_[boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]]
 
 
-def render_tile(image: Image.Image, data: DetectionData, image_index: int, focus_xywh: np.ndarray, *,
-                focus_dt: int | None, score_thresh: float, tile_size: int = 320, work_size: int = 200) -> bytes:
+def render_tile(
+    image: Image.Image,
+    data: DetectionData,
+    image_index: int,
+    focus_xywh: np.ndarray,
+    *,
+    focus_dt: int | None,
+    score_thresh: float,
+    tile_size: int = 320,
+    work_size: int = 200,
+) -> bytes:
     """Crop around ``focus_xywh`` (with context), draw GT and predictions, return PNG bytes.
 
     The crop is drawn at ``work_size`` px and enlarged to ``tile_size`` px, so labels end up about
@@ -82,7 +91,9 @@ def render_tile(image: Image.Image, data: DetectionData, image_index: int, focus
         x0, y0, x1, y1 = 0.0, 0.0, float(image.width), float(image.height)
     crop = image.crop((int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))))
     scale = work_size / max(crop.width, crop.height)
-    crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.BILINEAR)
+    crop = crop.resize(
+        (max(1, round(crop.width * scale)), max(1, round(crop.height * scale))), Image.BILINEAR
+    )
     offset = np.array([int(x0), int(y0), int(x0), int(y0)], dtype=np.float64)
 
     def to_tile(xyxy: np.ndarray) -> np.ndarray:
@@ -112,8 +123,15 @@ def render_tile(image: Image.Image, data: DetectionData, image_index: int, focus
     return buf.getvalue()
 
 
-def build_galleries(data: DetectionData, errors: ErrorAnalysis, images_dir: str | Path, *,
-                    per_class: int = 3, score_thresh: float = 0.3, tile_size: int = 320) -> list[ClassGallery]:
+def build_galleries(
+    data: DetectionData,
+    errors: ErrorAnalysis,
+    images_dir: str | Path,
+    *,
+    per_class: int = 3,
+    score_thresh: float = 0.3,
+    tile_size: int = 320,
+) -> list[ClassGallery]:
     """Tiles of the worst false positives and misses of every class (images read from ``images_dir``)."""
     images_dir = Path(images_dir)
     cache: dict[int, Image.Image | None] = {}
@@ -136,8 +154,15 @@ def build_galleries(data: DetectionData, errors: ErrorAnalysis, images_dir: str 
                 skipped += 1
                 continue
             kind = DT_KIND_NAMES[int(errors.dt_kind[row])]
-            png = render_tile(im, data, img_i, data.dt_boxes_xywh[row], focus_dt=int(row),
-                              score_thresh=score_thresh, tile_size=tile_size)
+            png = render_tile(
+                im,
+                data,
+                img_i,
+                data.dt_boxes_xywh[row],
+                focus_dt=int(row),
+                score_thresh=score_thresh,
+                tile_size=tile_size,
+            )
             caption = f"{data.image_files[img_i]} · {kind} error · score {data.dt_score[row]:.2f}"
             fps.append(Tile(png=png, caption=caption, image_file=data.image_files[img_i]))
         for row in worst_misses(data, errors, label, per_class):
@@ -146,10 +171,19 @@ def build_galleries(data: DetectionData, errors: ErrorAnalysis, images_dir: str 
             if im is None:
                 skipped += 1
                 continue
-            png = render_tile(im, data, img_i, data.gt_boxes_xywh[row], focus_dt=None,
-                              score_thresh=score_thresh, tile_size=tile_size)
+            png = render_tile(
+                im,
+                data,
+                img_i,
+                data.gt_boxes_xywh[row],
+                focus_dt=None,
+                score_thresh=score_thresh,
+                tile_size=tile_size,
+            )
             w, h = data.gt_boxes_xywh[row, 2:]
-            caption = f"{data.image_files[img_i]} · {GT_KIND_NAMES[int(errors.gt_kind[row])]} · {w:.0f}×{h:.0f} px"
+            caption = (
+                f"{data.image_files[img_i]} · {GT_KIND_NAMES[int(errors.gt_kind[row])]} · {w:.0f}×{h:.0f} px"
+            )
             misses.append(Tile(png=png, caption=caption, image_file=data.image_files[img_i]))
         out.append(ClassGallery(class_name=name, false_positives=fps, misses=misses, skipped=skipped))
         cache.clear()

@@ -74,13 +74,23 @@ def pr_curves(curves: Curves) -> bytes:
         has = prec[:, 0] >= 0
         for c in np.flatnonzero(has):
             if k <= _MAX_LINES:
-                ax.plot(RECALL_POINTS, prec[c], color=colors[c], lw=1.3,
-                        label=f"{curves.class_names[c]} ({curves.ap[i, c]:.2f})")
+                ax.plot(
+                    RECALL_POINTS,
+                    prec[c],
+                    color=colors[c],
+                    lw=1.3,
+                    label=f"{curves.class_names[c]} ({curves.ap[i, c]:.2f})",
+                )
             else:
                 ax.plot(RECALL_POINTS, prec[c], color="0.75", lw=0.6)
         if has.any():
-            ax.plot(RECALL_POINTS, prec[has].mean(0), color="black", lw=2.4,
-                    label=f"mean ({np.nanmean(curves.ap[i]):.3f})")
+            ax.plot(
+                RECALL_POINTS,
+                prec[has].mean(0),
+                color="black",
+                lw=2.4,
+                label=f"mean ({np.nanmean(curves.ap[i]):.3f})",
+            )
         ax.set_title(f"Precision-recall at IoU {t:.2f}", fontsize=10)
         ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
@@ -99,13 +109,23 @@ def f1_curves(curves: Curves) -> bytes:
         if np.isnan(curves.best_f1[c]):
             continue
         if k <= _MAX_LINES:
-            ax.plot(curves.f1_grid, curves.f1[c], color=colors[c], lw=1.2,
-                    label=f"{curves.class_names[c]} (best {curves.best_f1[c]:.2f} @ {curves.best_threshold[c]:.2f})")
+            ax.plot(
+                curves.f1_grid,
+                curves.f1[c],
+                color=colors[c],
+                lw=1.2,
+                label=f"{curves.class_names[c]} (best {curves.best_f1[c]:.2f} @ {curves.best_threshold[c]:.2f})",
+            )
             ax.plot([curves.best_threshold[c]], [curves.best_f1[c]], "o", color=colors[c], ms=4)
         else:
             ax.plot(curves.f1_grid, curves.f1[c], color="0.75", lw=0.6)
-    ax.plot(curves.f1_grid, curves.micro_f1, color="black", lw=2.4,
-            label=f"all classes (best {curves.micro_best_f1:.2f} @ {curves.micro_best_threshold:.2f})")
+    ax.plot(
+        curves.f1_grid,
+        curves.micro_f1,
+        color="black",
+        lw=2.4,
+        label=f"all classes (best {curves.micro_best_f1:.2f} @ {curves.micro_best_threshold:.2f})",
+    )
     ax.set_title(f"F1 versus confidence at IoU {curves.iou_thresholds[0]:.2f}", fontsize=10)
     ax.set(xlabel="confidence threshold", ylabel="F1", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
@@ -123,8 +143,13 @@ def confusion_plot(cm: ConfusionMatrix) -> bytes:
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     norm = cm.normalized()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), cm.labels, rotation=60 if n <= 25 else 90, ha="right" if n <= 25 else "center",
-                  fontsize=8 if n <= 25 else 6)
+    ax.set_xticks(
+        range(n),
+        cm.labels,
+        rotation=60 if n <= 25 else 90,
+        ha="right" if n <= 25 else "center",
+        fontsize=8 if n <= 25 else 6,
+    )
     ax.set_yticks(range(n), cm.labels, fontsize=8 if n <= 25 else 6)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("ground-truth class")
@@ -132,10 +157,20 @@ def confusion_plot(cm: ConfusionMatrix) -> bytes:
         for r in range(n):
             for c in range(n):
                 if cm.matrix[r, c]:
-                    ax.text(c, r, str(cm.matrix[r, c]), ha="center", va="center", fontsize=7,
-                            color="white" if norm[r, c] > 0.55 else "black")
-    ax.set_title(f"Confusion at IoU {cm.iou_thresh:.2f}, confidence >= {cm.score_thresh:.2f} "
-                 "(colour: share of the row)", fontsize=10)
+                    ax.text(
+                        c,
+                        r,
+                        str(cm.matrix[r, c]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[r, c] > 0.55 else "black",
+                    )
+    ax.set_title(
+        f"Confusion at IoU {cm.iou_thresh:.2f}, confidence >= {cm.score_thresh:.2f} "
+        "(colour: share of the row)",
+        fontsize=10,
+    )
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     return _png(fig)
@@ -151,7 +186,9 @@ def size_bars(size_ap: dict[str, dict[str, float | None]]) -> bytes:
     for j, (s, col) in enumerate(zip(sizes, ["#4e79a7", "#f28e2b", "#59a14f"], strict=True)):
         vals = [size_ap[g][s] for g in groups]
         ax.bar(x + (j - 1) * 0.27, [v if v is not None else 0 for v in vals], width=0.27, color=col, label=s)
-    ax.set_xticks(x, groups, rotation=45 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
+    ax.set_xticks(
+        x, groups, rotation=45 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center"
+    )
     ax.set_ylabel("AP@[.50:.95]")
     ax.set_ylim(0, 1.0)
     ax.set_title("COCO AP by object size (small < 32², medium < 96², large)", fontsize=10)
@@ -172,7 +209,9 @@ def training_curves(rows: Sequence[dict[str, Any]]) -> bytes | None:
     totals = [k for k in ("train/loss", "val/loss") if k in keys]
     parts = [k for k in keys if k.startswith(("train/loss_", "val/loss_")) and not k[-1].isdigit()]
     aps = [k for k in ("val/AP", "val/AP50", "val/AP75") if k in keys]
-    panels = [(g, label) for g, label in ((totals, "loss"), (parts, "loss components"), (aps, "COCO AP")) if g]
+    panels = [
+        (g, label) for g, label in ((totals, "loss"), (parts, "loss components"), (aps, "COCO AP")) if g
+    ]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
@@ -180,8 +219,13 @@ def training_curves(rows: Sequence[dict[str, Any]]) -> bytes | None:
         for key in group:
             pts = [(r.get("epoch"), r.get(key)) for r in rows if isinstance(r.get(key), int | float)]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key,
-                        ls="--" if key.startswith("val/loss") else "-")
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    marker="o",
+                    ms=3,
+                    label=key,
+                    ls="--" if key.startswith("val/loss") else "-",
+                )
         ax.set(xlabel="epoch", ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

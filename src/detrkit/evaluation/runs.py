@@ -21,7 +21,20 @@ from detrkit.errors import CheckpointError
 #: Leaf keys that never define an experimental arm: seeds (any ``*.seed``) and where outputs go.
 SEED_KEYS: frozenset[str] = frozenset({"seed"})
 OUTPUT_PREFIXES: tuple[str, ...] = ("output.",)
-STAT_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_KEYS: tuple[str, ...] = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 
 
 def _parse(value: str) -> Any:
@@ -114,8 +127,15 @@ class RunFolder:
             p = path / name
             return _read_json(p) if p.is_file() else None
 
-        return cls(path=path, config=config, classes=opt("classes.json"), summary=opt("metrics.json"),
-                   rows=read_metrics_csv(path / "metrics.csv"), env=opt("env.json"), analysis=opt("errors.json"))
+        return cls(
+            path=path,
+            config=config,
+            classes=opt("classes.json"),
+            summary=opt("metrics.json"),
+            rows=read_metrics_csv(path / "metrics.csv"),
+            env=opt("env.json"),
+            analysis=opt("errors.json"),
+        )
 
     @property
     def name(self) -> str:
@@ -140,7 +160,9 @@ class RunFolder:
         final = (self.summary or {}).get("final") or {}
         if not any(f"val/{k}" in final for k in STAT_KEYS):
             final = next((r for r in reversed(self.rows) if "val/AP" in r), {})
-        out = {k: float(final[f"val/{k}"]) for k in STAT_KEYS if isinstance(final.get(f"val/{k}"), int | float)}
+        out = {
+            k: float(final[f"val/{k}"]) for k in STAT_KEYS if isinstance(final.get(f"val/{k}"), int | float)
+        }
         if not out and self.analysis and self.analysis.get("coco"):
             out = {k: float(v) for k, v in self.analysis["coco"]["stats"].items()}
         return out
@@ -182,8 +204,11 @@ class RunFolder:
 
     def arm(self) -> dict[str, Any]:
         """The config that defines the experimental arm: everything but seeds and output keys."""
-        return {k: v for k, v in flatten(self.config).items()
-                if k.rsplit(".", 1)[-1] not in SEED_KEYS and not k.startswith(OUTPUT_PREFIXES)}
+        return {
+            k: v
+            for k, v in flatten(self.config).items()
+            if k.rsplit(".", 1)[-1] not in SEED_KEYS and not k.startswith(OUTPUT_PREFIXES)
+        }
 
     def arm_key(self) -> str:
         return json.dumps(self.arm(), sort_keys=True, default=str)

@@ -248,7 +248,9 @@ class SetCriterion(nn.Module):
             enc, k = outputs["enc_outputs"], self.enc_k
             enc_targets = [
                 {
-                    "labels": (t["labels"] if self.enc_class_aware else torch.zeros_like(t["labels"])).repeat(k),
+                    "labels": (t["labels"] if self.enc_class_aware else torch.zeros_like(t["labels"])).repeat(
+                        k
+                    ),
                     "boxes": t["boxes"].repeat(k, 1),
                 }
                 for t in targets
