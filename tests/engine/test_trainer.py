@@ -215,3 +215,14 @@ def test_pretrained_loads_hugging_face_weights(tmp_path: Path) -> None:
     )
     assert torch.equal(model.query_embed.weight, hf.model.query_position_embeddings.weight)
     assert messages and messages[0].startswith(f"pretrained weights from {tmp_path / 'hf'}")
+
+
+def test_evaluation_does_not_touch_the_training_random_stream(conf, tmp_path: Path) -> None:
+    """Iterating the val loader must leave the global RNG alone, so that ``eval.every`` does not
+    change the dropout masks (and so the result) of the training steps that follow."""
+    trainer = conf.make_trainer(conf.double_config(tmp_path / "r", train={"epochs": 1}))
+    trainer._setup()  # builds the (Accelerate-prepared) loaders, as fit() does first
+    state = torch.get_rng_state()
+    assert sum(1 for _ in trainer.val_loader) > 0
+    assert torch.equal(torch.get_rng_state(), state)
+    assert sum(1 for _ in trainer.val_loader) > 0  # a second pass works too

@@ -204,7 +204,11 @@ class Trainer:
             sampler = EvalBatchSampler(
                 len(self.data.val), eval_bs, rank=acc.process_index, world_size=acc.num_processes
             )
-            self.val_loader = DataLoader(self.data.val, batch_sampler=sampler, **common)
+            # its own generator: iterating a DataLoader draws a seed, which from the global RNG would
+            # shift the dropout masks of the following training steps with the evaluation schedule
+            self.val_loader = DataLoader(
+                self.data.val, batch_sampler=sampler, generator=torch.Generator().manual_seed(0), **common
+            )
         accum = cfg.train.grad_accum
         if accum < 1:
             raise ConfigError(f"{cfg.source}: train.grad_accum must be >= 1, got {accum}")
