@@ -17,24 +17,12 @@ from typing import Any
 import yaml
 
 from detrkit.errors import CheckpointError
+from detrkit.evaluation.coco import STAT_NAMES
 
 #: Leaf keys that never define an experimental arm: seeds (any ``*.seed``) and where outputs go.
 SEED_KEYS: frozenset[str] = frozenset({"seed"})
 OUTPUT_PREFIXES: tuple[str, ...] = ("output.",)
-STAT_KEYS: tuple[str, ...] = (
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-)
+STAT_KEYS: tuple[str, ...] = STAT_NAMES  # the COCO summary metrics, in pycocotools order
 
 
 def _parse(value: str) -> Any:
