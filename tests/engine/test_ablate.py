@@ -38,16 +38,20 @@ def test_arms_share_the_budget_and_the_table_has_rare_ap(tmp_path) -> None:
     cfg = load_config("demo", [f"data.shapes.out={tmp_path / 'shapes'}", *TINY])
     arms = ["copy-paste", "copy-paste-online", "rfs"]  # baseline is added first
     logs: list[str] = []
-    res = run_ablation(
-        cfg,
-        tmp_path / "abl",
-        arms=arms,
-        seeds=[3],
-        rare=["star", "cross"],
-        settings=AblationSettings(per_class=3, online_p=1.0),
-        quiet=True,
-        log=logs.append,
-    )
+
+    def ablate() -> dict:
+        return run_ablation(
+            cfg,
+            tmp_path / "abl",
+            arms=arms,
+            seeds=[3],
+            rare=["star", "cross"],
+            settings=AblationSettings(per_class=3, online_p=1.0),
+            quiet=True,
+            log=logs.append,
+        )
+
+    res = ablate()
     assert res["arms"] == ["baseline", *arms] and res["steps_per_epoch"] == 24 // 4
     runs = {a: [tmp_path / "abl" / "runs" / f"{a}-3"] for a in res["arms"]}
     assert {a: [str(p) for p in ps] for a, ps in runs.items()} == res["runs"]
@@ -113,16 +117,7 @@ def test_arms_share_the_budget_and_the_table_has_rare_ap(tmp_path) -> None:
     # Resuming: finished runs are kept, not trained again.
     before = (runs["rfs"][0] / "metrics.json").stat().st_mtime_ns
     logs.clear()
-    run_ablation(
-        cfg,
-        tmp_path / "abl",
-        arms=arms,
-        seeds=[3],
-        rare=["star", "cross"],
-        settings=AblationSettings(per_class=3, online_p=1.0),
-        quiet=True,
-        log=logs.append,
-    )
+    ablate()
     assert (runs["rfs"][0] / "metrics.json").stat().st_mtime_ns == before
     assert sum("done before, kept" in m for m in logs) == 4
 

@@ -93,3 +93,14 @@ def shapes_dataset(tmp_path_factory: pytest.TempPathFactory):
     from detrkit.data.shapes import generate_shapes
 
     return generate_shapes(tmp_path_factory.mktemp("shapes"), train=16, val=0, size=96, seed=0)
+
+
+@pytest.fixture()
+def synth_cmd(solid_dataset):
+    """``synth_cmd(out, *more)``: ``detrkit synth`` arguments on :func:`solid_dataset` writing to ``out``."""
+    ann, images = solid_dataset
+
+    def make(out: Path, *more: str) -> list[str]:
+        return ["synth", "--data", str(ann), "--images", str(images), "--out", str(out), *more]
+
+    return make

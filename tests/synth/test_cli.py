@@ -9,16 +9,9 @@ from typer.testing import CliRunner
 from detrkit.cli.main import app
 
 
-def test_synth_copy_paste_json(solid_dataset, tmp_path) -> None:
-    ann, images = solid_dataset
-    args = [
-        "synth",
-        "--data",
-        str(ann),
-        "--images",
-        str(images),
-        "--out",
-        str(tmp_path / "o"),
+def test_synth_copy_paste_json(synth_cmd, tmp_path) -> None:
+    args = synth_cmd(
+        tmp_path / "o",
         "--classes",
         "disc",
         "box",
@@ -29,7 +22,7 @@ def test_synth_copy_paste_json(solid_dataset, tmp_path) -> None:
         "--format",
         "png",
         "--json",
-    ]
+    )
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
@@ -42,21 +35,11 @@ def test_synth_copy_paste_json(solid_dataset, tmp_path) -> None:
     assert meta["params"]["seed"] == 4 and meta["method"] == "copy-paste"
 
 
-def test_synth_comma_list_and_augment(solid_dataset, tmp_path) -> None:
-    ann, images = solid_dataset
-    base = [
-        "synth",
-        "--data",
-        str(ann),
-        "--images",
-        str(images),
-        "--per-class",
-        "1",
-        "--json",
-        "--method",
-        "augment",
-    ]
-    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a"), "--classes", "disc,box"])
+def test_synth_comma_list_and_augment(synth_cmd, tmp_path) -> None:
+    args = synth_cmd(
+        tmp_path / "a", "--per-class", "1", "--json", "--method", "augment", "--classes", "disc,box"
+    )
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["classes"] == ["disc", "box"]
     assert json.loads((tmp_path / "a" / "metadata.json").read_text())["method"] == "augment"
@@ -73,19 +56,9 @@ def _main(args: list[str], capsys) -> tuple[int, str]:
     return int(exit_info.value.code), capsys.readouterr().err
 
 
-def test_synth_user_errors_exit_2_with_one_line(solid_dataset, tmp_path, capsys) -> None:
+def test_synth_user_errors_exit_2_with_one_line(solid_dataset, synth_cmd, tmp_path, capsys) -> None:
     ann, images = solid_dataset
-    cmd = [
-        "synth",
-        "--data",
-        str(ann),
-        "--images",
-        str(images),
-        "--out",
-        str(tmp_path / "x"),
-        "--classes",
-        "dsic",
-    ]
+    cmd = synth_cmd(tmp_path / "x", "--classes", "dsic")
     code, err = _main(cmd, capsys)
     assert code == 2
     assert err.strip().splitlines() == [f"error: {ann}: no class named 'dsic' (did you mean 'disc'?)"]
@@ -93,14 +66,8 @@ def test_synth_user_errors_exit_2_with_one_line(solid_dataset, tmp_path, capsys)
     cmd[cmd.index(str(images))] = str(tmp_path / "missing")
     code, err = _main(cmd, capsys)
     assert code == 2 and "images folder not found" in err and len(err.strip().splitlines()) == 1
-    diffusion = [
-        "synth",
-        "--data",
-        str(ann),
-        "--images",
-        str(images),
-        "--out",
-        str(tmp_path / "x"),
+    diffusion = synth_cmd(
+        tmp_path / "x",
         "--classes",
         "disc",
         "--method",
@@ -109,6 +76,6 @@ def test_synth_user_errors_exit_2_with_one_line(solid_dataset, tmp_path, capsys)
         str(tmp_path),
         "--device",
         "cpu",
-    ]
+    )
     code, err = _main(diffusion, capsys)
     assert code == 2 and "cannot load an inpainting pipeline" in err and len(err.strip().splitlines()) == 1

@@ -186,41 +186,27 @@ def test_missing_diffusers_says_how_to_install(monkeypatch) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_cli_diffusion_with_a_local_model_folder(tiny_pipe, solid_dataset, tmp_path) -> None:
+def test_cli_diffusion_with_a_local_model_folder(tiny_pipe, synth_cmd, tmp_path) -> None:
     from typer.testing import CliRunner
 
     from detrkit.cli.main import app
 
     tiny_pipe.save_pretrained(tmp_path / "model")
-    ann, images = solid_dataset
-    args = [
-        "synth",
-        "--data",
-        str(ann),
-        "--images",
-        str(images),
-        "--out",
-        str(tmp_path / "o"),
-        "--classes",
-        "disc",
-        "--per-class",
-        "2",
-        "--method",
-        "diffusion",
-        "--model",
-        str(tmp_path / "model"),
-        "--device",
-        "cpu",
-        "--steps",
-        "2",
-        "--resolution",
-        "32",
-        "--prompt",
-        "a drawing of a {class}",
-        "--format",
-        "png",
-        "--json",
-    ]
+    args = synth_cmd(
+        tmp_path / "o",
+        *(
+            "--classes",
+            "disc",
+            "--per-class",
+            "2",
+            "--method",
+            "diffusion",
+            "--model",
+            str(tmp_path / "model"),
+        ),
+        *("--device", "cpu", "--steps", "2", "--resolution", "32", "--prompt", "a drawing of a {class}"),
+        *("--format", "png", "--json"),
+    )
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "o" / "metadata.json").read_text())

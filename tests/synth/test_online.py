@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -93,15 +95,7 @@ def test_hidden_box_is_dropped_and_partly_hidden_box_shrinks() -> None:
     # box 2 untouched. With drop_occluded=0.5, only the untouched box and the paste remain.
     assert t["labels"].tolist() == [3, 2]
     assert t["boxes"].tolist() == [[50.0, 0.0, 60.0, 10.0], [15.0, 0.0, 45.0, 30.0]]
-    params = PasteParams(
-        feather=0,
-        scale_range=(1.0, 1.0),
-        flip_prob=0.0,
-        max_size_frac=1.0,
-        max_cover=1.0,
-        drop_occluded=0.9,
-        attempts=1,
-    )
+    params = dataclasses.replace(params, drop_occluded=0.9)
     cp.params = params
     torch.manual_seed(seed)
     out, t = cp(image, target)
