@@ -133,3 +133,51 @@ def test_deformable_one_to_many_group_is_separate_and_training_only() -> None:
         assert "one_to_many" not in model(images, mask)
     with pytest.raises(ValueError, match="two_stage"):
         build_model("deformable-detr-tiny", num_classes=3, two_stage=True, one_to_many={"k": 2, "queries": 6})
+
+
+def _reference_resnet18(width: int) -> nn.Module:
+    """ResNet-18 with ``width * (1, 2, 4, 8)`` channels assembled by hand from torchvision's BasicBlock."""
+    from torchvision.models.resnet import BasicBlock
+
+    def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
+        down = None
+        if stride != 1 or cin != cout:
+            down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        return nn.Sequential(BasicBlock(cin, cout, stride, down), BasicBlock(cout, cout))
+
+    net = nn.Module()
+    net.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.relu = nn.ReLU(inplace=True)
+    net.maxpool = nn.MaxPool2d(3, 2, 1)
+    for i in range(4):
+        cin = width * 2 ** max(i - 1, 0)
+        setattr(net, f"layer{i + 1}", stage(cin, width * 2**i, 1 if i == 0 else 2))
+    return net
+
+
+def test_width_matches_a_hand_built_narrow_resnet() -> None:
+    torch.manual_seed(0)
+    bb = Backbone("resnet18", return_layers=("layer2", "layer3", "layer4"), norm="bn", width=32)
+    assert bb.level_channels == (64, 128, 256) and bb.level_strides == (8, 16, 32)
+    ref = _reference_resnet18(32)
+    ref.load_state_dict(bb.body.state_dict(), strict=True)  # the same names and shapes
+    images = torch.randn(2, 3, 64, 64)
+    bb.train(), ref.train()
+    for got, want in zip(bb.forward_levels(images), _levels_of(ref, images)[1:], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    full = sum(p.numel() for p in Backbone("resnet18", norm="bn").parameters())
+    narrow = sum(p.numel() for p in Backbone("resnet18", norm="bn", width=32).parameters())
+    assert 0.24 < narrow / full < 0.26  # convolutions dominate: a quarter of the parameters
+    # every parameter of a from-scratch narrow backbone trains, and gets a gradient
+    sum(f.sum() for f in bb.forward_levels(images)).backward()
+    assert all(p.requires_grad and p.grad is not None for p in bb.parameters())
+
+
+def test_width_errors() -> None:
+    with pytest.raises(ValueError, match="BasicBlock"):
+        Backbone("resnet50", width=32)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        Backbone("resnet18", width=20)
+    with pytest.raises(ValueError, match="from scratch"):
+        Backbone("resnet18", width=32, weights="IMAGENET1K_V1")

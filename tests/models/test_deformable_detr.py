@@ -353,3 +353,36 @@ def test_two_stage_class_aware_options() -> None:
     out = model(images, mask, targets)
     assert torch.isfinite(out["loss"]) and out["loss_ce_enc"] > 0
     out["loss"].backward()
+
+
+def test_two_stage_memory_queries_start_from_the_selected_encoder_features() -> None:
+    with pytest.raises(ValueError, match="two_stage"):
+        build_model("deformable-detr-tiny", num_classes=3, two_stage_query="memory")
+    with pytest.raises(ValueError, match="query_content"):
+        build_model("deformable-detr-tiny", num_classes=3, two_stage=True, two_stage_query="mean")
+    torch.manual_seed(0)
+    model = build_model(
+        "deformable-detr-tiny", num_classes=3, num_queries=7, two_stage=True, two_stage_query="memory"
+    ).eval()
+    captured = {}
+    model.transformer.enc_output_norm.register_forward_hook(
+        lambda m, a, out: captured.__setitem__("feat", out)
+    )
+    model.transformer.decoder_layers[0].register_forward_pre_hook(
+        lambda m, args: captured.__setitem__("tgt", args[0])
+    )
+    images, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(images, mask)
+    order = out["enc_outputs"]["pred_logits"][..., 0].argsort(dim=1, descending=True)[:, :7]
+    expected = torch.stack([captured["feat"][b, order[b]] for b in range(2)])
+    torch.testing.assert_close(captured["tgt"], expected, rtol=0, atol=0)
+    # the default takes the content from the proposals' position embedding instead
+    position = build_model("deformable-detr-tiny", num_classes=3, num_queries=7, two_stage=True).eval()
+    position.load_state_dict(model.state_dict())
+    position.transformer.decoder_layers[0].register_forward_pre_hook(
+        lambda m, args: captured.__setitem__("tgt_pos", args[0])
+    )
+    with torch.no_grad():
+        position(images, mask)
+    assert not torch.allclose(captured["tgt_pos"], captured["tgt"])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import BasicBlock
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detrkit.errors import CheckpointError
@@ -92,6 +93,10 @@ class Backbone(nn.Module):
             (trainable GroupNorm, batch-size independent). With ``"bn"`` the frozen stages stay in
             eval mode (running statistics not updated) whatever :meth:`train` is called with.
         gn_groups: GroupNorm groups (``norm="gn"``), at most the channel count of each layer.
+        width: channels of ``layer1`` of a BasicBlock ResNet (``resnet18``/``resnet34``; 64 in
+            torchvision), doubled at every later stage: 32 gives a quarter of the convolution cost
+            and of the parameters, for training small models from scratch on a CPU. Only with
+            ``weights=None`` (ImageNet weights have the standard width).
         weights: optional ImageNet weights: a path to a torchvision ResNet state dict (``.pth``)
             or a torchvision weight name such as ``"IMAGENET1K_V1"`` (downloaded by torchvision
             if not in its cache). ``None``: random initialisation, no download.
@@ -112,6 +117,7 @@ class Backbone(nn.Module):
         weights: str | Path | None = None,
         norm: Norm = "frozen_bn",
         gn_groups: int = 32,
+        width: int = 64,
     ) -> None:
         super().__init__()
         if norm not in NORMS:
@@ -129,6 +135,15 @@ class Backbone(nn.Module):
                 f"return_layers must be distinct stages of {_STAGES} in order, ending with "
                 f"return_layer={return_layer!r}; got {levels!r}"
             )
+        if width != 64:
+            if name not in ("resnet18", "resnet34"):
+                raise ValueError(f"width applies to BasicBlock ResNets (resnet18, resnet34), not {name}")
+            if width < 8 or width % 8:
+                raise ValueError(f"width must be a multiple of 8 (64: torchvision's ResNet), got {width}")
+            if weights is not None:
+                raise ValueError(
+                    f"ImageNet weights have width 64; width={width} trains from scratch (weights=None)"
+                )
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet (resnet50, resnet101), not {name}")
         if dilation and return_layer != "layer4":
@@ -147,6 +162,8 @@ class Backbone(nn.Module):
             norm_layer=_norm_layer(norm, gn_groups),
             replace_stride_with_dilation=[False, False, dilation],
         )
+        if width != 64:
+            _set_width(net, width, _norm_layer(norm, gn_groups))
         if weights is not None:
             load_imagenet_weights(net, name, weights)
         trainable = set(_STAGES[max(n_stages - trainable_layers, 0) : n_stages])
@@ -168,7 +185,8 @@ class Backbone(nn.Module):
         self.norm = norm
         self.return_layer = return_layer
         self.return_layers = levels
-        self.level_channels = tuple(RESNET_CHANNELS[name][s] for s in levels)
+        scale = width / 64
+        self.level_channels = tuple(round(RESNET_CHANNELS[name][s] * scale) for s in levels)
         self.level_strides = tuple(_STRIDES[s] // (2 if dilation and s == "layer4" else 1) for s in levels)
         self.num_channels = self.level_channels[-1]
         self.stride = self.level_strides[-1]
@@ -204,6 +222,24 @@ class Backbone(nn.Module):
         """
         out = self.body(images)
         return [out[s] for s in self.return_layers]
+
+
+def _set_width(net: torchvision.models.ResNet, width: int, norm_layer: Callable[[int], nn.Module]) -> None:
+    """Rebuild the stem and the four stages of a BasicBlock ResNet with ``width * (1, 2, 4, 8)``
+    channels (torchvision's block counts and initialisation, ``_make_layer`` reused)."""
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = norm_layer(width)
+    for i, stage in enumerate(_STAGES):
+        blocks = len(getattr(net, stage))
+        setattr(net, stage, net._make_layer(BasicBlock, width * 2**i, blocks, stride=1 if i == 0 else 2))
+    net.fc = nn.Linear(width * 8, net.fc.out_features)
+    for m in net.modules():  # torchvision's ResNet initialisation of the new layers
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
 
 
 def imagenet_state_dict(name: str, weights: str | Path) -> dict[str, Tensor]:
@@ -258,6 +294,7 @@ def build_backbone(
     weights: str | Path | None = None,
     norm: Norm = "frozen_bn",
     gn_groups: int = 32,
+    width: int = 64,
 ) -> Backbone:
     """Build a :class:`Backbone` (see its arguments)."""
     return Backbone(
@@ -269,4 +306,5 @@ def build_backbone(
         weights=weights,
         norm=norm,
         gn_groups=gn_groups,
+        width=width,
     )

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detrkit.boxes import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from detrkit.models.denoising import denoising_indices
+from detrkit.models.dense import dense_class_targets
 from detrkit.models.matcher import HungarianMatcher
 
 __all__ = ["SetCriterion", "num_boxes_across_processes", "sigmoid_focal_loss"]
@@ -25,7 +27,13 @@ LossType = Literal["ce", "focal"]
 
 
 def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, num_boxes: Tensor | float, *, alpha: float = 0.25, gamma: float = 2.0
+    logits: Tensor,
+    targets: Tensor,
+    num_boxes: Tensor | float,
+    *,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Sigmoid focal loss (RetinaNet) summed over all elements and divided by ``num_boxes``.
 
@@ -38,6 +46,8 @@ def sigmoid_focal_loss(
         num_boxes: normaliser (number of target boxes), scalar tensor or float.
         alpha: weight of positives (negatives get ``1 - alpha``); ``alpha < 0`` disables it.
         gamma: focusing exponent.
+        mask: optional, broadcastable to ``logits``: elements where it is False (0) are left out
+            of the sum (without indexing, so no host sync).
     Returns:
         Scalar loss.
     """
@@ -47,6 +57,8 @@ def sigmoid_focal_loss(
     loss = ce * (1 - p_t).pow(gamma)
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    if mask is not None:
+        loss = loss * mask
     return loss.sum() / num_boxes
 
 
@@ -95,6 +107,9 @@ class SetCriterion(nn.Module):
         enc_k: each target is matched to ``enc_k`` encoder proposals (the targets repeated
             ``enc_k`` times, losses normalised by ``enc_k`` times the number of boxes); 1: the
             paper's one-to-one match.
+        weight_dense: weight of the dense class loss of the encoder positions, when the outputs
+            hold ``"enc_dense"`` (see :mod:`detrkit.models.dense`). 0: off.
+        dense_center_fraction: the central part of a box whose positions are its positives.
     """
 
     def __init__(
@@ -113,6 +128,8 @@ class SetCriterion(nn.Module):
         one_to_many_weight: float = 1.0,
         enc_class_aware: bool = False,
         enc_k: int = 1,
+        weight_dense: float = 0.0,
+        dense_center_fraction: float = 0.5,
     ) -> None:
         super().__init__()
         if enc_k < 1:
@@ -136,6 +153,13 @@ class SetCriterion(nn.Module):
         self.one_to_many_weight = one_to_many_weight
         self.enc_class_aware = enc_class_aware
         self.enc_k = enc_k
+        if weight_dense < 0 or not 0 < dense_center_fraction <= 1:
+            raise ValueError(
+                f"weight_dense must be >= 0 and dense_center_fraction in (0, 1], got {weight_dense}, "
+                f"{dense_center_fraction}"
+            )
+        self.weight_dense = weight_dense
+        self.dense_center_fraction = dense_center_fraction
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -162,6 +186,35 @@ class SetCriterion(nn.Module):
         )
         onehot = onehot.scatter_(2, tgt_classes.unsqueeze(-1), 1.0)[..., :-1]
         return sigmoid_focal_loss(logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=self.focal_gamma)
+
+    def loss_dense(
+        self, logits: Tensor, anchors: Tensor, targets: list[dict[str, Tensor]], num_boxes: Tensor
+    ) -> Tensor:
+        """Dense class loss of the encoder positions (see :mod:`detrkit.models.dense`).
+
+        Args:
+            logits: ``[B, S, K]`` dense class logits.
+            anchors: ``[B, S, 4]`` the positions' anchors (values ``>= 1`` where invalid).
+            targets: the ``B`` target dicts.
+            num_boxes: normaliser (scalar tensor).
+        Returns:
+            Scalar float32 sigmoid focal loss over the valid positions.
+        """
+        classes = dense_class_targets(
+            anchors, targets, num_classes=self.num_classes, center_fraction=self.dense_center_fraction
+        )
+        onehot = torch.zeros(
+            (*classes.shape, self.num_classes + 1), dtype=torch.float32, device=logits.device
+        )
+        onehot.scatter_(2, classes.clamp(min=0).unsqueeze(-1), 1.0)
+        return sigmoid_focal_loss(
+            logits.float(),
+            onehot[..., :-1],
+            num_boxes,
+            alpha=self.focal_alpha,
+            gamma=self.focal_gamma,
+            mask=(classes >= 0)[..., None],
+        )
 
     @staticmethod
     def loss_boxes(src_boxes: Tensor, tgt_boxes: Tensor, num_boxes: Tensor) -> tuple[Tensor, Tensor]:
@@ -260,6 +313,14 @@ class SetCriterion(nn.Module):
             enc_indices = [(src, tgt % max(n, 1)) for (src, tgt), n in zip(enc_indices, sizes, strict=True)]
             flat.append(self._flat_indices(enc_indices, offsets))
             layers.append(("_enc", enc))
+        dn = outputs.get("denoising")
+        if dn is not None:  # denoising queries: a fixed assignment, no matching
+            dn_flat = self._flat_indices(denoising_indices(sizes, dn["groups"], dn["slots"]), offsets)
+            dn_layers = [("_dn", dn)] + [
+                (f"_dn_{i}", aux) for i, aux in enumerate(dn.get("aux_outputs") or [])
+            ]
+            layers += dn_layers
+            flat += [dn_flat] * len(dn_layers)
         # every index and the target counts reach the device in one copy that does not wait for the GPU
         pieces = [*flat, torch.tensor(sizes, dtype=torch.int64)]
         packed = _to_device(torch.cat([p.flatten() for p in pieces]), device).split(
@@ -273,6 +334,8 @@ class SetCriterion(nn.Module):
             if suffix == "_enc":
                 labels = tgt_labels if self.enc_class_aware else torch.zeros_like(tgt_labels)
                 norm = num_boxes * self.enc_k
+            elif suffix.startswith("_dn"):
+                norm = num_boxes * dn["groups"]
             for k, v in self._layer_losses(layer, idx.view(3, -1), labels, tgt_boxes, norm).items():
                 weighted[k + suffix] = (self.weight_dict[k], v)
 
@@ -288,14 +351,18 @@ class SetCriterion(nn.Module):
                 DETR proposals, trained class-agnostically: every target gets label 0) and optional
                 ``"one_to_many"`` (hybrid matching, H-DETR: the outputs of an extra group of
                 queries, same keys, matched one-to-one to every target repeated
-                ``one_to_many_k`` times; ignored when ``one_to_many_k`` is 0).
+                ``one_to_many_k`` times; ignored when ``one_to_many_k`` is 0) and optional
+                ``"denoising"`` (DINO's denoising queries: the same keys plus ``"groups"`` and
+                ``"slots"``, positive query ``g * 2 slots + j`` assigned to target ``j``, see
+                :mod:`detrkit.models.denoising`; losses normalised by ``groups`` times the number
+                of boxes).
             targets: ``B`` dicts with ``"labels"`` ``int64[N_i]`` in ``0..K-1`` and ``"boxes"``
                 ``[N_i, 4]`` cxcywh normalised.
         Returns:
             ``"loss"``: differentiable weighted total; detached scalars ``"loss_ce"``,
             ``"loss_bbox"``, ``"loss_giou"``, the same per auxiliary layer with suffix ``_i``
-            (``_enc`` for encoder proposals), the same with suffix ``_o2m`` for the one-to-many
-            group, and ``"cardinality_error"`` (of the one-to-one predictions; logging only).
+            (``_enc`` for encoder proposals, ``_dn`` and ``_dn_i`` for denoising queries), the same
+            with suffix ``_o2m`` for the one-to-many group, and ``"cardinality_error"`` (of the one-to-one predictions; logging only).
         """
         weighted, tgt_lengths = self._weighted_losses(outputs, targets)
         o2m = outputs.get("one_to_many")
@@ -304,6 +371,15 @@ class SetCriterion(nn.Module):
             repeated = [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)} for t in targets]
             for name, (weight, loss) in self._weighted_losses(o2m, repeated)[0].items():
                 weighted[name + "_o2m"] = (weight * self.one_to_many_weight, loss)
+        dense = outputs.get("enc_dense")
+        if dense is not None and self.weight_dense > 0:
+            num_boxes = num_boxes_across_processes(
+                sum(int(t["boxes"].shape[0]) for t in targets), dense["pred_logits"].device
+            )
+            weighted["loss_dense"] = (
+                self.weight_dense,
+                self.loss_dense(dense["pred_logits"], dense["anchors"], targets, num_boxes),
+            )
         total = torch.stack([w * v for w, v in weighted.values()]).sum()
         result = {k: v.detach() for k, (_, v) in weighted.items()}
         result["loss"] = total

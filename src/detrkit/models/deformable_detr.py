@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,9 @@ from torch import Tensor, nn
 from detrkit.models.backbone import Backbone, Norm, downsample_mask
 from detrkit.models.base import Detector, check_inputs, postprocess_sigmoid_topk
 from detrkit.models.criterion import SetCriterion
+from detrkit.models.deformable_hf import deformable_state_dict_from_hf
 from detrkit.models.deformable_transformer import DeformableTransformer, TransformerOutput, refine_reference
+from detrkit.models.denoising import make_denoising_queries
 from detrkit.models.matcher import HungarianMatcher, one_to_many_options
 from detrkit.models.position import PositionEmbeddingSine
 from detrkit.models.registry import register_model
@@ -73,6 +74,13 @@ class DeformableDETR(Detector):
         one_to_many_queries: hybrid matching (H-DETR), training only: an extra group of learned
             queries decoded separately and output as ``"one_to_many"`` (see
             :class:`~detrkit.models.criterion.SetCriterion`'s ``one_to_many_k``). 0: off.
+        num_denoising: contrastive denoising (DINO), training only, two-stage only: the budget of
+            noised ground-truth queries decoded with the matched ones (see
+            :mod:`detrkit.models.denoising`; DINO uses 100), output as ``"denoising"``. 0: off.
+        dn_label_noise, dn_box_noise: the noise of those queries (DINO: 0.5 and 1.0).
+        dense_head: two-stage only: train a dense class head on every encoder position
+            (one-to-many supervision, see :mod:`detrkit.models.dense`), output as ``"enc_dense"``
+            in training; its loss weight is the criterion's ``weight_dense``.
     """
 
     def __init__(
@@ -88,6 +96,10 @@ class DeformableDETR(Detector):
         criterion: SetCriterion | None = None,
         top_k: int = 100,
         one_to_many_queries: int = 0,
+        num_denoising: int = 0,
+        dn_label_noise: float = 0.5,
+        dn_box_noise: float = 1.0,
+        dense_head: bool = False,
     ) -> None:
         super().__init__()
         d_model = transformer.d_model
@@ -147,6 +159,24 @@ class DeformableDETR(Detector):
                 raise ValueError("one_to_many needs learned queries; it is not available with two_stage")
             self.query_embed_o2m = nn.Embedding(one_to_many_queries, 2 * d_model)
             nn.init.normal_(self.query_embed_o2m.weight)
+        if num_denoising < 0 or not 0.0 <= dn_label_noise <= 1.0 or dn_box_noise < 0:
+            raise ValueError(
+                f"num_denoising must be >= 0, dn_label_noise in [0, 1] and dn_box_noise >= 0; got "
+                f"{num_denoising}, {dn_label_noise}, {dn_box_noise}"
+            )
+        if num_denoising > 0 and not self.two_stage:
+            raise ValueError("denoising queries (num_denoising > 0) need two_stage: true")
+        self.num_denoising = num_denoising
+        self.dn_label_noise = dn_label_noise
+        self.dn_box_noise = dn_box_noise
+        if num_denoising > 0:
+            self.dn_label_embed = nn.Embedding(num_classes, d_model)
+            nn.init.normal_(self.dn_label_embed.weight)
+        if dense_head and not self.two_stage:
+            raise ValueError("the dense encoder head (dense_weight > 0) needs two_stage: true")
+        self.dense_head = nn.Linear(d_model, num_classes) if dense_head else None
+        if self.dense_head is not None:
+            nn.init.constant_(self.dense_head.bias, -math.log((1 - 0.01) / 0.01))
 
     def forward(
         self, images: Tensor, pixel_mask: Tensor, targets: list[dict[str, Tensor]] | None = None
@@ -177,6 +207,16 @@ class DeformableDETR(Detector):
         pos = [self.position_embedding(m, dtype=s.dtype) for m, s in zip(masks, srcs, strict=True)]
 
         num_layers = len(self.transformer.decoder_layers)
+        dn = None
+        if targets is not None and self.training and self.num_denoising > 0:
+            dn = make_denoising_queries(
+                targets,
+                num_classes=self.num_classes,
+                num_queries=self.transformer.num_queries,
+                num_denoising=self.num_denoising,
+                label_noise=self.dn_label_noise,
+                box_noise=self.dn_box_noise,
+            )
         out = self.transformer(
             srcs,
             masks,
@@ -186,14 +226,22 @@ class DeformableDETR(Detector):
             one_to_many_queries=(
                 self.query_embed_o2m.weight if self.one_to_many_queries > 0 and self.training else None
             ),
+            denoising=(None if dn is None else (self.dn_label_embed(dn.labels), dn.box_logits, dn.attn_mask)),
         )
         outputs = self._heads(out)
         if out.one_to_many is not None:
             outputs["one_to_many"] = self._heads(out.one_to_many)
+        if dn is not None and out.denoising is not None:
+            outputs["denoising"] = {**self._heads(out.denoising), "groups": dn.groups, "slots": dn.slots}
         if self.two_stage:
             outputs["enc_outputs"] = {
                 "pred_logits": out.enc_class_logits,
                 "pred_boxes": out.enc_box_logits.sigmoid(),
+            }
+        if self.dense_head is not None and targets is not None and self.training:
+            outputs["enc_dense"] = {
+                "pred_logits": self.dense_head(out.enc_features),
+                "anchors": out.enc_anchors,
             }
         if targets is not None:
             outputs.update(self.criterion(outputs, targets))
@@ -258,6 +306,7 @@ def build_deformable_detr(
     backbone_weights: str | Path | None = None,
     backbone_norm: Norm = "frozen_bn",
     trainable_backbone_layers: int | None = None,
+    backbone_width: int = 64,
     d_model: int = 256,
     n_heads: int = 8,
     num_encoder_layers: int = 6,
@@ -283,6 +332,12 @@ def build_deformable_detr(
     one_to_many: dict[str, int] | None = None,
     two_stage_class_aware: bool = False,
     two_stage_k: int = 1,
+    two_stage_query: str = "position",
+    num_denoising: int = 0,
+    dn_label_noise: float = 0.5,
+    dn_box_noise: float = 1.0,
+    dense_weight: float = 0.0,
+    dense_center_fraction: float = 0.5,
 ) -> DeformableDETR:
     """Build a Deformable DETR with random weights (defaults: the paper's R50 model and loss).
 
@@ -299,8 +354,8 @@ def build_deformable_detr(
     (dense supervision of the encoder, which speeds up learning from scratch; see
     :class:`~detrkit.models.criterion.SetCriterion` ``enc_class_aware``, ``enc_k``).
     """
-    if (two_stage_class_aware or two_stage_k != 1) and not two_stage:
-        raise ValueError("two_stage_class_aware and two_stage_k need two_stage: true")
+    if (two_stage_class_aware or two_stage_k != 1 or two_stage_query != "position") and not two_stage:
+        raise ValueError("two_stage_class_aware, two_stage_k and two_stage_query need two_stage: true")
     o2m = one_to_many_options(one_to_many)
     if num_feature_levels < 1:
         raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
@@ -311,6 +366,7 @@ def build_deformable_detr(
         trainable_layers=trainable_backbone_layers,
         weights=backbone_weights,
         norm=backbone_norm,
+        width=backbone_width,
     )
     transformer = DeformableTransformer(
         d_model=d_model,
@@ -325,6 +381,7 @@ def build_deformable_detr(
         num_queries=num_queries,
         two_stage=two_stage,
         proposal_score="max" if two_stage_class_aware else "first",
+        query_content=two_stage_query,
     )
     matcher = HungarianMatcher(
         cost_class=cost_class,
@@ -345,6 +402,8 @@ def build_deformable_detr(
         one_to_many_weight=o2m["weight"],
         enc_class_aware=two_stage_class_aware,
         enc_k=two_stage_k,
+        weight_dense=dense_weight,
+        dense_center_fraction=dense_center_fraction,
     )
     return DeformableDETR(
         backbone=trunk,
@@ -357,6 +416,10 @@ def build_deformable_detr(
         criterion=criterion,
         top_k=top_k,
         one_to_many_queries=o2m["queries"],
+        num_denoising=num_denoising,
+        dn_label_noise=dn_label_noise,
+        dn_box_noise=dn_box_noise,
+        dense_head=dense_weight > 0,
     )
 
 
@@ -416,103 +479,3 @@ def deformable_detr_tiny(*, num_classes: int, **overrides: Any) -> DeformableDET
     """Tiny Deformable DETR for tests and CPU: ResNet-18, d_model 32, 1+2 layers, 20 queries, 2 points,
     8 GroupNorm groups (works on inputs from 32 px at batch size 1)."""
     return _build_registered(num_classes, TINY_DEFAULTS, overrides)
-
-
-# ---------------------------------------------------------------------------------------------
-# Hugging Face weights
-
-# Older transformers names -> current ones (transformers' conversion_mapping for deformable_detr).
-_HF_OLD_TO_NEW = [
-    (re.compile(r"backbone\.conv_encoder\."), "backbone."),
-    (re.compile(r"self_attn\.out_proj\."), "self_attn.o_proj."),
-    (re.compile(r"layers\.(\d+)\.fc([12])\."), r"layers.\1.mlp.fc\2."),
-]
-# Current transformers names -> ours: top-level prefixes, then per encoder/decoder layer.
-_HF_PREFIXES = {
-    "model.backbone.model.": "backbone.body.",
-    "model.input_proj.": "input_proj.",
-    "model.level_embed": "transformer.level_embed",
-    "model.query_position_embeddings.": "transformer.query_embed.",
-    "model.reference_points.": "transformer.reference_points.",
-    "model.enc_output.": "transformer.enc_output.",
-    "model.enc_output_norm.": "transformer.enc_output_norm.",
-    "model.pos_trans.": "transformer.pos_trans.",
-    "model.pos_trans_norm.": "transformer.pos_trans_norm.",
-}
-_HF_LAYER = {
-    "encoder": {"self_attn.": "self_attn.", "self_attn_layer_norm.": "norm1.", "mlp.fc1.": "linear1.",
-                "mlp.fc2.": "linear2.", "final_layer_norm.": "norm2."},
-    "decoder": {"self_attn.q_proj.": "q_proj.", "self_attn.k_proj.": "k_proj.", "self_attn.v_proj.": "v_proj.",
-                "self_attn.o_proj.": "out_proj.", "self_attn_layer_norm.": "norm1.", "encoder_attn.": "cross_attn.",
-                "encoder_attn_layer_norm.": "norm2.", "mlp.fc1.": "linear1.", "mlp.fc2.": "linear2.",
-                "final_layer_norm.": "norm3."},
-}  # fmt: skip
-_HF_LAYER_KEY = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.+)$")
-_HF_HEAD_KEY = re.compile(r"^(model\.decoder\.)?(class_embed|bbox_embed)\.(\d+)\.(.+)$")
-
-
-_TIMM_RESNET_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
-
-
-def _hf_key_to_ours(key: str) -> str | None:
-    for prefix, repl in _HF_PREFIXES.items():
-        if key.startswith(prefix):
-            rest = key[len(prefix) :]
-            if prefix == "model.backbone.model." and not _TIMM_RESNET_KEY.match(rest):
-                return None
-            return repl + rest
-    if m := _HF_LAYER_KEY.match(key):
-        part, index, rest = m.groups()
-        for prefix, repl in _HF_LAYER[part].items():
-            if rest.startswith(prefix):
-                return f"transformer.{part}_layers.{index}.{repl}{rest[len(prefix) :]}"
-    return None
-
-
-def deformable_state_dict_from_hf(hf_state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Map a ``DeformableDetrForObjectDetection`` state dict onto :class:`DeformableDETR`'s.
-
-    Accepts the current transformers names and the older ones of checkpoints published on the Hub
-    (``backbone.conv_encoder``, ``self_attn.out_proj``, ``layers.N.fc1``), with the timm ResNet
-    backbone of the SenseTime checkpoints. Heads that transformers ties (shared across layers, or
-    duplicated under ``model.decoder``) may be absent from a saved file: head ``i`` of the ``N``
-    (+1 with two-stage) is ``class_embed.i``, else ``model.decoder.class_embed.i``, else
-    ``class_embed.0`` (likewise ``bbox_embed``).
-
-    Args:
-        hf_state_dict: name -> tensor, as from ``model.state_dict()`` or a checkpoint file.
-    Returns:
-        A state dict for ``DeformableDETR.load_state_dict`` (the same tensors, not copies).
-    Raises:
-        ValueError: for keys without a counterpart (e.g. a non-timm backbone), naming them.
-    """
-    ours: dict[str, Tensor] = {}
-    heads: dict[tuple[str, str], dict[int, dict[bool, Tensor]]] = {}  # (name, param) -> i -> copy -> t
-    unknown = []
-    for key, value in hf_state_dict.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        for pattern, repl in _HF_OLD_TO_NEW:
-            key = pattern.sub(repl, key)
-        if m := _HF_HEAD_KEY.match(key):
-            decoder_copy, name, index, rest = m.groups()
-            heads.setdefault((name, rest), {}).setdefault(int(index), {})[decoder_copy is not None] = value
-        elif (new_key := _hf_key_to_ours(key)) is not None:
-            ours[new_key] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        hint = ""
-        if any(k.startswith("model.backbone.") for k in unknown):
-            hint = " (only the timm ResNet backbone of the SenseTime checkpoints is supported)"
-        raise ValueError(
-            f"no Deformable DETR counterpart for {len(unknown)} key(s), e.g. {unknown[:3]}{hint}"
-        )
-    decoder_layers = {k.split(".")[2] for k in ours if k.startswith("transformer.decoder_layers.")}
-    num_pred = len(decoder_layers) + int("transformer.enc_output.weight" in ours)
-    for (name, rest), by_index in heads.items():
-        for i in range(num_pred):
-            copies = by_index.get(i) or by_index.get(0)
-            if copies:
-                ours[f"{name}.{i}.{rest}"] = copies.get(False, copies.get(True))
-    return ours

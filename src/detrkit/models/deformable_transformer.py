@@ -19,9 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detrkit.models.deformable_layers import (
+    DeformableDecoderLayer,
+    DeformableEncoderLayer,
+    FlatLevels,
+    encoder_reference_points,
+    inverse_sigmoid,
+    refine_reference,
+)
 from detrkit.models.ops import MSDeformAttn
 
 __all__ = [
@@ -31,169 +38,38 @@ __all__ = [
     "DeformableTransformer",
     "TransformerOutput",
     "encoder_reference_points",
+    "gather_queries",
     "inverse_sigmoid",
+    "proposal_indices",
     "refine_reference",
     "select_proposals",
 ]
 
 
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``log(x / (1 - x))`` with ``x`` clamped to ``[0, 1]`` and both terms to ``>= eps``; any shape."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def _device_ints(values: Sequence[int], device: torch.device) -> Tensor:
-    """``int64[len(values)]`` on ``device`` built by fill kernels: unlike ``torch.tensor(values,
-    device=cuda)``, no blocking host-to-device copy (a host sync) in the forward pass."""
-    return torch.stack([torch.full((), v, dtype=torch.long, device=device) for v in values])
-
-
-@dataclass
-class FlatLevels:
-    """The feature levels flattened into one sequence of ``S`` positions, and their geometry.
-
-    Attributes:
-        shapes: ``int64[L, 2]`` ``(H_l, W_l)`` on the device (for kernels and offset scaling).
-        shapes_list: the same as Python ints (for splitting without a host sync).
-        start_index: ``int64[L]`` offset of each level in ``S``; ``start_index_list`` as ints.
-        valid_mask: ``bool[B, S]``, True on real (unpadded) positions.
-        valid_ratios: ``float32[B, L, 2]`` valid fraction ``(w, h)`` of each level.
-    """
-
-    shapes: Tensor
-    shapes_list: list[tuple[int, int]]
-    start_index: Tensor
-    start_index_list: list[int]
-    valid_mask: Tensor
-    valid_ratios: Tensor
-
-    @classmethod
-    def from_masks(cls, masks: Sequence[Tensor]) -> FlatLevels:
-        """From ``L`` masks ``bool[B, H_l, W_l]`` (True on real pixels); no host sync."""
-        shapes_list = [(int(m.shape[1]), int(m.shape[2])) for m in masks]
-        starts = [0]
-        for h, w in shapes_list[:-1]:
-            starts.append(starts[-1] + h * w)
-        device = masks[0].device
-        # float32 so that reference points stay precise when the model runs in bf16
-        ratios = [
-            torch.stack([m[:, 0, :].sum(1) / m.shape[2], m[:, :, 0].sum(1) / m.shape[1]], -1) for m in masks
-        ]
-        return cls(
-            shapes=_device_ints([v for hw in shapes_list for v in hw], device).view(-1, 2),
-            shapes_list=shapes_list,
-            start_index=_device_ints(starts, device),
-            start_index_list=starts,
-            valid_mask=torch.cat([m.flatten(1) for m in masks], 1),
-            valid_ratios=torch.stack(ratios, 1).float(),
-        )
-
-    def attend(self, attn: MSDeformAttn, query: Tensor, reference_points: Tensor, value: Tensor) -> Tensor:
-        """``attn(query [B, Q, D], reference_points [B, Q, L, 2 or 4], value [B, S, D]) -> [B, Q, D]``."""
-        return attn(
-            query, reference_points, value, self.shapes, self.shapes_list, self.start_index, self.valid_mask
-        )
-
-
-def encoder_reference_points(levels: FlatLevels) -> Tensor:
-    """Pixel centres of every level, normalised by the valid (unpadded) size, seen from every level.
-
-    Returns:
-        ``float32[B, S, L, 2]`` ``(x, y)`` in the padded maps' ``[0, 1]`` coordinates.
-    """
-    ratios = levels.valid_ratios
-    points = []
-    for level, (h, w) in enumerate(levels.shapes_list):
-        ys, xs = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=ratios.dtype, device=ratios.device),
-            torch.linspace(0.5, w - 0.5, w, dtype=ratios.dtype, device=ratios.device),
-            indexing="ij",
-        )
-        ys = ys.reshape(-1)[None] / (ratios[:, None, level, 1] * h)
-        xs = xs.reshape(-1)[None] / (ratios[:, None, level, 0] * w)
-        points.append(torch.stack((xs, ys), -1))
-    return torch.cat(points, 1)[:, :, None] * ratios[:, None]
-
-
-class DeformableEncoderLayer(nn.Module):
-    """Deformable self-attention over all levels, then a ReLU FFN; post-norm residuals."""
-
-    def __init__(
-        self, *, d_model: int, n_heads: int, n_levels: int, n_points: int, ffn_dim: int, dropout: float
-    ):
-        super().__init__()
-        self.self_attn = MSDeformAttn(d_model=d_model, n_levels=n_levels, n_heads=n_heads, n_points=n_points)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, ffn_dim)
-        self.linear2 = nn.Linear(ffn_dim, d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, levels: FlatLevels) -> Tensor:
-        """``src``, ``pos``: ``[B, S, D]``; ``reference_points``: ``[B, S, L, 2]``. Returns ``[B, S, D]``."""
-        src = self.norm1(src + self.dropout(levels.attend(self.self_attn, src + pos, reference_points, src)))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout(ffn))
-
-
-class DeformableDecoderLayer(nn.Module):
-    """Query self-attention, deformable cross-attention to the memory, ReLU FFN; post-norm."""
-
-    def __init__(
-        self, *, d_model: int, n_heads: int, n_levels: int, n_points: int, ffn_dim: int, dropout: float
-    ):
-        super().__init__()
-        self.n_heads = n_heads
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.cross_attn = MSDeformAttn(d_model=d_model, n_levels=n_levels, n_heads=n_heads, n_points=n_points)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, ffn_dim)
-        self.linear2 = nn.Linear(ffn_dim, d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.attn_dropout = dropout
-
-    def _self_attn(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
-        b, q, d = tgt.shape
-        qk = tgt + query_pos
-        heads = (b, q, self.n_heads, d // self.n_heads)
-        query = self.q_proj(qk).view(heads).transpose(1, 2)
-        key = self.k_proj(qk).view(heads).transpose(1, 2)
-        value = self.v_proj(tgt).view(heads).transpose(1, 2)
-        p = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=p)  # [B, nH, Q, Dh]
-        return self.out_proj(out.transpose(1, 2).reshape(b, q, d))
-
-    def forward(
-        self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor, levels: FlatLevels
-    ) -> Tensor:
-        """``tgt``, ``query_pos``: ``[B, Q, D]``; ``reference_points``: ``[B, Q, L, 2 or 4]`` in the
-        padded maps' coordinates; ``memory``: ``[B, S, D]``. Returns ``[B, Q, D]``."""
-        tgt = self.norm1(tgt + self.dropout(self._self_attn(tgt, query_pos)))
-        cross = levels.attend(self.cross_attn, tgt + query_pos, reference_points, memory)
-        tgt = self.norm2(tgt + self.dropout(cross))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout(ffn))
-
-
-def refine_reference(reference_points: Tensor, delta: Tensor) -> Tensor:
-    """Boxes from a reference and a box-logit delta.
+def proposal_indices(class_logits: Tensor, num_queries: int, *, score: str = "first") -> Tensor:
+    """Positions of the ``min(num_queries, S)`` encoder proposals of highest score.
 
     Args:
-        reference_points: ``[..., 2]`` points ``(x, y)`` or ``[..., 4]`` boxes cxcywh in ``[0, 1]``.
-        delta: ``[..., 4]`` box-logit deltas (a box head's output).
+        class_logits: ``[B, S, K]`` proposal class logits.
+        num_queries: ``Q``, the number of proposals to keep.
+        score: ``"first"``: the first class's logit (class-agnostic proposals, the paper and
+            transformers); ``"max"``: the highest logit over classes (class-aware proposals).
     Returns:
-        ``[..., 4]`` cxcywh in ``[0, 1]``: ``sigmoid(delta + inverse_sigmoid(reference))`` (points
-        move the centre only).
+        ``int64[B, min(Q, S)]`` indices into ``S``, by decreasing score.
     """
-    if reference_points.shape[-1] == 4:
-        return (delta + inverse_sigmoid(reference_points)).sigmoid()
-    return torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1).sigmoid()
+    if score not in ("first", "max"):
+        raise ValueError(f"score must be 'first' or 'max', got {score!r}")
+    scores = class_logits[..., 0] if score == "first" else class_logits.amax(-1)
+    return torch.topk(scores, min(num_queries, class_logits.shape[1]), dim=1).indices
+
+
+def gather_queries(values: Tensor, indices: Tensor, num_queries: int, fill: float) -> Tensor:
+    """``values [B, S, C]`` at ``indices int64[B, k]``, detached, padded with ``fill`` to ``[B, Q, C]``."""
+    selected = torch.gather(values, 1, indices[..., None].expand(-1, -1, values.shape[-1])).detach()
+    if indices.shape[1] < num_queries:
+        pad = selected.new_full((selected.shape[0], num_queries - indices.shape[1], values.shape[-1]), fill)
+        selected = torch.cat([selected, pad], 1)
+    return selected
 
 
 def select_proposals(
@@ -205,23 +81,14 @@ def select_proposals(
         class_logits: ``[B, S, K]`` proposal class logits.
         box_logits: ``[B, S, 4]`` proposal box logits (``inf`` at padded or border positions).
         num_queries: ``Q``, the number of proposals to keep.
-        score: ``"first"``: the first class's logit (class-agnostic proposals, the paper and
-            transformers); ``"max"``: the highest logit over classes (class-aware proposals).
+        score: see :func:`proposal_indices`.
     Returns:
         ``[B, Q, 4]`` box logits, detached, by decreasing score. An image with fewer positions
         than queries (``S < Q``: a small input) keeps all ``S`` and fills the rest with ``inf``
         box logits, the same proposal as a padded position's, so that outputs keep ``Q`` queries.
     """
-    k = min(num_queries, class_logits.shape[1])
-    if score not in ("first", "max"):
-        raise ValueError(f"score must be 'first' or 'max', got {score!r}")
-    scores = class_logits[..., 0] if score == "first" else class_logits.amax(-1)
-    topk = torch.topk(scores, k, dim=1).indices
-    selected = torch.gather(box_logits, 1, topk[..., None].expand(-1, -1, 4)).detach()
-    if k < num_queries:
-        fill = selected.new_full((selected.shape[0], num_queries - k, 4), float("inf"))
-        selected = torch.cat([selected, fill], 1)
-    return selected
+    indices = proposal_indices(class_logits, num_queries, score=score)
+    return gather_queries(box_logits, indices, num_queries, float("inf"))
 
 
 @dataclass
@@ -236,6 +103,11 @@ class TransformerOutput:
         enc_box_logits: two-stage only: ``[B, S, 4]`` proposal box logits (inverse sigmoid of
             cxcywh; ``inf`` at padded or border positions).
         one_to_many: with ``one_to_many_queries``: the same three tensors for that extra group.
+        denoising: with ``denoising``: the same three tensors for the denoising queries.
+        enc_features: two-stage only: ``[B, S, D]`` the projected encoder memory that the
+            proposal heads read (zero at padded or border positions).
+        enc_anchors: two-stage only: ``[B, S, 4]`` each position's anchor box (cxcywh: its pixel
+            centre, side ``0.05 * 2**level``); padded and border positions are ``(1, 1, 1, 1)``.
     """
 
     hidden: Tensor
@@ -244,6 +116,9 @@ class TransformerOutput:
     enc_class_logits: Tensor | None = None
     enc_box_logits: Tensor | None = None
     one_to_many: TransformerOutput | None = None
+    denoising: TransformerOutput | None = None
+    enc_features: Tensor | None = None
+    enc_anchors: Tensor | None = None
 
 
 class DeformableTransformer(nn.Module):
@@ -260,7 +135,11 @@ class DeformableTransformer(nn.Module):
         num_queries: object queries ``Q`` (two-stage: the number of top proposals kept; see
             :func:`select_proposals` for inputs with fewer positions than queries).
         two_stage: initial boxes and queries from encoder proposals instead of learned embeddings.
-        proposal_score: two-stage: how proposals are ranked, see :func:`select_proposals`.
+        proposal_score: two-stage: how proposals are ranked, see :func:`proposal_indices`.
+        query_content: two-stage: where the decoder's content queries come from: ``"position"``
+            (the paper and transformers: the second half of ``pos_trans`` of the proposal's sine
+            embedding) or ``"memory"`` (the selected proposals' encoder features, detached, as
+            RT-DETR: the decoder starts from what the encoder saw at each object).
     """
 
     def __init__(
@@ -278,16 +157,20 @@ class DeformableTransformer(nn.Module):
         num_queries: int = 300,
         two_stage: bool = False,
         proposal_score: str = "first",
+        query_content: str = "position",
     ) -> None:
         super().__init__()
         if proposal_score not in ("first", "max"):
             raise ValueError(f"proposal_score must be 'first' or 'max', got {proposal_score!r}")
+        if query_content not in ("position", "memory"):
+            raise ValueError(f"query_content must be 'position' or 'memory', got {query_content!r}")
         if d_model % 2 != 0:
             raise ValueError(f"d_model must be even, got {d_model}")
         self.d_model = d_model
         self.num_queries = num_queries
         self.two_stage = two_stage
         self.proposal_score = proposal_score
+        self.query_content = query_content
         common = {
             "d_model": d_model,
             "n_heads": n_heads,
@@ -375,6 +258,7 @@ class DeformableTransformer(nn.Module):
         bbox_heads: Sequence[nn.Module] | None = None,
         proposal_heads: tuple[nn.Module, nn.Module] | None = None,
         one_to_many_queries: Tensor | None = None,
+        denoising: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> TransformerOutput:
         """Encode the feature levels and decode the queries.
 
@@ -390,6 +274,10 @@ class DeformableTransformer(nn.Module):
             one_to_many_queries: hybrid matching (training only, not two-stage): ``[Q2, 2 * D]``
                 (position, content) embeddings of an extra group of queries, decoded separately
                 (the two groups do not attend to each other) into ``output.one_to_many``.
+            denoising: two-stage only (training): ``(content [B, Dn, D], box_logits [B, Dn, 4],
+                attn_mask bool[Dn + Q, Dn + Q])``: denoising queries (see
+                :mod:`detrkit.models.denoising`) decoded in front of the ``Q`` matched queries,
+                with the mask on the query self-attention, into ``output.denoising``.
         Returns:
             A :class:`TransformerOutput`.
         """
@@ -404,27 +292,48 @@ class DeformableTransformer(nn.Module):
         memory = src
 
         b = memory.shape[0]
-        enc_class_logits = enc_box_logits = None
+        enc_class_logits = enc_box_logits = features = anchors = None
         if self.two_stage:
             if proposal_heads is None:
                 raise ValueError("a two-stage transformer needs proposal_heads=(class_head, box_head)")
             features, proposal_logits = self.encoder_proposals(memory, levels)
             enc_class_logits = proposal_heads[0](features)
             enc_box_logits = proposal_heads[1](features) + proposal_logits
-            topk_box_logits = select_proposals(
-                enc_class_logits, enc_box_logits, self.num_queries, score=self.proposal_score
-            )
+            anchors = proposal_logits.sigmoid()
+            topk = proposal_indices(enc_class_logits, self.num_queries, score=self.proposal_score)
+            topk_box_logits = gather_queries(enc_box_logits, topk, self.num_queries, float("inf"))
             reference = topk_box_logits.sigmoid()
             query_pos, tgt = self.pos_trans_norm(
                 self.pos_trans(self.proposal_pos_embed(topk_box_logits, memory.dtype))
             ).split(self.d_model, dim=2)
+            if self.query_content == "memory":
+                tgt = gather_queries(features, topk, self.num_queries, 0.0)
         else:
             query_pos, tgt = self.query_embed.weight.split(self.d_model, dim=1)
             query_pos = query_pos[None].expand(b, -1, -1)
             tgt = tgt[None].expand(b, -1, -1)
             reference = self.reference_points(query_pos).sigmoid()
 
-        hidden, references = self._decode(tgt, query_pos, reference, memory, levels, bbox_heads)
+        dn_out = None
+        if denoising is not None:
+            if not self.two_stage:
+                raise ValueError("denoising queries need two_stage=True (box-derived query positions)")
+            dn_tgt, dn_box_logits, attn_mask = denoising
+            dn_pos = self.pos_trans_norm(self.pos_trans(self.proposal_pos_embed(dn_box_logits, memory.dtype)))
+            n_dn = dn_tgt.shape[1]
+            hidden, references = self._decode(
+                torch.cat([dn_tgt.to(tgt.dtype), tgt], 1),
+                torch.cat([dn_pos[..., : self.d_model], query_pos], 1),
+                torch.cat([dn_box_logits.sigmoid(), reference], 1),
+                memory,
+                levels,
+                bbox_heads,
+                attn_mask,
+            )
+            dn_out = TransformerOutput(hidden[:, :, :n_dn], dn_box_logits.sigmoid(), references[:, :, :n_dn])
+            hidden, references = hidden[:, :, n_dn:], references[:, :, n_dn:]
+        else:
+            hidden, references = self._decode(tgt, query_pos, reference, memory, levels, bbox_heads)
         o2m = None
         if one_to_many_queries is not None:
             if self.two_stage:
@@ -437,7 +346,15 @@ class DeformableTransformer(nn.Module):
             )
             o2m = TransformerOutput(o2m_hidden, o2m_reference, o2m_references)
         return TransformerOutput(
-            hidden, reference, references, enc_class_logits, enc_box_logits, one_to_many=o2m
+            hidden,
+            reference,
+            references,
+            enc_class_logits,
+            enc_box_logits,
+            one_to_many=o2m,
+            denoising=dn_out,
+            enc_features=features,
+            enc_anchors=anchors,
         )
 
     def _decode(
@@ -448,14 +365,15 @@ class DeformableTransformer(nn.Module):
         memory: Tensor,
         levels: FlatLevels,
         bbox_heads: Sequence[nn.Module] | None,
+        attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Run the decoder: ``tgt, query_pos [B, Q, D]``, ``reference [B, Q, 2 or 4]`` ->
-        ``(hidden [N, B, Q, D], references [N, B, Q, 2 or 4])``."""
+        """Run the decoder: ``tgt, query_pos [B, Q, D]``, ``reference [B, Q, 2 or 4]``, optional
+        ``attn_mask bool[Q, Q]`` -> ``(hidden [N, B, Q, D], references [N, B, Q, 2 or 4])``."""
         ratios = levels.valid_ratios
         hidden, references = [], []
         for i, layer in enumerate(self.decoder_layers):
             scale = torch.cat([ratios, ratios], -1) if reference.shape[-1] == 4 else ratios
-            tgt = layer(tgt, query_pos, reference[:, :, None] * scale[:, None], memory, levels)
+            tgt = layer(tgt, query_pos, reference[:, :, None] * scale[:, None], memory, levels, attn_mask)
             if bbox_heads is not None:
                 reference = refine_reference(reference, bbox_heads[i](tgt)).detach()
             hidden.append(tgt)

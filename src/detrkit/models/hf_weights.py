@@ -10,7 +10,7 @@ renames on load (``backbone.conv_encoder`` -> ``backbone``, ``out_proj`` -> ``o_
 ``layers.N.fc1`` -> ``layers.N.mlp.fc1``). Both namings are accepted, with the timm ResNet backbone
 of the published checkpoints or transformers' own ``ResNetBackbone``. Deformable DETR checkpoints
 (``model_type == "deformable_detr"`` or deformable keys) are mapped by
-:func:`detrkit.models.deformable_detr.deformable_state_dict_from_hf`.
+:func:`detrkit.models.deformable_hf.deformable_state_dict_from_hf`.
 """
 
 from __future__ import annotations
