@@ -102,6 +102,18 @@ def test_detr_eval_preset_default_size() -> None:
     assert tuple(out_img.shape[-2:]) == (800, 1066)
 
 
+def test_light_preset_colour_jitter_can_be_turned_off() -> None:
+    # No flip, no rescale, no colour jitter: the image comes back unchanged; with jitter it does not.
+    img, target = _sample(64, 64, [[10, 20, 30, 60]])
+    plain = build_transforms(
+        "light", train=True, size=64, flip_prob=0.0, scale_range=(1.0, 1.0), color_jitter=0.0, hue=0.0
+    )
+    assert torch.equal(plain(img, target)[0], img)
+    torch.manual_seed(0)
+    jitter = build_transforms("light", train=True, size=64, flip_prob=0.0, scale_range=(1.0, 1.0))
+    assert not torch.equal(jitter(img, target)[0], img)
+
+
 def test_light_preset_is_fixed_size() -> None:
     t = build_transforms("light", train=True, size=64)
     torch.manual_seed(0)

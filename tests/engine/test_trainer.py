@@ -136,6 +136,28 @@ def test_grad_accumulation_equals_the_large_batch(conf, tmp_path: Path) -> None:
     assert any(not torch.equal(a[k], conf.TinyDetector().state_dict()[k]) for k in a)
 
 
+def test_channels_last_trains_the_same_weights(conf, tmp_path: Path) -> None:
+    # NHWC is a memory layout only: the same steps give the same weights (up to float rounding of
+    # a different convolution kernel), and the conv weights are channels-last during training.
+    # Adam's eps 1 keeps the update proportional to the gradient: with the default 1e-8 a gradient
+    # entry that is rounding noise around 0 moves its weight by +-lr either way.
+    common = {"epochs": 1, "max_steps_per_epoch": 3, "preflight": False}
+    optim = {"eps": 1.0, "lr": 0.5, "backbone_lr": 0.5}
+    nhwc = conf.make_trainer(
+        conf.double_config(tmp_path / "cl", train={**common, "channels_last": True}, optim=optim),
+        val=False,
+    )
+    nhwc.fit()
+    conv = nhwc.unwrapped.backbone[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    nchw = conf.make_trainer(conf.double_config(tmp_path / "cf", train=common, optim=optim), val=False)
+    nchw.fit()
+    a, b = _weights(nhwc), _weights(nchw)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(a[k], conf.TinyDetector().state_dict()[k]) for k in a)
+
+
 def test_preflight_leaves_the_run_unchanged_and_dry_run_stops(conf, tmp_path: Path) -> None:
     with_pf = conf.make_trainer(conf.double_config(tmp_path / "p", train={"epochs": 1}))
     report = with_pf.fit()["preflight"]

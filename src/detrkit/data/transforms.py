@@ -85,6 +85,8 @@ def build_transforms(
     crop_size: tuple[int, int] | None = None,
     flip_prob: float = 0.5,
     scale_range: tuple[float, float] = (0.75, 1.25),
+    color_jitter: float = 0.2,
+    hue: float = 0.02,
     min_box_size: float = 1.0,
 ) -> v2.Compose:
     """Build a transform pipeline (see the module docstring for each preset).
@@ -101,6 +103,10 @@ def build_transforms(
         crop_size: ``detr`` ``(min, max)`` crop side (default 384..600, scaled).
         flip_prob: horizontal flip probability (train).
         scale_range: ``light`` scale jitter range (train).
+        color_jitter: ``light`` brightness/contrast/saturation jitter (train); 0 turns colour
+            jitter off.
+        hue: ``light`` hue jitter (train; the slowest part of the preset on the CPU: 14.8 against
+            8.3 ms per 128-px image without it, 5.5 without any colour jitter).
         min_box_size: boxes narrower or shorter than this many pixels are dropped.
     Returns:
         a ``v2.Compose`` mapping ``(Image uint8 [3,H,W], target)`` to the same types.
@@ -112,10 +118,17 @@ def build_transforms(
         side = size or 256
         if not train:
             return v2.Compose([v2.Resize(size=None, max_size=side), sanitize])
+        colour = []
+        if color_jitter > 0 or hue > 0:
+            colour = [
+                v2.ColorJitter(
+                    brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=hue
+                )
+            ]
         return v2.Compose(
             [
                 v2.RandomHorizontalFlip(flip_prob),
-                v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+                *colour,
                 v2.ScaleJitter(target_size=(side, side), scale_range=scale_range),
                 v2.RandomCrop(side, pad_if_needed=True),
                 sanitize,

@@ -72,7 +72,10 @@ class StepRunner:
             batch = batch.to(device)
             sync_now = i == n - 1 or acc.num_processes == 1
             with contextlib.nullcontext() if sync_now else acc.no_sync(model):
-                out = model(batch.normalized(), batch.pixel_mask, batch.targets)
+                images = batch.normalized()
+                if cfg.train.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                out = model(images, batch.pixel_mask, batch.targets)
                 loss = out["loss"]
                 acc.backward(loss / n)
             detached = loss.detach().float()

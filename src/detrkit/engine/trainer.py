@@ -111,6 +111,8 @@ class Trainer:
             )
         self.model_name = str(getattr(model, "model_name", type(model).__name__))
         model.to(self.device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.ema = (
             ModelEMA(model, decay=cfg.train.ema_decay, warmup=cfg.train.ema_warmup) if cfg.train.ema else None
         )
