@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from detrkit.config import load_config
+from detrkit.config import config_from_dict, load_config
 from detrkit.engine.builders import build_data, repeat_factors_for
 from detrkit.errors import ConfigError
 
@@ -147,14 +147,14 @@ def test_repeat_factor_sampler_config_gives_the_hand_computed_factors() -> None:
     # r_0 = max(1, sqrt(0.5 / 0.75)) = 1, r_1 = sqrt(0.5 / 0.25) = sqrt(2); an image takes its max.
     ds = _Labels([[0], [0, 0], [1, 0], []])
     assert repeat_factors_for(cfg.data, ds, "t") == pytest.approx([1.0, 1.0, math.sqrt(2), 1.0])
-    assert repeat_factors_for(load_config("demo").data, ds, "t") is None
+    assert repeat_factors_for(load_config("demo", ["data.sampler=random"]).data, ds, "t") is None
     with pytest.raises(ConfigError, match="rfs_threshold must be > 0"):
         repeat_factors_for(
             load_config("demo", ["data.sampler=repeat_factor", "data.rfs_threshold=0"]).data, ds, "t"
         )
     old = load_config("demo", ["data.repeat_factor_threshold=0.3"]).data  # configs of older runs
     assert (old.sampler, old.rfs_threshold) == ("repeat_factor", 0.3)
-    assert load_config("demo", ["data.repeat_factor_threshold=0"]).data.sampler == "random"
+    assert config_from_dict({"data": {"repeat_factor_threshold": 0}}, "old").data.sampler == "random"
 
 
 def test_repeat_factor_run_resumes_exactly_mid_epoch(conf, tmp_path: Path, monkeypatch) -> None:

@@ -4,7 +4,8 @@ Every arm is the base config plus config overrides (:func:`arm_overrides`), so t
 ``config.yaml`` of the runs differ exactly by what the arm changes and ``detrkit compare`` groups
 them without help. Arms (:data:`ARMS`):
 
-- ``baseline``: the config as given;
+- ``baseline``: the config as given, with uniform sampling (``data.sampler=random``: the demo
+  config samples by repeat factor, and the ``rfs`` arm must differ from the baseline);
 - ``copy-paste``: plus ``per_class`` offline copy-paste images per rare class (``detrkit synth``,
   generated per seed) as an extra training file, ``data.extra`` (its path holds ``{seed}``, which
   the engine replaces by ``train.seed``, so the arm's config is the same for every seed);
@@ -158,6 +159,7 @@ def run_ablation(
     steps = steps_per_epoch(base, len(train_index.images))
     base.train.max_steps_per_epoch = steps
     base.data.rare_classes = list(rare)
+    base.data.sampler = "random"  # every arm samples uniformly but ``rfs``
     log(
         f"ablation: arms {', '.join(arms)}; seeds {seeds}; rare classes {', '.join(rare)}; "
         f"{base.train.epochs} epochs x {steps} steps for every arm"
