@@ -160,6 +160,7 @@ def run_ablation(
     base.train.max_steps_per_epoch = steps
     base.data.rare_classes = list(rare)
     base.data.sampler = "random"  # every arm samples uniformly but ``rfs``
+    base.data.rfs_threshold = type(base.data)().rfs_threshold
     log(
         f"ablation: arms {', '.join(arms)}; seeds {seeds}; rare classes {', '.join(rare)}; "
         f"{base.train.epochs} epochs x {steps} steps for every arm"
