@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detrkit.config import RunConfig, deep_merge
+from detrkit.config import DataConfig, RunConfig, deep_merge
 from detrkit.errors import ConfigError
 from detrkit.synth.generate import SynthOptions, choose_classes, synthesize
 
@@ -160,7 +160,7 @@ def run_ablation(
     base.train.max_steps_per_epoch = steps
     base.data.rare_classes = list(rare)
     base.data.sampler = "random"  # every arm samples uniformly but ``rfs``
-    base.data.rfs_threshold = type(base.data)().rfs_threshold
+    base.data.rfs_threshold = DataConfig.rfs_threshold  # the default: only the rfs arm sets one
     log(
         f"ablation: arms {', '.join(arms)}; seeds {seeds}; rare classes {', '.join(rare)}; "
         f"{base.train.epochs} epochs x {steps} steps for every arm"
