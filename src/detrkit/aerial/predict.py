@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import torch
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -60,6 +60,17 @@ def open_raster(path: str | Path) -> rasterio.io.DatasetReader:
         raise ImageError(f"not a readable raster image ({str(err).splitlines()[0]})", path=path) from None
 
 
+def read_raster(ds: Any, path: str | Path, *args: Any, **kwargs: Any) -> np.ndarray:
+    """``ds.read(*args, **kwargs)``; a truncated or corrupt file raises one-line :class:`ImageError`."""
+    try:
+        return ds.read(*args, **kwargs)
+    except RasterioIOError as err:
+        detail = str(err.__cause__ or err).splitlines()[0]
+        raise ImageError(
+            f"{path}: cannot read the pixels, truncated or corrupt? ({detail})", path=path
+        ) from None
+
+
 @dataclass
 class RasterSource:
     """An open input raster with what the pipeline needs: size, georeference, band scaling."""
@@ -77,9 +88,8 @@ class RasterSource:
             scale = (0.0, 255.0)
         else:  # 16-bit or float imagery: stretch the 0.5-99.5 percentiles of a small overview to 0..255
             f = max(1, math.ceil(max(ds.width, ds.height) / 1024))
-            ov = ds.read(out_shape=(ds.count, max(1, ds.height // f), max(1, ds.width // f))).astype(
-                np.float64
-            )
+            shape = (ds.count, max(1, ds.height // f), max(1, ds.width // f))
+            ov = read_raster(ds, path, out_shape=shape).astype(np.float64)
             lo, hi = np.percentile(ov, [0.5, 99.5])
             scale = (float(lo), float(max(hi, lo + 1e-6)))
         return cls(Path(path), ds, geo, scale)
@@ -92,7 +102,7 @@ class RasterSource:
         kw: dict[str, Any] = {"window": window}
         if out_shape is not None:
             kw.update(out_shape=(len(self.bands()), *out_shape), resampling=Resampling.average)
-        data = self.ds.read(self.bands(), **kw)
+        data = read_raster(self.ds, self.path, self.bands(), **kw)
         if self.scale == (0.0, 255.0) and data.dtype == np.uint8:
             return data
         lo, hi = self.scale
@@ -157,7 +167,7 @@ def measure_mask_file(
     with ds:
         for r0 in range(0, ds.height, strip_rows):
             h = min(strip_rows, ds.height - r0)
-            measurer.add(ds.read(1, window=Window(0, r0, ds.width, h)) > 0)
+            measurer.add(read_raster(ds, path, 1, window=Window(0, r0, ds.width, h)) > 0)
     return measurer.finish()
 
 
@@ -176,11 +186,9 @@ class AerialPredictor:
         amp: bool = True,
         name: str = "model",
     ) -> None:
-        dev = torch.device(
-            "cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else ("cpu" if device == "auto" else device)
-        )
+        from detrkit.devices import resolve_device
+
+        dev = resolve_device(device)
         self.model, self.device = model.to(dev).eval(), dev
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.threshold, self.amp, self.name = threshold, amp, name
@@ -228,10 +236,31 @@ class AerialPredictor:
         """Predict one image and write the outputs listed in the module docstring; returns the summary dict."""
         # GDAL's block cache defaults to 5 % of RAM and would hold every block read and written:
         # capping it keeps the memory of a streamed 20000 x 20000 raster independent of its height.
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-            return self._predict_file(
-                source, out_dir, user_gsd=user_gsd, zoom=zoom, lat=lat, progress=progress, **measure_kwargs
-            )
+        # The outputs are written into a hidden sibling folder and moved into ``out_dir`` at the end:
+        # a file that fails half-way (truncated GeoTIFF, Ctrl-C) leaves no partial output behind.
+        out = Path(out_dir)
+        partial = out.parent / f".{out.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+                summary = self._predict_file(
+                    source,
+                    partial,
+                    user_gsd=user_gsd,
+                    zoom=zoom,
+                    lat=lat,
+                    progress=progress,
+                    **measure_kwargs,
+                )
+            out.mkdir(parents=True, exist_ok=True)
+            for f in partial.iterdir():
+                os.replace(f, out / f.name)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        summary["files"] = {k: str(out / Path(v).name) for k, v in summary["files"].items()}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
 
     def _predict_file(
         self,
@@ -248,7 +277,6 @@ class AerialPredictor:
         src = RasterSource.open(source)
         ds = src.ds
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         georef = gsd_from_georeference(ds.crs, ds.transform, ds.width, ds.height)
         upfront = resolve_gsd(user_gsd=user_gsd, zoom=zoom, lat=lat, georeference=georef)
         measurer = StripMeasurer(
@@ -338,9 +366,6 @@ class AerialPredictor:
                 }.items()
             },
         }
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out / "summary.json")
         return summary
 
     def _previews(self, src: RasterSource, out: Path) -> None:

@@ -32,10 +32,10 @@ CHECKPOINT_KIND = "aerial-segmentation"
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto`` -> CUDA when available, else CPU; else a device this machine has (checked)."""
+    from detrkit.devices import resolve_device
+
+    return resolve_device(name)
 
 
 def model_checkpoint(model: AerialUNet, cfg: AerialTrainConfig, metrics: dict[str, float]) -> dict[str, Any]:

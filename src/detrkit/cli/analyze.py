@@ -14,7 +14,8 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from detrkit.cli.tables import titled_table
 
 
 def register(app: typer.Typer) -> None:
@@ -24,28 +25,39 @@ def register(app: typer.Typer) -> None:
 
 def _predict_run(
     run_dir: Path, gt_path: Path, images_dir: Path, *, device: str | None, batch_size: int, console: Console
-) -> list[dict[str, Any]]:
-    """COCO results of the run's best checkpoint on every image of ``gt_path``."""
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[str]]:
+    """COCO results of the run's best checkpoint on every readable image of ``gt_path``.
+
+    Returns ``(results, gt, skipped)``: ``gt`` is the ground truth without the unreadable images
+    (``None`` when every image was read), so that their objects do not count as missed.
+    """
     from rich.progress import Progress
 
     from detrkit.data.coco import CocoIndex
+    from detrkit.errors import ImageError
     from detrkit.inference.predictor import Predictor
 
     index = CocoIndex.load(gt_path)
     predictor = Predictor.from_run(run_dir, checkpoint="best", device=device)
     results: list[dict[str, Any]] = []
+    skipped: dict[int, str] = {}
     images = index.images
+    by_path = {images_dir / im.file_name: im for im in images}
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"predicting {len(images)} images", total=len(images))
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            dets = predictor.predict(
-                [images_dir / im.file_name for im in chunk], threshold=0.001, batch_size=batch_size
-            )
-            for im, det in zip(chunk, dets, strict=True):
-                results.extend(det.to_coco_results(im.id, predictor.category_ids))
-            progress.advance(task, len(chunk))
-    return results
+        for path, det in predictor.predict_files(list(by_path), threshold=0.001, batch_size=batch_size):
+            progress.advance(task, 1)
+            if isinstance(det, ImageError):
+                skipped[by_path[path].id] = str(path)
+                console.print(f"warning: skipping {det}", highlight=False, markup=False, soft_wrap=True)
+                continue
+            results.extend(det.to_coco_results(by_path[path].id, predictor.category_ids))
+    if not skipped:
+        return results, None, []
+    gt = index.to_dict()
+    gt["images"] = [im for im in gt["images"] if im["id"] not in skipped]
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] not in skipped]
+    return results, gt, list(skipped.values())
 
 
 def analyze_cmd(
@@ -64,17 +76,22 @@ def analyze_cmd(
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: the run folder, else next to --pred)."
     ),
-    iou: float = typer.Option(0.5, "--iou", help="Foreground IoU of the error analysis."),
-    bg: float = typer.Option(0.1, "--bg", help="Background IoU of the error analysis."),
+    iou: float = typer.Option(0.5, "--iou", min=0.05, max=1.0, help="Foreground IoU of the error analysis."),
+    bg: float = typer.Option(0.1, "--bg", min=0.0, max=1.0, help="Background IoU of the error analysis."),
     conf: float | None = typer.Option(
-        None, "--conf", help="Confidence for the confusion matrix and galleries (default: best F1)."
+        None,
+        "--conf",
+        min=0.0,
+        max=1.0,
+        help="Confidence for the confusion matrix and galleries (default: best F1).",
     ),
-    gallery: int = typer.Option(3, "--gallery", help="Gallery tiles per class and kind (0: none)."),
+    gallery: int = typer.Option(3, "--gallery", min=0, help="Gallery tiles per class and kind (0: none)."),
     device: str | None = typer.Option(
         None, "--device", help="Device for predicting (default: cuda if available)."
     ),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass when predicting."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass when predicting."),
     as_json: bool = typer.Option(False, "--json", help="Print the errors.json summary instead of tables."),
+    strict: bool = typer.Option(False, "--strict", help="Stop with exit 1 when an image cannot be read."),
 ) -> None:
     """Error analysis (TIDE), PR/F1 curves, confusion matrix, galleries -> report.html + errors.json."""
     from detrkit.errors import ConfigError, DataError
@@ -99,22 +116,30 @@ def analyze_cmd(
     out = out or (folder.path if folder is not None else pred.parent / f"{pred.stem}_analysis")  # type: ignore[union-attr]
     out.mkdir(parents=True, exist_ok=True)
 
+    readable_gt = None
     if pred is not None:
         predictions: Path | list[dict[str, Any]] = pred
     else:
         if images is None or not images.is_dir():
             raise DataError(f"{images}: image folder not found; give --images DIR to predict", path=images)
-        predictions = _predict_run(
-            folder.path,
+        predictions, readable_gt, skipped = _predict_run(
+            folder.path,  # type: ignore[union-attr]
             data,
             images,
             device=device,
-            batch_size=batch_size,  # type: ignore[union-attr]
+            batch_size=batch_size,
             console=console,
         )
         (out / "predictions.json").write_text(json.dumps(predictions))
+        if skipped:
+            console.print(
+                f"{len(skipped)} unreadable image(s) of {data} left out of the analysis", highlight=False
+            )
+            if strict:
+                raise typer.Exit(1)
+    gt_source: Any = readable_gt if readable_gt is not None else data
     with console.status("analysing"):
-        result = run_analysis(data, predictions, pos_thresh=iou, bg_thresh=bg, score_thresh=conf)
+        result = run_analysis(gt_source, predictions, pos_thresh=iou, bg_thresh=bg, score_thresh=conf)
     thr = result.confusion.score_thresh
     galleries, note = None, None
     if gallery <= 0:
@@ -154,7 +179,7 @@ def analyze_cmd(
         )
         return
     e = result.errors
-    table = Table(title=f"TIDE errors at IoU {e.pos_thresh} (AP{round(100 * e.pos_thresh)} {e.ap:.1f})")
+    table = titled_table(f"TIDE errors at IoU {e.pos_thresh} (AP{round(100 * e.pos_thresh)} {e.ap:.1f})")
     for col in ("error", "dAP", "FP", "FN"):
         table.add_column(col, justify="left" if col == "error" else "right")
     for t in ERROR_TYPES:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from detrkit.cli.tables import titled_table
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +30,7 @@ def eval_cmd(
         ..., "--pred", help="COCO results JSON (image_id, category_id, bbox xywh, score)."
     ),
     iou_type: str = typer.Option("bbox", "--iou-type", help="bbox or segm."),
-    max_dets: int = typer.Option(100, "--max-dets", help="Detections per image for AP and AR100."),
+    max_dets: int = typer.Option(100, "--max-dets", min=10, help="Detections per image for AP and AR100."),
     per_class: bool = typer.Option(True, "--per-class/--no-per-class", help="Also show per-class metrics."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
@@ -39,8 +40,6 @@ def eval_cmd(
 
     if iou_type not in ("bbox", "segm"):
         raise ConfigError(f"--iou-type must be bbox or segm, got {iou_type!r}")
-    if max_dets < 10:
-        raise ConfigError(f"--max-dets must be >= 10, got {max_dets}")
     out = Console()  # created per call: honours the terminal width (and COLUMNS) at run time
     metrics = evaluate_coco(gt, pred, iou_type=iou_type, max_dets=max_dets)  # type: ignore[arg-type]
     if as_json:
@@ -49,14 +48,14 @@ def eval_cmd(
             d.pop("per_class")
         typer.echo(json.dumps(d, indent=2))
         return
-    table = Table(title=f"COCO {iou_type} metrics: {pred.name} vs {gt.name}")
+    table = titled_table(f"COCO {iou_type} metrics: {pred.name} vs {gt.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.stats.items():
         table.add_row(name, _fmt(value))
     out.print(table)
     if per_class:
-        pc = Table(title="per class (- : no ground truth of that kind)")
+        pc = titled_table("per class (- : no ground truth of that kind)")
         for col in ("id", "class", "GT", "pred", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
             pc.add_column(col, justify="left" if col == "class" else "right")
         for c in metrics.per_class:

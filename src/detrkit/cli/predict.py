@@ -13,7 +13,8 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from detrkit.cli.tables import titled_table
 
 
 def register(app: typer.Typer) -> None:
@@ -25,27 +26,24 @@ def predict_cmd(
     run: Path = typer.Option(..., "--run", help="Run folder (or a checkpoint .pt file)."),
     source: str = typer.Option(..., "--source", help="Image file, folder or glob pattern ('imgs/*.jpg')."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Minimum score kept."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Minimum score kept."),
     ann: Path | None = typer.Option(None, "--ann", help="COCO GT: image ids from it, GT drawn in green."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or epoch_N."),
     device: str | None = typer.Option(
         None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."
     ),
     draw: bool = typer.Option(True, "--draw/--no-draw", help="Write drawn images."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when an image could not be read."),
 ) -> None:
     """Detect objects in SOURCE with the model of RUN; write predictions.json and drawn images."""
     from rich.progress import Progress
 
     from detrkit.data.visualize import draw_detections
-    from detrkit.errors import ConfigError, DataError
+    from detrkit.errors import DataError, ImageError
     from detrkit.inference.predictor import Predictor, resolve_images
 
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     files = [p for p in resolve_images(source) if isinstance(p, Path)]
     predictor = (
         Predictor.from_checkpoint(run, device=device)
@@ -59,36 +57,39 @@ def predict_cmd(
             path=ann,
         )
     out.mkdir(parents=True, exist_ok=True)
-    if draw:
-        (out / "images").mkdir(exist_ok=True)
 
     results: list[dict[str, Any]] = []
     id_map: list[dict[str, Any]] = []
+    skipped: list[str] = []
     per_class = [0] * len(predictor.class_names)
     err = Console(stderr=True)
     with Progress(console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
         task = bar.add_task("predicting", total=len(files))
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            for path, det in zip(
-                chunk, predictor.predict(chunk, threshold=threshold, batch_size=batch_size), strict=True
-            ):
-                gt = gt_by_name.get(path.name)
-                image_id = int(gt["id"]) if gt is not None else len(id_map) + 1
-                if gt_index is None:
-                    id_map.append({"id": image_id, "file_name": str(path)})
-                results.extend(det.to_coco_results(image_id, predictor.category_ids))
-                for label in det.labels.tolist():
-                    per_class[label] += 1
-                if draw:
-                    _draw(path, det, gt, gt_index, predictor, out / "images", draw_detections)
-            bar.advance(task, len(chunk))
+        for path, det in predictor.predict_files(files, threshold=threshold, batch_size=batch_size):
+            bar.advance(task, 1)
+            if isinstance(det, ImageError):  # one bad file does not cost the others
+                skipped.append(str(path))
+                err.print(f"warning: skipping {det}", highlight=False, markup=False, soft_wrap=True)
+                continue
+            gt = gt_by_name.get(path.name)
+            image_id = int(gt["id"]) if gt is not None else len(id_map) + 1
+            if gt_index is None:
+                id_map.append({"id": image_id, "file_name": str(path)})
+            results.extend(det.to_coco_results(image_id, predictor.category_ids))
+            for label in det.labels.tolist():
+                per_class[label] += 1
+            if draw:
+                (out / "images").mkdir(exist_ok=True)
+                _draw(path, det, gt, gt_index, predictor, out / "images", draw_detections)
 
     (out / "predictions.json").write_text(json.dumps(results) + "\n")
     if gt_index is None:
         (out / "image_ids.json").write_text(json.dumps(id_map, indent=1) + "\n")
+    done = len(files) - len(skipped)
     summary = {
-        "images": len(files),
+        "images": done,
+        "skipped": len(skipped),
+        "skipped_files": skipped,
         "detections": len(results),
         "threshold": threshold,
         "per_class": dict(zip(predictor.class_names, per_class, strict=True)),
@@ -96,13 +97,24 @@ def predict_cmd(
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
-        return
+    else:
+        _print_summary(summary, out, draw=draw and done > 0)
+    if skipped:
+        err.print(
+            f"{done} of {len(files)} images predicted, {len(skipped)} unreadable skipped", highlight=False
+        )
+        if strict:
+            raise typer.Exit(1)
+
+
+def _print_summary(summary: dict[str, Any], out: Path, *, draw: bool) -> None:
     console = Console()
-    table = Table(title=f"predict: {len(files)} images, {len(results)} detections (score >= {threshold})")
+    images, threshold, n = summary["images"], summary["threshold"], summary["detections"]
+    table = titled_table(f"predict: {images} images, {n} detections (score >= {threshold})")
     table.add_column("class")
     table.add_column("detections", justify="right")
-    for name, n in summary["per_class"].items():
-        table.add_row(name, str(n))
+    for name, count in summary["per_class"].items():
+        table.add_row(name, str(count))
     console.print(table)
     console.print(
         f"wrote {out / 'predictions.json'}" + (f" and {out / 'images'}/" if draw else ""), highlight=False

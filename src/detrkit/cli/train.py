@@ -8,13 +8,14 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from detrkit.cli.tables import titled_table
 
 
 def _print_per_class(console: Console, per_class: list[dict[str, Any]] | None, title: str) -> None:
     if not per_class:
         return
-    table = Table(title=title)
+    table = titled_table(title)
     for col in ("class", "gt", "pred", "AP", "AP50", "AP75", "AR100"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c in per_class:
@@ -73,7 +74,7 @@ def val(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, epoch_N or a checkpoint file"),
     data: Path = typer.Option(None, "--data", help="COCO annotation file (default: the run's val set)"),
     images: Path = typer.Option(None, "--images", help="image folder of --data"),
-    batch_size: int = typer.Option(None, "--batch-size", help="images per batch"),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="images per batch"),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
@@ -88,8 +89,8 @@ def val(
         return
     console = Console()
     m = result["metrics"]
-    table = Table(
-        title=f"{result['checkpoint']} on {result['ann']} ({result['num_images']} images)", show_header=False
+    table = titled_table(
+        f"{result['checkpoint']} on {result['ann']} ({result['num_images']} images)", show_header=False
     )
     for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         table.add_row(k, f"{m[k]:.4f}")

@@ -260,11 +260,7 @@ def repeat_factors_for(data: DataConfig, dataset: Any, source: str, log: Any = N
     """
     if data.sampler == "random":
         return None
-    threshold = data.rfs_threshold
-    if threshold <= 0:
-        raise ConfigError(
-            f"{source}: data.rfs_threshold must be > 0 for data.sampler=repeat_factor, got {threshold}"
-        )
+    threshold = data.rfs_threshold  # > 0: checked by the config's Range
     labels = getattr(dataset, "labels_per_image", None)
     if labels is None:
         raise ConfigError(f"{source}: data.sampler=repeat_factor needs a dataset with labels_per_image()")

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from detrkit.config import config_from_dict
+from detrkit.devices import resolve_device
 from detrkit.engine.checkpoint import inference_state_dict, load_checkpoint, resolve_checkpoint
 from detrkit.engine.sampling import EvalBatchSampler
 from detrkit.engine.validate import validate
@@ -38,6 +39,7 @@ def evaluate_run(
     from detrkit.data.transforms import build_transforms
     from detrkit.models.registry import build_model
 
+    requested_device = resolve_device(device) if device is not None else None  # fails before loading
     path = resolve_checkpoint(run, checkpoint) if not Path(checkpoint).is_file() else Path(checkpoint)
     ckpt = load_checkpoint(path)
     if "config" not in ckpt or "classes" not in ckpt:
@@ -82,7 +84,7 @@ def evaluate_run(
         raise CheckpointError(
             f"{path}: weights do not fit {cfg.model.name} (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"))
+    dev = requested_device or (torch.device("cpu") if cfg.train.cpu else resolve_device(None))
     model.to(dev)
     bs = batch_size or cfg.eval.batch_size or (cfg.train.batch_size if cfg.train.batch_size != "auto" else 4)
     loader = torch.utils.data.DataLoader(

@@ -191,6 +191,38 @@ def _cell(values: list[float], base: Cell | None) -> Cell:
     )
 
 
+def load_comparable_runs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[RunFolder], list[str]]:
+    """The run folders of ``paths`` that can be compared, and one warning line per problem.
+
+    A folder that is not a readable run, or a run that crashed before writing validation metrics,
+    is left out with a warning (``detrkit compare runs/*`` over a glob with one failed run); runs
+    evaluated on different validation files get a warning too (their numbers do not compare).
+    """
+    from detrkit.errors import DetrkitError
+
+    runs: list[RunFolder] = []
+    warnings: list[str] = []
+    for path in paths:
+        try:
+            run = RunFolder.load(path)
+        except DetrkitError as err:
+            warnings.append(f"skipping {err}")
+            continue
+        if not run.final_metrics():
+            warnings.append(f"skipping {run.path}: no validation metrics (crashed or still running?)")
+            continue
+        runs.append(run)
+    val_sets: dict[str, list[str]] = {}
+    for run in runs:
+        ann = run.val_paths()[0]
+        key = str(ann.resolve()) if ann is not None else "<unknown>"
+        val_sets.setdefault(key, []).append(run.name)
+    if len(val_sets) > 1:
+        groups = "; ".join(f"{k} ({', '.join(v)})" for k, v in val_sets.items())
+        warnings.append(f"the runs were evaluated on different val sets, metrics do not compare: {groups}")
+    return runs, warnings
+
+
 def compare_runs(
     runs: Sequence[RunFolder], *, rare: Sequence[str] | None = None, per_class: bool = True
 ) -> Comparison:

@@ -11,7 +11,7 @@ images. Detections below ``threshold`` are dropped.
 from __future__ import annotations
 
 import glob as globlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from detrkit.errors import CheckpointError, DataError
+from detrkit.errors import CheckpointError, DataError, ImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 ImageSource = Image.Image | str | Path | Sequence[Image.Image | str | Path]
@@ -203,6 +203,33 @@ class Predictor:
             out.extend(self._predict_batch(items[start : start + batch_size], threshold))
         return out
 
+    @torch.inference_mode()
+    def predict_files(
+        self, paths: Sequence[Path], *, threshold: float = 0.5, batch_size: int = 8
+    ) -> Iterator[tuple[Path, Detections | ImageError]]:
+        """Predict image files one batch at a time; an unreadable file does not cost the others.
+
+        Yields ``(path, Detections)`` for each readable file and ``(path, ImageError)`` for each
+        missing, corrupt or truncated one, in input order (the batch of good files runs as usual).
+        """
+        from detrkit.data.images import load_image_rgb
+
+        for start in range(0, len(paths), max(1, batch_size)):
+            chunk = list(paths[start : start + max(1, batch_size)])
+            loaded: dict[int, Image.Image] = {}
+            errors: dict[int, ImageError] = {}
+            for i, path in enumerate(chunk):
+                try:
+                    loaded[i] = load_image_rgb(path)
+                except ImageError as err:
+                    errors[i] = err
+            dets = iter(self._predict_batch(list(loaded.values()), threshold) if loaded else [])
+            for i, path in enumerate(chunk):
+                det = errors[i] if i in errors else next(dets)
+                if isinstance(det, Detections):
+                    det.source = path
+                yield path, det
+
     def _predict_batch(self, items: list[Image.Image | Path], threshold: float) -> list[Detections]:
         from detrkit.data.collate import collate_detection
         from detrkit.data.images import load_image_rgb
@@ -280,6 +307,6 @@ def _expand(source: str | Path) -> list[Image.Image | Path]:
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from detrkit.devices import resolve_device
+
+    return resolve_device(device)
