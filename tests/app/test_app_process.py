@@ -7,6 +7,7 @@ its command line) and the port must be free again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -40,7 +41,9 @@ def _processes_serving(port: int) -> list[int]:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(a == b"--server.port" and b == str(port).encode() for a, b in zip(args, args[1:])):
+        if any(
+            a == b"--server.port" and b == str(port).encode() for a, b in zip(args, args[1:], strict=False)
+        ):
             pids.append(int(entry.name))
     return pids
 
@@ -87,10 +90,8 @@ def test_signal_stops_the_server_and_leaves_nothing(app_checkpoint: Path, sig: s
             s.bind(("127.0.0.1", port))
     finally:
         for pid in [proc.pid, *_processes_serving(port)]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def test_port_in_use_is_one_line_before_anything_starts(app_checkpoint: Path) -> None:
