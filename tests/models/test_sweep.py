@@ -120,4 +120,5 @@ def test_every_registered_model(name: str, overrides: dict) -> None:
 def test_contract_names_are_registered() -> None:
     names = set(list_models())
     expected = {"detr-r50", "detr-r101", "detr-r18", "detr-tiny", "fasterrcnn-r50-fpn", "fasterrcnn-vgg16"}
+    expected |= {"fasterrcnn-vgg19", "co-deformable-detr-r50", "co-deformable-detr-tiny"}
     assert expected <= names
