@@ -87,8 +87,8 @@ def analyze_cmd(
     from detrkit.evaluation.analysis import run_analysis
     from detrkit.evaluation.errors import ERROR_TYPES, TIDE_NAMES
     from detrkit.evaluation.galleries import build_galleries
-    from detrkit.evaluation.report import build_report, read_run_info, write_report
-    from detrkit.evaluation.runs import RunFolder
+    from detrkit.evaluation.report import build_report, write_report
+    from detrkit.runs.folder import RunFolder, read_run_info
 
     console = Console(stderr=as_json)
     folder = RunFolder.load(run) if run is not None else None

@@ -215,8 +215,8 @@ def _with_copy_paste(
 
 def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log: Any = None) -> nn.Module:
     """``build_model`` + ``model.pretrained`` (HF weights) + ``model.init_from`` (weight transfer)."""
-    from detrkit.engine.checkpoint import transfer_weights
     from detrkit.models.registry import build_model
+    from detrkit.runs.checkpoint import transfer_weights
 
     try:
         model = build_model(model_cfg.name, num_classes=num_classes, **model_cfg.overrides)
