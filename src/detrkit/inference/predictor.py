@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from detrkit.data.images import IMAGE_SUFFIXES
 from detrkit.errors import DataError
 from detrkit.runs.restore import Restored, restore
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 ImageSource = Image.Image | str | Path | Sequence[Image.Image | str | Path]
 
 
