@@ -1,6 +1,6 @@
 """``detrkit compare``: ablation table of run folders (Markdown and CSV).
 
-Thin front over :func:`detrkit.evaluation.compare.compare_runs`: runs differing only in seed are
+Thin front over :func:`detrkit.runs.compare.compare_runs`: runs differing only in seed are
 grouped into arms (mean ± std); deltas against the first arm say whether they exceed the seed
 spread.
 """
@@ -29,7 +29,7 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (arms and rows) instead of Markdown."),
 ) -> None:
     """Compare runs: overall metrics, per-class AP, rare-class mAP, deltas and seed spread."""
-    from detrkit.evaluation.compare import compare_runs, load_comparable_runs
+    from detrkit.runs.compare import compare_runs, load_comparable_runs
 
     folders, warnings = load_comparable_runs(runs)
     for line in warnings:
