@@ -37,6 +37,8 @@ def eval_cmd(
     class_base: int = typer.Option(
         1,
         "--class-base",
+        min=0,
+        max=1,
         help="Ultralytics JSON: category_id minus this is the class index (0: old versions).",
     ),
     iou_type: str = typer.Option("bbox", "--iou-type", help="bbox or segm."),

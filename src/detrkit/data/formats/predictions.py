@@ -93,7 +93,10 @@ def _is_ultralytics(rows: list[Any], gt: CocoIndex) -> bool:
     for r in rows:
         if not isinstance(r, Mapping):
             return False
-        if "file_name" in r or isinstance(r.get("image_id"), str) or r.get("image_id") not in ids:
+        image_id = r.get("image_id")
+        if not isinstance(image_id, int | float | str | None):
+            return False  # a list or mapping: the COCO reader names the bad entry
+        if "file_name" in r or isinstance(image_id, str) or image_id not in ids:
             return True
     return False
 
