@@ -109,8 +109,8 @@ def test_arms_share_the_budget_and_the_table_has_rare_ap(tmp_path) -> None:
     assert "training baseline-3 (the config as given)" in logs
     assert "training rfs-3 (data.sampler=repeat_factor, data.rfs_threshold=0.3)" in logs
     # detrkit compare on the run folders alone (no ablation help) finds the same arms and rare classes.
-    from detrkit.evaluation.compare import compare_runs
-    from detrkit.evaluation.runs import RunFolder
+    from detrkit.runs.compare import compare_runs
+    from detrkit.runs.folder import RunFolder
 
     alone = compare_runs([RunFolder.load(p) for ps in runs.values() for p in ps])
     assert len(alone.arms) == 4 and alone.rare == ["star", "cross"]

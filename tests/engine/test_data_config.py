@@ -163,8 +163,8 @@ def test_repeat_factor_sampler_config_gives_the_hand_computed_factors() -> None:
 
 
 def test_repeat_factor_run_resumes_exactly_mid_epoch(conf, tmp_path: Path, monkeypatch) -> None:
-    from detrkit.engine.checkpoint import load_checkpoint
     from detrkit.engine.loop import StepRunner
+    from detrkit.runs.checkpoint import load_checkpoint
 
     class LabelledSquares(conf.SquaresDataset):
         def labels_per_image(self) -> list[np.ndarray]:

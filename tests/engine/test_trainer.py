@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from detrkit.engine.callbacks import read_metrics_csv
-from detrkit.engine.checkpoint import inference_state_dict, load_checkpoint
 from detrkit.errors import TrainingError
+from detrkit.runs.checkpoint import inference_state_dict, load_checkpoint
+from detrkit.runs.metrics import read_metrics_csv
 
 
 def _weights(trainer) -> dict[str, torch.Tensor]:

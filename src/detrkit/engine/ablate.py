@@ -27,7 +27,7 @@ Output (``out/``)::
 
     runs/<arm>-<seed>/          run folders (config, checkpoints, metrics.json ...) + ablation.json
     synth/<arm>-<seed>/         synthetic datasets of the offline arms
-    comparison.md, .csv         :func:`detrkit.evaluation.compare.compare_runs`: overall and per-class
+    comparison.md, .csv         :func:`detrkit.runs.compare.compare_runs`: overall and per-class
                                 AP, rare-class mAP, mean ± std over seeds, Welch's t-test vs baseline
     ablation.json               arms, seeds, rare classes, budget, run folders
 
@@ -160,8 +160,8 @@ def run_ablation(
     from detrkit.data.coco import CocoIndex
     from detrkit.engine.builders import ensure_shapes
     from detrkit.engine.trainer import Trainer
-    from detrkit.evaluation.compare import compare_runs
-    from detrkit.evaluation.runs import RunFolder
+    from detrkit.runs.compare import compare_runs
+    from detrkit.runs.folder import RunFolder
 
     settings = settings or AblationSettings()
     if not arms:

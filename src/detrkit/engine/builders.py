@@ -42,6 +42,9 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
     """Generate the built-in shapes dataset when ``data.shapes`` is set and it is missing.
 
     Returns a copy of ``data`` with the four paths filled in. Only the main process generates.
+
+    Raises:
+        ConfigError: a data path is set too and is not the shapes dataset's (two data sources).
     """
     if data.shapes is None:
         return data
@@ -57,6 +60,15 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
         "val_ann": root / "annotations" / "val.json",
         "val_images": root / "val",
     }
+    conflicts = [
+        f"data.{k}={getattr(data, k)}"
+        for k, v in paths.items()
+        if getattr(data, k) and Path(getattr(data, k)) != v
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"data.shapes and {', '.join(conflicts)} are both set: give either data.shapes or the data paths"
+        )
     if main_process and not (paths["train_ann"].is_file() and paths["val_ann"].is_file()):
         generate_shapes(
             root,
@@ -218,8 +230,8 @@ def _with_copy_paste(
 
 def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log: Any = None) -> nn.Module:
     """``build_model`` + ``model.pretrained`` (HF weights) + ``model.init_from`` (weight transfer)."""
-    from detrkit.engine.checkpoint import transfer_weights
     from detrkit.models.registry import build_model
+    from detrkit.runs.checkpoint import transfer_weights
 
     try:
         model = build_model(model_cfg.name, num_classes=num_classes, **model_cfg.overrides)

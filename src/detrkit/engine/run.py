@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from detrkit.config import load_config
-from detrkit.engine.rundir import check_resumable
 from detrkit.engine.trainer import Trainer
+from detrkit.runs.layout import check_resumable
 
 
 def train_from_config(

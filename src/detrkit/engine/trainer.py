@@ -25,7 +25,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from detrkit.config import RunConfig
-from detrkit.engine import checkpoint as ckpt_io
 from detrkit.engine.builders import (
     DataSplits,
     build_accelerator,
@@ -35,14 +34,16 @@ from detrkit.engine.builders import (
     ensure_shapes,
     repeat_factors_for,
 )
-from detrkit.engine.callbacks import RunLogger, epoch_line, plot_curves, read_metrics_csv
 from detrkit.engine.ema import ModelEMA
 from detrkit.engine.loop import StepRunner
 from detrkit.engine.optim import apply_freezing, build_optimizer, build_scheduler, set_bn_eval
-from detrkit.engine.rundir import check_resumable, environment, make_run_dir, write_json
 from detrkit.engine.sampling import EvalBatchSampler, ResumableBatchSampler, SeededDataset
 from detrkit.engine.validate import validate
 from detrkit.errors import ConfigError
+from detrkit.runs import checkpoint as ckpt_io
+from detrkit.runs.layout import check_resumable, environment, make_run_dir, write_json
+from detrkit.runs.logger import RunLogger, epoch_line, plot_curves
+from detrkit.runs.metrics import read_metrics_csv
 
 
 class Trainer:
