@@ -155,6 +155,8 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     #: run on the CPU even when a GPU is present.
     cpu: bool = False
+    #: ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (``detrkit train --device``); null: the best present.
+    device: str | None = None
     #: channels-last (NHWC) memory format for the convolutions: the model's 4-D weights and the
     #: training images; faster convolutions on recent CPUs (oneDNN) and on GPUs with bf16/fp16.
     channels_last: bool = False

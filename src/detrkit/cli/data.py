@@ -49,7 +49,7 @@ def _sources(
     _err.print(f"{layout.path}: {layout.format} layout, splits {', '.join(splits)}", highlight=False)
     for s in splits.values():
         for line in s.report.notes:
-            _err.print(line, highlight=False, markup=False)
+            _err.print(line, highlight=False, markup=False, soft_wrap=True)
     return [
         (f"{layout.format} {name}: {s.report.source}", s.index, s.images, s.report)
         for name, s in splits.items()
@@ -108,7 +108,7 @@ def check_cmd(
             _out.print(table)
             for kind, p in found:
                 for d in p.details[:max_examples]:
-                    _out.print(f"  {kind}: {d}", highlight=False, markup=False)
+                    _out.print(f"  {kind}: {d}", highlight=False, markup=False, soft_wrap=True)
         checked = f", {report.images_checked} image files checked" if report.images_checked else ""
         verdict = "OK" if report.ok else f"{report.num_problems} problem(s)"
         if report.num_notices:

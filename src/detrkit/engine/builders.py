@@ -253,13 +253,18 @@ def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log
 
 
 def build_accelerator(cfg: RunConfig) -> Any:
-    """The Accelerator for ``train.precision``/``train.cpu`` (fp16 needs CUDA)."""
+    """The Accelerator for ``train.precision``/``train.cpu``/``train.device`` (fp16 needs CUDA)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    from detrkit.devices import resolve_device
+
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
-    use_cpu = cfg.train.cpu or not torch.cuda.is_available()
+    dev = resolve_device(cfg.train.device, option="train.device")  # checks a named device exists
+    use_cpu = cfg.train.cpu or dev.type == "cpu"
+    if dev.type == "cuda" and dev.index is not None and not use_cpu:
+        torch.cuda.set_device(dev.index)  # a single process on cuda:N (launchers set their own)
     if mp == "fp16" and use_cpu:
         raise ConfigError(f"{cfg.source}: train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     # Several runs in one process (library use, tests): start from a clean Accelerate state.
