@@ -52,10 +52,10 @@ def eval_cmd(
     if max_dets < 10:
         raise ConfigError(f"--max-dets must be >= 10, got {max_dets}")
     out = Console()  # created per call: honours the terminal width (and COLUMNS) at run time
-    from detrkit.data.coco import CocoIndex
     from detrkit.data.formats import predictions_source
+    from detrkit.data.formats.coco import load_coco
 
-    gt_index = CocoIndex.load(gt)
+    gt_index = load_coco(gt)  # without a Roboflow placeholder category (no row of -1 for it)
     results, used = predictions_source(pred, gt_index, fmt=pred_format, class_base=class_base)
     if used != "coco":
         Console(stderr=True).print(f"{pred}: read as {used} predictions", highlight=False)

@@ -44,3 +44,8 @@ def read_coco_split(ann: str | Path, images: str | Path | None = None) -> tuple[
             f"the supercategory of every class)"
         )
     return index, Path(images) if images is not None else ann.parent, report
+
+
+def load_coco(ann: str | Path) -> CocoIndex:
+    """A COCO file without its Roboflow placeholder category (the classes a model trained on it has)."""
+    return read_coco_split(ann)[0]
