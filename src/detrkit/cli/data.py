@@ -356,6 +356,22 @@ def split_cmd(
         )
 
 
+def _class_counts(values: list[str], option: str) -> dict[str, int] | None:
+    """``["star=30,cross=20"]`` -> ``{"star": 30, "cross": 20}`` (None when empty)."""
+    counts: dict[str, int] = {}
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        name, _, number = item.partition("=")
+        try:
+            if not name.strip():
+                raise ValueError
+            counts[name.strip()] = int(number)
+        except ValueError:
+            raise DataError(f"{option} {item!r}: expected CLASS=N with an integer N") from None
+    return counts or None
+
+
 @data_app.command("shapes")
 def shapes_cmd(
     out: Path = typer.Option(Path("data/shapes"), "--out", help="Output folder."),
@@ -363,12 +379,26 @@ def shapes_cmd(
     val: int = typer.Option(300, "--val", help="Validation images."),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    rare: list[str] = typer.Option(
+        [],
+        "--rare",
+        "--class-counts",
+        help="Long-tailed variant: CLASS=N gives the train split exactly N instances of CLASS "
+        "(repeat it, or comma-separate: star=30,cross=30).",
+    ),
+    val_rare: list[str] = typer.Option(
+        [], "--val-rare", help="The same for the val split (e.g. star=300,cross=300)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
 ) -> None:
     """Generate the built-in COCO-format shapes dataset."""
     from detrkit.data.shapes import generate_shapes
 
-    paths = generate_shapes(out, train=train, val=val, size=size, seed=seed)
+    counts = _class_counts(rare, "--rare")
+    val_counts = _class_counts(val_rare, "--val-rare")
+    paths = generate_shapes(
+        out, train=train, val=val, size=size, seed=seed, class_counts=counts, val_class_counts=val_counts
+    )
     summary = {
         "root": str(paths.root),
         "train_images": str(paths.train_images),
@@ -376,6 +406,8 @@ def shapes_cmd(
         "train_ann": str(paths.train_ann),
         "val_ann": str(paths.val_ann),
         "classes": list(paths.class_names),
+        "class_counts": counts,
+        "val_class_counts": val_counts,
     }
     if as_json:
         _echo_json(summary)
@@ -384,6 +416,10 @@ def shapes_cmd(
     _out.print(f"  train: --ann {paths.train_ann} --images {paths.train_images}", highlight=False)
     _out.print(f"  val:   --ann {paths.val_ann} --images {paths.val_images}", highlight=False)
     _out.print(f"  classes: {', '.join(paths.class_names)}", highlight=False)
+    for label, c in (("train", counts), ("val", val_counts)):
+        if c:
+            exact = ", ".join(f"{k} {v}" for k, v in c.items())
+            _out.print(f"  {label}: exactly {exact} instances", highlight=False)
 
 
 data_app.command("convert")(convert_cmd)
