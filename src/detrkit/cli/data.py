@@ -49,7 +49,7 @@ def _sources(
     _err.print(f"{layout.path}: {layout.format} layout, splits {', '.join(splits)}", highlight=False)
     for s in splits.values():
         for line in s.report.notes:
-            _err.print(line, highlight=False, markup=False)
+            _err.print(line, highlight=False, markup=False, soft_wrap=True)
     return [
         (f"{layout.format} {name}: {s.report.source}", s.index, s.images, s.report)
         for name, s in splits.items()
@@ -108,7 +108,7 @@ def check_cmd(
             _out.print(table)
             for kind, p in found:
                 for d in p.details[:max_examples]:
-                    _out.print(f"  {kind}: {d}", highlight=False, markup=False)
+                    _out.print(f"  {kind}: {d}", highlight=False, markup=False, soft_wrap=True)
         checked = f", {report.images_checked} image files checked" if report.images_checked else ""
         verdict = "OK" if report.ok else f"{report.num_problems} problem(s)"
         if report.num_notices:
@@ -364,6 +364,22 @@ def split_cmd(
         )
 
 
+def _class_counts(values: list[str], option: str) -> dict[str, int] | None:
+    """``["star=30,cross=20"]`` -> ``{"star": 30, "cross": 20}`` (None when empty)."""
+    counts: dict[str, int] = {}
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        name, _, number = item.partition("=")
+        try:
+            if not name.strip():
+                raise ValueError
+            counts[name.strip()] = int(number)
+        except ValueError:
+            raise DataError(f"{option} {item!r}: expected CLASS=N with an integer N") from None
+    return counts or None
+
+
 @data_app.command("shapes")
 def shapes_cmd(
     out: Path = typer.Option(Path("data/shapes"), "--out", help="Output folder."),
@@ -371,12 +387,26 @@ def shapes_cmd(
     val: int = typer.Option(300, "--val", min=1, help="Validation images."),
     size: int = typer.Option(256, "--size", min=32, help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    rare: list[str] = typer.Option(
+        [],
+        "--rare",
+        "--class-counts",
+        help="Long-tailed variant: CLASS=N gives the train split exactly N instances of CLASS "
+        "(repeat it, or comma-separate: star=30,cross=30).",
+    ),
+    val_rare: list[str] = typer.Option(
+        [], "--val-rare", help="The same for the val split (e.g. star=300,cross=300)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
 ) -> None:
     """Generate the built-in COCO-format shapes dataset."""
     from detrkit.data.shapes import generate_shapes
 
-    paths = generate_shapes(out, train=train, val=val, size=size, seed=seed)
+    counts = _class_counts(rare, "--rare")
+    val_counts = _class_counts(val_rare, "--val-rare")
+    paths = generate_shapes(
+        out, train=train, val=val, size=size, seed=seed, class_counts=counts, val_class_counts=val_counts
+    )
     summary = {
         "root": str(paths.root),
         "train_images": str(paths.train_images),
@@ -384,6 +414,8 @@ def shapes_cmd(
         "train_ann": str(paths.train_ann),
         "val_ann": str(paths.val_ann),
         "classes": list(paths.class_names),
+        "class_counts": counts,
+        "val_class_counts": val_counts,
     }
     if as_json:
         _echo_json(summary)
@@ -392,6 +424,10 @@ def shapes_cmd(
     _out.print(f"  train: --ann {paths.train_ann} --images {paths.train_images}", highlight=False)
     _out.print(f"  val:   --ann {paths.val_ann} --images {paths.val_images}", highlight=False)
     _out.print(f"  classes: {', '.join(paths.class_names)}", highlight=False)
+    for label, c in (("train", counts), ("val", val_counts)):
+        if c:
+            exact = ", ".join(f"{k} {v}" for k, v in c.items())
+            _out.print(f"  {label}: exactly {exact} instances", highlight=False)
 
 
 data_app.command("convert")(convert_cmd)

@@ -65,18 +65,28 @@ def convert_cmd(
     if as_json:
         _echo_json(summary)
         return
-    _out.print(f"{conv.layout.path}: {conv.layout.format} -> {to} in {out}", highlight=False, markup=False)
+    _out.print(
+        f"{conv.layout.path}: {conv.layout.format} -> {to} in {out}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     for name, s in conv.splits.items():
         for line in s.report.notes:
-            _out.print(line, highlight=False, markup=False)
+            _out.print(line, highlight=False, markup=False, soft_wrap=True)
         for kind, p in s.report.problems.items():
-            _out.print(f"  {name}: {kind}: {p.count} ({describe(kind)})", highlight=False, markup=False)
+            _out.print(
+                f"  {name}: {kind}: {p.count} ({describe(kind)})",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
             for d in p.details:
-                _out.print(f"    {d}", highlight=False, markup=False)
+                _out.print(f"    {d}", highlight=False, markup=False, soft_wrap=True)
         f, im = conv.outputs[name]
         _out.print(
             f"  {name}: {len(s.index.images)} images, {len(s.index.annotations)} boxes -> {f} (images: {im})",
             highlight=False,
             markup=False,
         )
-    _out.print(f"classes: {', '.join(summary['classes'])}", highlight=False, markup=False)
+    _out.print(f"classes: {', '.join(summary['classes'])}", highlight=False, markup=False, soft_wrap=True)

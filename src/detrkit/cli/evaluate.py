@@ -53,10 +53,10 @@ def eval_cmd(
     if iou_type not in ("bbox", "segm"):
         raise ConfigError(f"--iou-type must be bbox or segm, got {iou_type!r}")
     out = Console()  # created per call: honours the terminal width (and COLUMNS) at run time
-    from detrkit.data.coco import CocoIndex
     from detrkit.data.formats import predictions_source
+    from detrkit.data.formats.coco import load_coco
 
-    gt_index = CocoIndex.load(gt)
+    gt_index = load_coco(gt)  # without a Roboflow placeholder category (no row of -1 for it)
     results, used = predictions_source(pred, gt_index, fmt=pred_format, class_base=class_base)
     if used != "coco":
         Console(stderr=True).print(f"{pred}: read as {used} predictions", highlight=False)

@@ -38,9 +38,13 @@ def read_coco_split(ann: str | Path, images: str | Path | None = None) -> tuple[
     for cid in placeholder_categories(index):
         cat = next(c for c in index.categories if c.id == cid)
         index.categories = [c for c in index.categories if c.id != cid]
-        report.add("placeholder_category", cid, f"category {cid} {cat.name!r}")
         report.note(
             f"{ann}: left out category {cid} {cat.name!r} (Roboflow's placeholder: no annotations, "
             f"the supercategory of every class)"
         )
     return index, Path(images) if images is not None else ann.parent, report
+
+
+def load_coco(ann: str | Path) -> CocoIndex:
+    """A COCO file without its Roboflow placeholder category (the classes a model trained on it has)."""
+    return read_coco_split(ann)[0]
