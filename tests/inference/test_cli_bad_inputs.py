@@ -132,3 +132,26 @@ def test_analyze_leaves_out_an_unreadable_val_image(
     preds = json.loads((run / "predictions.json").read_text())
     assert {p["image_id"] for p in preds} == {1, 2, 3}
     assert _run(["analyze", "--run", str(run), "--gallery", "0", "--strict"]) == 1
+    capsys.readouterr()
+
+    # one unit in the terminal output: TIDE and COCO numbers both in AP points (0-100)
+    assert _run(["analyze", "--run", str(run), "--gallery", "0", "--pred", str(run / "predictions.json")]) == 0
+    out = capsys.readouterr().out
+    coco_line = next(line for line in out.splitlines() if line.startswith("COCO AP"))
+    ap = float(coco_line.split()[2])
+    assert "AP points" in coco_line and "AP points, 0-100" in out
+    stats = json.loads((run / "errors.json").read_text())["coco"]["stats"]
+    assert ap == pytest.approx(100 * stats["AP"], abs=0.051)
+
+
+def test_torchscript_export_prints_no_future_warning(fake_run: Path, tmp_path: Path) -> None:
+    import warnings
+
+    from detrkit.inference.export import export_model
+    from detrkit.inference.predictor import Predictor
+
+    model = Predictor.from_run(fake_run, device="cpu").model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # torch.jit.save/load warn on torch >= 2.9
+        result = export_model(model, tmp_path / "m.ts", format="torchscript", height=64, width=64)
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-4

@@ -32,6 +32,19 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return "-" if v is None else (f"{v:,.{digits}f}" if isinstance(v, float) else str(v))
 
 
+def coordinate_digits(crs: str | None) -> int:
+    """Decimals of a centroid in ``crs`` units: 6 for degrees (0.1 m), 2 for metres, 1 for pixels."""
+    if not crs:
+        return 1
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        return 6 if CRS.from_user_input(crs).is_geographic else 2
+    except CRSError:
+        return 2
+
+
 def _print_report(title: str, d: dict[str, Any], buildings: list[dict[str, Any]] | None, limit: int) -> None:
     table = titled_table(title, show_header=False)
     gsd = d.get("gsd") or {}
@@ -50,6 +63,7 @@ def _print_report(title: str, d: dict[str, Any], buildings: list[dict[str, Any]]
     _out.print(table)
     if buildings:
         bt = titled_table(f"buildings (first {min(limit, len(buildings))} of {len(buildings)})")
+        digits = coordinate_digits(d.get("crs"))  # type: ignore[arg-type]
         for col in ("id", "area m²", "perimeter m", "centroid x", "centroid y"):
             bt.add_column(col, justify="right")
         for b in buildings[:limit]:
@@ -57,8 +71,8 @@ def _print_report(title: str, d: dict[str, Any], buildings: list[dict[str, Any]]
                 str(b["id"]),
                 _fmt(b["area_m2"]),
                 _fmt(b["perimeter_m"]),
-                _fmt(b["centroid_x"]),
-                _fmt(b["centroid_y"]),
+                _fmt(b["centroid_x"], digits),
+                _fmt(b["centroid_y"], digits),
             )
         _out.print(bt)
 

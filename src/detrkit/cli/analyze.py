@@ -190,7 +190,10 @@ def analyze_cmd(
         )
         return
     e = result.errors
-    table = titled_table(f"TIDE errors at IoU {e.pos_thresh} (AP{round(100 * e.pos_thresh)} {e.ap:.1f})")
+    # one unit in this output: AP points (0-100), TIDE's convention; `eval`/`val` print fractions
+    table = titled_table(
+        f"TIDE errors at IoU {e.pos_thresh} (AP{round(100 * e.pos_thresh)} {e.ap:.1f}; AP points, 0-100)"
+    )
     for col in ("error", "dAP", "FP", "FN"):
         table.add_column(col, justify="left" if col == "error" else "right")
     for t in ERROR_TYPES:
@@ -204,8 +207,8 @@ def analyze_cmd(
     if result.coco is not None:
         s = result.coco.stats
         console.print(
-            f"COCO AP {s['AP']:.3f}  AP50 {s['AP50']:.3f}  AP75 {s['AP75']:.3f}  "
-            f"(best-F1 confidence {thr:.2f})",
+            f"COCO AP {100 * s['AP']:.1f}  AP50 {100 * s['AP50']:.1f}  AP75 {100 * s['AP75']:.1f}  "
+            f"(AP points; best-F1 confidence {thr:.2f})",
             highlight=False,
         )
     console.print(f"report: {report}\nerrors: {out / 'errors.json'}", highlight=False)
