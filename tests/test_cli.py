@@ -121,3 +121,10 @@ def test_flags_show_no_value_placeholder() -> None:
     assert len(flag_lines) == 2 and not any("<bool>" in line for line in flag_lines), out.stdout
     assert "<bool>" not in out.stdout
     assert "<float range> [0.0<=x<=1.0]" in out.stdout  # ranges are shown in the help
+
+
+def test_config_with_resume_is_refused_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = _run_in_process(["train", "--config", "demo", "--resume", str(tmp_path / "run")], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "drop --config" in lines[0] and "config.yaml" in lines[0], err

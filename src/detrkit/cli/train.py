@@ -42,6 +42,11 @@ def train(
     resume: Path = typer.Option(
         None, "--resume", help="continue the run in this folder from checkpoints/last.pt"
     ),
+    fallback: bool = typer.Option(
+        False,
+        "--fallback",
+        help="with --resume: an unreadable last.pt falls back to the newest intact checkpoint",
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="stop after the preflight (one step, one val batch, checkpoint round trip)"
     ),
@@ -92,13 +97,15 @@ def train(
         extra += [f"train.device={device}"] if device is not None else []
         overrides = [*extra, *(overrides or [])]
     summary = train_from_config(
-        source, list(overrides or []), resume=resume, dry_run=dry_run, console=console
+        source, list(overrides or []), resume=resume, fallback=fallback, dry_run=dry_run, console=console
     )
     if as_json:
         typer.echo(summary_json({k: v for k, v in summary.items()}))
         return
     if dry_run:
-        console.print(f"dry run ok: {summary['run_dir']} (preflight: {summary['preflight']})")
+        console.print(
+            f"dry run ok, nothing kept (a run would write {summary['run_dir']}; preflight: {summary['preflight']})"
+        )
         return
     _print_per_class(console, summary.get("per_class"), "per-class metrics (last validation)")
     console.print(f"run folder: {summary['run_dir']}")

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from detrkit.engine.optim import set_bn_eval, trainable_parameters
-from detrkit.errors import TrainingError
+from detrkit.engine.preflight import _reset_peak, current_rss_mb, peak_memory_mb
+from detrkit.errors import DataError, TrainingError
 
 if TYPE_CHECKING:
     from detrkit.engine.trainer import Trainer
@@ -166,7 +167,8 @@ class StepRunner:
         steps_done = -(-t.epoch_batches // accum)
         t.log.start_epoch(epoch, cfg.train.epochs, t.steps_per_epoch, steps_done)
         t0 = time.perf_counter()
-        images = 0
+        images = skipped_images = 0
+        _reset_peak(t.device)
         iterator = iter(t.train_loader)
         with self._profiler(epoch) as prof:
             while steps_done < t.steps_per_epoch:
@@ -178,6 +180,7 @@ class StepRunner:
                 if not micro:
                     break
                 consumed = len(micro)
+                skipped_images += sum(getattr(b, "skipped", 0) for b in micro)
                 micro = self._drop_empty(micro)
                 if not micro:
                     t.epoch_batches += consumed
@@ -212,6 +215,11 @@ class StepRunner:
                 if every and steps_done % every == 0 and steps_done < t.steps_per_epoch:
                     t.save(["last"])
         rate = t.log.end_epoch()
+        if images == 0 and skipped_images > 0:
+            raise DataError(
+                f"{cfg.data.train_images or 'the training set'}: none of the training images of epoch {epoch + 1} could be read "
+                f"({skipped_images} skipped); run `detrkit data check` on the folder"
+            )
         good = max(self.steps - self.epoch_nonfinite, 1)
         if acc.num_processes > 1 and self.sums:  # mean of the per-process losses
             keys = sorted(self.sums)
@@ -223,4 +231,7 @@ class StepRunner:
         row["train/images_per_s"] = images / max(time.perf_counter() - t0, 1e-9) if images else rate
         row["time_s"] = time.perf_counter() - t0
         row["nonfinite"] = self.epoch_nonfinite
+        row["skipped_images"] = skipped_images
+        row["memory_mb"] = round(peak_memory_mb(t.device), 1)  # CUDA peak this epoch, or peak RSS
+        row["rss_mb"] = round(current_rss_mb(), 1)
         return row

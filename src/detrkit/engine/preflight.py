@@ -14,6 +14,7 @@ checkpoint saving, before a long run"), in a few seconds:
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from detrkit.errors import CheckpointError, TrainingError
+from detrkit.errors import CheckpointError, DataError, TrainingError
 from detrkit.runs import checkpoint as ckpt_io
 
 if TYPE_CHECKING:
@@ -34,6 +35,15 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def current_rss_mb() -> float:
+    """The process's resident memory now (``/proc/self/statm``), or its peak where that is missing."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])  # noqa: SIM115
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_memory_mb(torch.device("cpu"))
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -62,12 +72,19 @@ def run_preflight(t: Trainer) -> dict[str, Any]:
     _reset_peak(t.device)
     t1 = time.perf_counter()
     t.train_sampler.set_epoch(t.epoch, start_batch=t.epoch_batches)
-    try:
-        first = next(iter(t.train_loader))
-    except StopIteration:
-        raise TrainingError(
-            f"{t.run_dir}: the training loader yields no batch (check data and batch size)"
-        ) from None
+    first, skipped = None, 0
+    for batch in t.train_loader:  # the first batch with a readable image (bad ones are skipped)
+        if len(batch.targets) > 0:
+            first = batch
+            break
+        skipped += getattr(batch, "skipped", 0)
+    if first is None and skipped:
+        raise DataError(
+            f"{t.cfg.data.train_images or 'the training set'}: no training image could be read ({skipped} tried); "
+            "run `detrkit data check` on the folder"
+        )
+    if first is None:
+        raise TrainingError(f"{t.run_dir}: the training loader yields no batch (check data and batch size)")
     try:
         result = t.runner.train_step([first] * t.cfg.train.grad_accum)
     except torch.OutOfMemoryError:
