@@ -1,4 +1,5 @@
-"""``detrkit synth``: synthetic training images for rare classes (copy-paste, augment, diffusion).
+"""``detrkit synth``: synthetic training images for rare classes (copy-paste, augment, diffusion,
+controlnet).
 
 Thin front over :func:`detrkit.synth.generate.synthesize`: parse, call, print a table (or JSON).
 """
@@ -63,7 +64,9 @@ def synth_cmd(
         help="Synthesize classes rarer than this (as `detrkit data stats` marks them).",
     ),
     per_class: int = typer.Option(100, "--per-class", help="Images per class."),
-    method: str = typer.Option("copy-paste", "--method", help="copy-paste | augment | diffusion."),
+    method: str = typer.Option(
+        "copy-paste", "--method", help="copy-paste | augment | diffusion | controlnet."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
     image_format: str = typer.Option("jpg", "--format", help="jpg | png."),
     instances: str = typer.Option(
@@ -78,8 +81,19 @@ def synth_cmd(
         0.7, "--drop-occluded", help="Drop objects hidden over this fraction; shrink the others."
     ),
     model: str | None = typer.Option(
-        None, "--model", help="diffusion: inpainting model, Hub id or local folder."
+        None, "--model", help="diffusion, controlnet: inpainting model, Hub id or local folder."
     ),
+    controlnet: str | None = typer.Option(
+        None,
+        "--controlnet",
+        help="controlnet: ControlNetModel, Hub id or local folder (default: a canny/seg SD 1.5 ControlNet per --control).",
+    ),
+    control: str = typer.Option(
+        "edges",
+        "--control",
+        help="controlnet: condition on the placed instance's edges | mask, or the scene layout.",
+    ),
+    control_scale: float = typer.Option(1.0, "--control-scale", help="controlnet: conditioning scale."),
     prompt: str = typer.Option(
         "a photo of a {class}", "--prompt", help="diffusion: prompt; {class} is the class name."
     ),
@@ -97,12 +111,15 @@ def synth_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from detrkit.data.coco import CocoIndex
+    from detrkit.synth.controlnet import CONTROLS, ControlParams
     from detrkit.synth.copy_paste import PasteParams
     from detrkit.synth.diffusion import DiffusionParams, load_inpaint_pipeline
     from detrkit.synth.generate import METHODS, SynthOptions, choose_classes, synthesize
 
     if method not in METHODS:
         raise typer.BadParameter(f"choose one of {', '.join(METHODS)}", param_hint="--method")
+    if control not in CONTROLS:
+        raise typer.BadParameter(f"choose one of {', '.join(CONTROLS)}", param_hint="--control")
     if image_format not in ("jpg", "png"):
         raise typer.BadParameter("choose jpg or png", param_hint="--format")
     if not images.is_dir():
@@ -127,8 +144,12 @@ def synth_cmd(
             drop_occluded=drop_occluded,
         ),
         diffusion=diffusion,
+        control=ControlParams(controlnet=controlnet, control=control, conditioning_scale=control_scale),
     )
-    pipeline = load_inpaint_pipeline(diffusion.model, device=device) if method == "diffusion" else None
+    pipeline = None
+    if method in ("diffusion", "controlnet"):
+        net = options.control.model_id() if method == "controlnet" else None
+        pipeline = load_inpaint_pipeline(diffusion.model, device=device, controlnet=net)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=_err, transient=True, disable=as_json or not _err.is_terminal) as bar:
         task = bar.add_task(f"synth {method}", total=per_class * len(chosen))

@@ -5,7 +5,9 @@ Methods:
   into a random training image (see :mod:`detrkit.synth.copy_paste`);
 - ``augment``: a training image holding the class, heavily augmented (see :mod:`detrkit.synth.augment`);
 - ``diffusion``: the class drawn into a box of a random training image by Stable Diffusion
-  inpainting (see :mod:`detrkit.synth.diffusion`).
+  inpainting (see :mod:`detrkit.synth.diffusion`);
+- ``controlnet``: the same with a ControlNet conditioned on a real instance's mask/edges placed
+  at the new box, or on the whole scene's layout (see :mod:`detrkit.synth.controlnet`).
 
 Randomness comes from ``numpy.random.default_rng((seed, class_position))``: the same seed gives the
 same files, and adding a class does not change the images of the others.
@@ -23,12 +25,14 @@ import numpy as np
 from detrkit.data.coco import Annotation, CocoIndex, ImageInfo
 from detrkit.synth.augment import AugmentParams, augment_sample
 from detrkit.synth.bank import InstanceBank, ann_to_dict, load_rgb_array
+from detrkit.synth.controlnet import ControlParams, controlnet_object
 from detrkit.synth.copy_paste import PasteParams, paste_instance, scene_from_annotations
 from detrkit.synth.diffusion import DiffusionParams, inpaint_object, load_inpaint_pipeline
 from detrkit.synth.rare import SynthError, find_rare_classes, resolve_classes
 from detrkit.synth.writer import SynthSample, SynthWriter
 
-METHODS = ("copy-paste", "augment", "diffusion")
+METHODS = ("copy-paste", "augment", "diffusion", "controlnet")
+_BANKED = ("copy-paste", "controlnet")  # methods that draw real instances from an InstanceBank
 
 
 @dataclass
@@ -47,6 +51,7 @@ class SynthOptions:
     paste: PasteParams = field(default_factory=PasteParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
     diffusion: DiffusionParams = field(default_factory=DiffusionParams)
+    control: ControlParams = field(default_factory=ControlParams)
 
 
 def choose_classes(
@@ -115,15 +120,19 @@ def synthesize(
     }
     if options.method == "augment":
         method_params = {"augment": asdict(options.augment)}
-    elif options.method == "diffusion":
+    elif options.method in ("diffusion", "controlnet"):
         method_params = {"diffusion": asdict(options.diffusion), "paste": asdict(options.paste)}
+        controlnet = None
+        if options.method == "controlnet":
+            controlnet = options.control.model_id()
+            method_params["control"] = {**asdict(options.control), "controlnet": controlnet}
         if pipeline is None:
-            pipeline = load_inpaint_pipeline(options.diffusion.model)
+            pipeline = load_inpaint_pipeline(options.diffusion.model, controlnet=controlnet)
     params = {"classes": list(classes), "per_class": options.per_class, "seed": options.seed, **method_params}
     writer = SynthWriter(
         out_dir, index, method=options.method, params=params, image_format=options.image_format
     )
-    if options.method == "copy-paste" and bank is None:
+    if options.method in _BANKED and bank is None:
         bank = InstanceBank.from_coco(
             index,
             images_dir,
@@ -132,7 +141,7 @@ def synthesize(
             max_per_class=options.bank_max_per_class,
             seed=options.seed,
         )
-    if options.method == "copy-paste":
+    if options.method in _BANKED:
         assert bank is not None
         empty = [n for n, c in zip(classes, cat_ids, strict=True) if not bank.by_category.get(c)]
         if empty:
@@ -156,6 +165,9 @@ def synthesize(
                 sample = _copy_paste_one(ctx, bank, cid, name, rng)
             elif options.method == "augment":
                 sample = _augment_one(ctx, holders[int(rng.integers(len(holders)))], cid, name, rng)
+            elif options.method == "controlnet":
+                assert bank is not None
+                sample = _controlnet_one(ctx, pipeline, bank, cid, name, rng)
             else:
                 sample = _diffusion_one(ctx, pipeline, instances, cid, name, rng)
             writer.add(sample)
@@ -249,4 +261,41 @@ def _diffusion_one(
             return SynthSample(out, [obj.annotation() for obj in scene], name, meta)
     raise SynthError(
         f"{ctx.index.source or '<annotations>'}: images are too small for a {opts.diffusion.min_box}px box"
+    )
+
+
+def _controlnet_one(
+    ctx: _Context, pipe: Any, bank: InstanceBank, cid: int, name: str, rng: np.random.Generator
+) -> SynthSample:
+    opts = ctx.options
+    for _ in range(10):
+        info = ctx.random_image(rng)
+        image = load_rgb_array(ctx.images_dir, info)
+        scene = scene_from_annotations(ctx.anns_of(info.id), info.height, info.width)
+        instance = bank.sample(cid, rng, avoid_image_id=info.id)
+        done = controlnet_object(
+            pipe,
+            image,
+            scene,
+            instance,
+            category_id=cid,
+            class_name=name,
+            rng=rng,
+            params=opts.diffusion,
+            control=opts.control,
+            paste=opts.paste,
+        )
+        if done is not None:
+            out, call = done
+            meta = {
+                "method": "controlnet",
+                "source_image": info.file_name,
+                "source_image_id": info.id,
+                "model": opts.diffusion.model,
+                **call,
+            }
+            return SynthSample(out, [obj.annotation() for obj in scene], name, meta)
+    raise SynthError(
+        f"{ctx.index.source or '<annotations>'}: instances of '{name}' do not fit as a "
+        f"{opts.diffusion.min_box}px box (lower --scale or the box size)"
     )
