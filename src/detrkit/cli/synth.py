@@ -103,6 +103,14 @@ def synth_cmd(
     device: str | None = typer.Option(
         None, "--device", help="diffusion: cuda | cpu (default: cuda when available)."
     ),
+    filter_model: Path | None = typer.Option(
+        None,
+        "--filter-model",
+        help="Quality filter: keep an image only if this detector (run folder or checkpoint) finds "
+        "the class in every new instance's box.",
+    ),
+    filter_score: float = typer.Option(0.3, "--filter-score", help="Quality filter: minimum score."),
+    filter_iou: float = typer.Option(0.5, "--filter-iou", help="Quality filter: minimum IoU with the box."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Write synthetic images of rare classes as a COCO dataset to train on next to the real one."""
@@ -150,6 +158,12 @@ def synth_cmd(
     if method in ("diffusion", "controlnet"):
         net = options.control.model_id() if method == "controlnet" else None
         pipeline = load_inpaint_pipeline(diffusion.model, device=device, controlnet=net)
+    quality = None
+    if filter_model is not None:
+        from detrkit.synth.quality import DetectorFilter, FilterParams
+
+        params = FilterParams(model=str(filter_model), score=filter_score, iou=filter_iou)
+        quality = DetectorFilter.from_model(params, device=device)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=_err, transient=True, disable=as_json or not _err.is_terminal) as bar:
         task = bar.add_task(f"synth {method}", total=per_class * len(chosen))
@@ -160,10 +174,13 @@ def synth_cmd(
             classes=chosen,
             options=options,
             pipeline=pipeline,
+            quality=quality,
             progress=lambda done, total: bar.update(task, completed=done),
         )
     summary["classes"] = chosen
     summary["method"] = method
+    if quality is not None:
+        summary["filter"] = json.loads((Path(out) / "metadata.json").read_text())["filter"]
     summary["override"] = extra_override(summary["annotations"], Path(out) / "images")
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -178,6 +195,13 @@ def synth_cmd(
         f"{summary['images']} images, {summary['instances']} annotations -> {summary['annotations']}",
         highlight=False,
     )
+    if quality is not None:
+        f = summary["filter"]
+        _out.print(
+            f"quality filter: kept {f['kept_images']} images ({f['kept_instances']} instances), "
+            f"rejected {f['rejected_images']} images ({f['rejected_instances']} instances)",
+            highlight=False,
+        )
     if summary["samples"]:
         _out.print(f"samples: {summary['samples']}", highlight=False)
     _out.print(

@@ -26,8 +26,9 @@ from detrkit.data.coco import Annotation, CocoIndex, ImageInfo
 from detrkit.synth.augment import AugmentParams, augment_sample
 from detrkit.synth.bank import InstanceBank, ann_to_dict, load_rgb_array
 from detrkit.synth.controlnet import ControlParams, controlnet_object
-from detrkit.synth.copy_paste import PasteParams, paste_instance, scene_from_annotations
+from detrkit.synth.copy_paste import PasteParams, SceneObject, paste_instance, scene_from_annotations
 from detrkit.synth.diffusion import DiffusionParams, inpaint_object, load_inpaint_pipeline
+from detrkit.synth.quality import DetectorFilter, FilterTally
 from detrkit.synth.rare import SynthError, find_rare_classes, resolve_classes
 from detrkit.synth.writer import SynthSample, SynthWriter
 
@@ -91,6 +92,7 @@ def synthesize(
     pipeline: Any = None,
     bank: InstanceBank | None = None,
     progress: Callable[[int, int], None] | None = None,
+    quality: DetectorFilter | None = None,
 ) -> dict[str, Any]:
     """Write ``options.per_class`` synthetic images per class into ``out_dir`` (see :mod:`writer`).
 
@@ -104,6 +106,8 @@ def synthesize(
             ``options.diffusion.model`` when None.
         bank: an already built instance bank (copy-paste); cut from ``index`` when None.
         progress: called as ``progress(done, total)`` after every image.
+        quality: keep an image only when this detector finds all its new instances
+            (:mod:`detrkit.synth.quality`); its counts go into ``metadata.json`` (``"filter"``).
     Returns:
         the writer's summary (paths, counts per class).
     """
@@ -150,6 +154,7 @@ def synthesize(
                 f"(at least {options.min_area} px, not crowd)"
             )
     ctx = _Context(index, Path(images_dir), index.image_by_id(), options)
+    tally = FilterTally(quality.params) if quality is not None else None
     total, done = options.per_class * len(classes), 0
     for k, (name, cid) in enumerate(zip(classes, cat_ids, strict=True)):
         rng = np.random.default_rng((options.seed, k))
@@ -159,7 +164,9 @@ def synthesize(
         if options.method == "augment" and not instances:
             raise SynthError(f"{index.source or '<annotations>'}: no image holds class '{name}' to augment")
         holders = sorted({a.image_id for a in instances})
-        for _ in range(options.per_class):
+        kept, tries = 0, options.per_class * (quality.params.max_tries if quality else 1)
+        while kept < options.per_class and tries > 0:
+            tries -= 1
             if options.method == "copy-paste":
                 assert bank is not None
                 sample = _copy_paste_one(ctx, bank, cid, name, rng)
@@ -170,11 +177,33 @@ def synthesize(
                 sample = _controlnet_one(ctx, pipeline, bank, cid, name, rng)
             else:
                 sample = _diffusion_one(ctx, pipeline, instances, cid, name, rng)
+            if quality is not None and not _passes(quality, tally, sample, cid):
+                continue
             writer.add(sample)
+            kept += 1
             done += 1
             if progress is not None:
                 progress(done, total)
-    return writer.finish()
+    return writer.finish({"filter": tally.to_dict()} if tally is not None else None)
+
+
+def _pasted(scene: list[SceneObject]) -> list[int]:
+    """Indices of the objects a method added to the scene."""
+    return [i for i, obj in enumerate(scene) if obj.pasted]
+
+
+def _passes(quality: DetectorFilter, tally: FilterTally | None, sample: SynthSample, cid: int) -> bool:
+    """Score the sample's new instances, record them (meta ``filter_scores``) and count them."""
+    assert tally is not None
+    new = (
+        sample.new
+        if sample.new is not None
+        else [i for i, a in enumerate(sample.annotations) if a["category_id"] == cid]
+    )
+    pairs = [(sample.class_name, sample.annotations[i]["bbox"]) for i in new]  # new ones are of the class
+    scores = quality.scores(sample.image, pairs)
+    sample.meta["filter_scores"] = [round(s, 4) for s in scores]
+    return tally.add(sample.class_name, quality.accepts(scores))
 
 
 @dataclass
@@ -211,7 +240,7 @@ def _copy_paste_one(
         "source_image_id": info.id,
         "pastes": pastes,
     }
-    return SynthSample(image, [obj.annotation() for obj in scene], name, meta)
+    return SynthSample(image, [obj.annotation() for obj in scene], name, meta, _pasted(scene))
 
 
 def _augment_one(ctx: _Context, image_id: int, cid: int, name: str, rng: np.random.Generator) -> SynthSample:
@@ -258,7 +287,7 @@ def _diffusion_one(
                 "model": opts.diffusion.model,
                 **call,
             }
-            return SynthSample(out, [obj.annotation() for obj in scene], name, meta)
+            return SynthSample(out, [obj.annotation() for obj in scene], name, meta, _pasted(scene))
     raise SynthError(
         f"{ctx.index.source or '<annotations>'}: images are too small for a {opts.diffusion.min_box}px box"
     )
@@ -294,7 +323,7 @@ def _controlnet_one(
                 "model": opts.diffusion.model,
                 **call,
             }
-            return SynthSample(out, [obj.annotation() for obj in scene], name, meta)
+            return SynthSample(out, [obj.annotation() for obj in scene], name, meta, _pasted(scene))
     raise SynthError(
         f"{ctx.index.source or '<annotations>'}: instances of '{name}' do not fit as a "
         f"{opts.diffusion.min_box}px box (lower --scale or the box size)"
