@@ -122,7 +122,9 @@ def test_filter_with_a_real_detector_run_matches_its_predictions(solid_dataset, 
     scores = torch.tensor(det.scores)
     want = [float(scores[disc & (row >= 0.1)].max()) if (disc & (row >= 0.1)).any() else 0.0 for row in ious]
     assert want[0] > 0
-    want.append(0.0)  # a class the model does not know    assert got == pytest.approx(want, abs=1e-6)
+    want.append(0.0)  # a class the model does not know
+    assert got == pytest.approx(want, abs=1e-6)
+
     from typer.testing import CliRunner
 
     from detrkit.cli.main import app
