@@ -151,6 +151,11 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     #: abort after this many consecutive non-finite losses.
     max_nonfinite: int = 5
+    #: early stopping: stop after this many validations in a row without an improvement of
+    #: ``eval.best_metric`` by more than ``min_delta`` (0 = off). Only trained epochs are
+    #: validated, so the starting (pretrained) weights never count as "best".
+    patience: int = 0
+    min_delta: float = 0.0
     #: stop each epoch after this many steps (0 = whole epoch); for smoke runs.
     max_steps_per_epoch: int = 0
     #: run on the CPU even when a GPU is present.
