@@ -54,8 +54,10 @@ class Layout:
     readers: dict[str, Reader] = field(default_factory=dict)
 
     def load(self, splits: list[str] | None = None) -> dict[str, Split]:
+        """Read the splits (all, or those named), in the order train, val, test, others."""
+        order = {"train": 0, "val": 1, "test": 2}
         out = {}
-        for name, read in self.readers.items():
+        for name, read in sorted(self.readers.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])):
             if splits is None or name in splits:
                 index, images, report = read()
                 out[name] = Split(name, index, images, report, self.path)

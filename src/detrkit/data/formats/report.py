@@ -19,7 +19,6 @@ READER_KINDS: dict[str, str] = {
     "label_without_image": "label/XML files whose image does not exist (left out)",
     "empty_label_file": "empty label files: negative images, kept (notice)",
     "no_label_file": "images without a label file: negative images, kept (notice)",
-    "placeholder_category": "Roboflow placeholder category left out (notice)",
     "missing_annotation_file": "images listed in a split file without their annotation file (left out)",
     "unknown_class_name": "objects whose class name is not in the given names (left out)",
 }
