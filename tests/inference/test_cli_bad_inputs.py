@@ -135,7 +135,9 @@ def test_analyze_leaves_out_an_unreadable_val_image(
     capsys.readouterr()
 
     # one unit in the terminal output: TIDE and COCO numbers both in AP points (0-100)
-    assert _run(["analyze", "--run", str(run), "--gallery", "0", "--pred", str(run / "predictions.json")]) == 0
+    assert (
+        _run(["analyze", "--run", str(run), "--gallery", "0", "--pred", str(run / "predictions.json")]) == 0
+    )
     out = capsys.readouterr().out
     coco_line = next(line for line in out.splitlines() if line.startswith("COCO AP"))
     ap = float(coco_line.split()[2])

@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "predict",
     "export",
+    "benchmark",
     "aerial",
     "app",
     "synth",

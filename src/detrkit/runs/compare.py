@@ -18,8 +18,9 @@ import csv
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import stats as sps
@@ -191,7 +192,9 @@ def _cell(values: list[float], base: Cell | None) -> Cell:
     )
 
 
-def load_comparable_runs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[RunFolder], list[str]]:
+def load_comparable_runs(
+    paths: Sequence[str | os.PathLike[str]], *, load: Callable[[Path], RunFolder] = RunFolder.load
+) -> tuple[list[RunFolder], list[str]]:
     """The run folders of ``paths`` that can be compared, and one warning line per problem.
 
     A folder that is not a readable run, or a run that crashed before writing validation metrics,
@@ -204,7 +207,7 @@ def load_comparable_runs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[
     warnings: list[str] = []
     for path in paths:
         try:
-            run = RunFolder.load(path)
+            run = load(Path(path))
         except DetrkitError as err:
             warnings.append(f"skipping {err}")
             continue
@@ -215,8 +218,8 @@ def load_comparable_runs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[
     val_sets: dict[str, list[str]] = {}
     for run in runs:
         ann = run.val_paths()[0]
-        key = str(ann.resolve()) if ann is not None else "<unknown>"
-        val_sets.setdefault(key, []).append(run.name)
+        if ann is not None:  # predictions of another tool: scored on --gt, no val set recorded
+            val_sets.setdefault(str(ann.resolve()), []).append(run.name)
     if len(val_sets) > 1:
         groups = "; ".join(f"{k} ({', '.join(v)})" for k, v in val_sets.items())
         warnings.append(f"the runs were evaluated on different val sets, metrics do not compare: {groups}")
