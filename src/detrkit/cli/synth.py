@@ -101,7 +101,9 @@ def synth_cmd(
         "--control",
         help="controlnet: condition on the placed instance's edges | mask, or the scene layout.",
     ),
-    control_scale: float = typer.Option(1.0, "--control-scale", help="controlnet: conditioning scale."),
+    control_scale: float = typer.Option(
+        1.0, "--control-scale", min=0.0, help="controlnet: conditioning scale."
+    ),
     prompt: str = typer.Option(
         "a photo of a {class}", "--prompt", help="diffusion: prompt; {class} is the class name."
     ),
@@ -119,8 +121,12 @@ def synth_cmd(
         help="Quality filter: keep an image only if this detector (run folder or checkpoint) finds "
         "the class in every new instance's box.",
     ),
-    filter_score: float = typer.Option(0.3, "--filter-score", help="Quality filter: minimum score."),
-    filter_iou: float = typer.Option(0.5, "--filter-iou", help="Quality filter: minimum IoU with the box."),
+    filter_score: float = typer.Option(
+        0.3, "--filter-score", min=0.0, max=1.0, help="Quality filter: minimum score."
+    ),
+    filter_iou: float = typer.Option(
+        0.5, "--filter-iou", min=0.0, max=1.0, help="Quality filter: minimum IoU with the box."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Write synthetic images of rare classes as a COCO dataset to train on next to the real one."""
