@@ -97,7 +97,7 @@ class ShapesConfig:
     out: str = "data/shapes"
     train: PosInt = 400
     val: PosInt = 100
-    size: Annotated[int, Range(ge=32)] = 160
+    size: Annotated[int, Range(ge=64)] = 160
     seed: int = 0
     #: long-tailed variant: exactly this many train instances of the named classes (``{star: 30}``).
     class_counts: dict[str, int] | None = None

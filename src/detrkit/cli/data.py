@@ -385,7 +385,7 @@ def shapes_cmd(
     out: Path = typer.Option(Path("data/shapes"), "--out", help="Output folder."),
     train: int = typer.Option(2000, "--train", min=1, help="Training images."),
     val: int = typer.Option(300, "--val", min=1, help="Validation images."),
-    size: int = typer.Option(256, "--size", min=32, help="Image side in pixels."),
+    size: int = typer.Option(256, "--size", min=64, help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     rare: list[str] = typer.Option(
         [],

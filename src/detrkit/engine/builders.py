@@ -50,7 +50,7 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
         return data
     from dataclasses import replace
 
-    from detrkit.data.shapes import generate_shapes
+    from detrkit.data.shapes import generate_shapes, read_shapes_params, shapes_params
 
     s = data.shapes
     root = Path(s.out)
@@ -69,7 +69,14 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
         raise ConfigError(
             f"data.shapes and {', '.join(conflicts)} are both set: give either data.shapes or the data paths"
         )
-    if main_process and not (paths["train_ann"].is_file() and paths["val_ann"].is_file()):
+    wanted = shapes_params(
+        train=s.train, val=s.val, size=s.size, seed=s.seed,
+        class_counts=s.class_counts, val_class_counts=s.val_class_counts,
+    )  # fmt: skip
+    complete = paths["train_ann"].is_file() and paths["val_ann"].is_file()
+    if main_process and (not complete or read_shapes_params(root) != wanted):
+        # missing, or generated with other parameters (or before they were recorded): regenerate, so
+        # that the run's config.yaml describes the data it trained on
         generate_shapes(
             root,
             train=s.train,
