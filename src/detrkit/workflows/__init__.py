@@ -1,0 +1,4 @@
+"""What chains the library for a user: the demo, analysing a run, predicting a folder, ablations.
+
+Above ``engine``, ``inference`` and ``runs``; below ``cli`` (which parses, calls these and prints).
+"""
