@@ -57,6 +57,10 @@ class ShapesConfig:
     val: int = 100
     size: int = 160
     seed: int = 0
+    #: long-tailed variant: exactly this many train instances of the named classes (``{star: 30}``).
+    class_counts: dict[str, int] | None = None
+    #: the same for the val split (e.g. ``{star: 300, cross: 300}`` for a precise rare-class AP).
+    val_class_counts: dict[str, int] | None = None
 
 
 @dataclass
@@ -80,6 +84,9 @@ class CopyPasteConfig:
     classes: list[str] | None = None
     #: pastes per sample, uniform in 1..max_instances.
     max_instances: int = 2
+    #: scale jitter of a pasted instance, uniform in ``[lo, hi]`` times its source size (Simple
+    #: Copy-Paste's large scale jitter is ``[0.1, 2.0]``); capped at 0.6 of the image side.
+    scale: list[float] = field(default_factory=lambda: [0.6, 1.4])
     #: instances smaller than this many pixels do not enter the bank.
     min_area: int = 64
     #: at most this many instances per class in the bank (``null``: all).
@@ -144,10 +151,17 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     #: abort after this many consecutive non-finite losses.
     max_nonfinite: int = 5
+    #: early stopping: stop after this many validations in a row without an improvement of
+    #: ``eval.best_metric`` by more than ``min_delta`` (0 = off). Only trained epochs are
+    #: validated, so the starting (pretrained) weights never count as "best".
+    patience: int = 0
+    min_delta: float = 0.0
     #: stop each epoch after this many steps (0 = whole epoch); for smoke runs.
     max_steps_per_epoch: int = 0
     #: run on the CPU even when a GPU is present.
     cpu: bool = False
+    #: ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (``detrkit train --device``); null: the best present.
+    device: str | None = None
     #: channels-last (NHWC) memory format for the convolutions: the model's 4-D weights and the
     #: training images; faster convolutions on recent CPUs (oneDNN) and on GPUs with bf16/fp16.
     channels_last: bool = False

@@ -38,7 +38,7 @@ from detrkit.aerial.gsd import (
 from detrkit.aerial.model import AERIAL, AerialUNet
 from detrkit.aerial.tiling import predict_stream
 from detrkit.aerial.vector import write_vectors
-from detrkit.devices import pick_device
+from detrkit.devices import resolve_device
 from detrkit.errors import ImageError
 from detrkit.runs.restore import restore
 
@@ -176,7 +176,7 @@ class AerialPredictor:
         amp: bool = True,
         name: str = "model",
     ) -> None:
-        dev = pick_device(device)
+        dev = resolve_device(device)
         self.model, self.device = model.to(dev).eval(), dev
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.threshold, self.amp, self.name = threshold, amp, name

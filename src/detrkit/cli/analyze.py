@@ -30,7 +30,13 @@ def analyze_cmd(
         None, "--images", help="Image folder for galleries (default: data.val_images)."
     ),
     pred: Path | None = typer.Option(
-        None, "--pred", help="COCO results JSON (default: predict with the run's best checkpoint)."
+        None,
+        "--pred",
+        help="COCO results JSON, YOLO save_txt folder, Ultralytics or Roboflow JSON "
+        "(default: predict with the run's best checkpoint).",
+    ),
+    pred_format: str = typer.Option(
+        "auto", "--pred-format", help="auto, coco, yolo-txt, ultralytics or roboflow."
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: the run folder, else next to --pred)."
@@ -75,8 +81,10 @@ def analyze_cmd(
         gallery=gallery,
         device=device,
         batch_size=batch_size,
+        pred_format=pred_format,
         status=console.status,
         progress=progress,
+        say=lambda message: console.print(message, highlight=False),
     )
     if as_json:
         result = outcome.result

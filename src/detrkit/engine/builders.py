@@ -74,7 +74,15 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
             f"data.shapes and {', '.join(conflicts)} are both set: give either data.shapes or the data paths"
         )
     if main_process and not (paths["train_ann"].is_file() and paths["val_ann"].is_file()):
-        generate_shapes(root, train=s.train, val=s.val, size=s.size, seed=s.seed)
+        generate_shapes(
+            root,
+            train=s.train,
+            val=s.val,
+            size=s.size,
+            seed=s.seed,
+            class_counts=s.class_counts,
+            val_class_counts=s.val_class_counts,
+        )
     return replace(data, **{k: str(v) for k, v in paths.items()})
 
 
@@ -201,6 +209,12 @@ def _with_copy_paste(
             f"{cfg.source}: data.copy_paste: no classes to paste (set data.copy_paste.classes or "
             f"data.rare_classes; no class is rare at data.rare_fraction={cfg.data.rare_fraction})"
         )
+    from detrkit.synth.copy_paste import PasteParams
+
+    if len(cp.scale) != 2 or not 0 < cp.scale[0] <= cp.scale[1]:
+        raise ConfigError(
+            f"{cfg.source}: data.copy_paste.scale: expected [lo, hi] with 0 < lo <= hi, got {cp.scale}"
+        )
     try:
         online = build_online_copy_paste(
             train_index,
@@ -211,6 +225,7 @@ def _with_copy_paste(
             min_area=cp.min_area,
             max_bank_per_class=cp.max_bank_per_class,
             seed=cfg.train.seed if cp.seed is None else cp.seed,
+            params=PasteParams(scale_range=(float(cp.scale[0]), float(cp.scale[1]))),
         )
     except ValueError as err:
         raise ConfigError(f"{cfg.source}: data.copy_paste: {err}") from None
@@ -276,13 +291,18 @@ def loop_settings(cfg: RunConfig, *, batches_per_epoch: int, profile_dir: Path |
 
 
 def build_accelerator(cfg: RunConfig) -> Any:
-    """The Accelerator for ``train.precision``/``train.cpu`` (fp16 needs CUDA)."""
+    """The Accelerator for ``train.precision``/``train.cpu``/``train.device`` (fp16 needs CUDA)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    from detrkit.devices import resolve_device
+
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
-    use_cpu = cfg.train.cpu or not torch.cuda.is_available()
+    dev = resolve_device(cfg.train.device, option="train.device")  # checks a named device exists
+    use_cpu = cfg.train.cpu or dev.type == "cpu"
+    if dev.type == "cuda" and dev.index is not None and not use_cpu:
+        torch.cuda.set_device(dev.index)  # a single process on cuda:N (launchers set their own)
     if mp == "fp16" and use_cpu:
         raise ConfigError(f"{cfg.source}: train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     # Several runs in one process (library use, tests): start from a clean Accelerate state.

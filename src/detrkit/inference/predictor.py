@@ -21,13 +21,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from detrkit.data.images import load_image_rgb
-from detrkit.devices import pick_device
+from detrkit.data.images import IMAGE_SUFFIXES, load_image_rgb
+from detrkit.devices import resolve_device
 from detrkit.errors import DataError
 from detrkit.evaluation.results import coco_results
 from detrkit.runs.restore import Restored, restore
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 ImageSource = Image.Image | str | Path | Sequence[Image.Image | str | Path]
 
 
@@ -118,7 +117,7 @@ class Predictor:
             category_ids=list(restored.classes["category_ids"]),
             transform=restored.transform,
             size_divisibility=restored.config.data.size_divisibility,
-            device=pick_device(device),
+            device=resolve_device(device),
         )
 
     @classmethod
@@ -144,7 +143,7 @@ class Predictor:
             class_names=names,
             category_ids=list(range(model.num_classes)),
             transform=build_transforms("val", train=False, size=size),
-            device=pick_device(device),
+            device=resolve_device(device),
         )
 
     # ------------------------------------------------------------------------------ prediction

@@ -71,10 +71,10 @@ def load_inpaint_pipeline(model: str, *, device: str | None = None, half: bool |
     """
     import torch
 
-    from detrkit.devices import pick_device
+    from detrkit.devices import resolve_device
 
     diffusers = require_diffusers()
-    device = str(pick_device(device))
+    device = str(resolve_device(device))
     half = device.startswith("cuda") if half is None else half
     # diffusers renamed `torch_dtype` to `dtype` (the old name warns); pass the one it knows.
     from diffusers.utils import deprecation_utils

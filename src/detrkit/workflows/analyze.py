@@ -85,11 +85,15 @@ def analyze_run(
     gallery: int = 3,
     device: str | None = None,
     batch_size: int = 8,
+    pred_format: str = "auto",
     status: Status = _no_status,
     progress: Progress | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> AnalyzeOutcome:
     """Error analysis (TIDE), PR/F1 curves, confusion matrix, galleries -> ``report.html`` +
-    ``errors.json`` (see the module docstring).
+    ``errors.json`` (see the module docstring). ``pred`` may also be a YOLO ``save_txt`` folder,
+    Ultralytics or Roboflow JSON (``pred_format``: ``auto``, ``coco``, ``yolo-txt``,
+    ``ultralytics``, ``roboflow``); ``say`` gets the one-line notes (e.g. how ``pred`` was read).
 
     Raises:
         ConfigError: neither ``data`` nor a run with ``data.val_ann``; neither ``pred`` nor ``run``.
@@ -114,8 +118,13 @@ def analyze_run(
     out = out or (folder.path if folder is not None else pred.parent / f"{pred.stem}_analysis")  # type: ignore[union-attr]
     out.mkdir(parents=True, exist_ok=True)
 
+    predictions: Path | list[dict[str, Any]]
     if pred is not None:
-        predictions: Path | list[dict[str, Any]] = pred
+        from detrkit.data.formats import predictions_source
+
+        predictions, used = predictions_source(pred, data, fmt=pred_format)
+        if used != "coco" and say is not None:
+            say(f"{pred}: read as {used} predictions")
     else:
         if images is None or not images.is_dir():
             raise DataError(f"{images}: image folder not found; give --images DIR to predict", path=images)
