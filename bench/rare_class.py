@@ -19,7 +19,8 @@ from its last epoch), then collects every finished run into ``bench/results/rare
                                   "frequent_ap50", "per_class_ap": {name: AP}}]}
 
 (AP as fractions) and the paired comparison against the baseline across the seeds both have
-(``scipy.stats.ttest_rel``) into ``bench/results/rare_class_tests.json``. Run it again with the same
+(``scipy.stats.ttest_rel``), with per-run extras (per-class AP50, overall AP, steps), into
+``bench/results/rare_class_tests.json``. Run it again with the same
 arguments to continue; ``--collect`` only collects.
 
 Example (screening, one seed; then the strongest arms on 5 seeds)::
@@ -131,9 +132,13 @@ def run_record(run_dir: Path) -> dict[str, Any] | None:
         "frequent_ap": mean(frequent, "AP"),
         "frequent_ap50": mean(frequent, "AP50"),
         "per_class_ap": {n: c["AP"] for n, c in per_class.items()},
-        "per_class_ap50": {n: c["AP50"] for n, c in per_class.items()},
-        "ap": summary["final"].get("val/AP"),
-        "steps": _last_step(run_dir),
+        # not in the results schema: kept for the tests file only (see collect)
+        "_extra": {
+            "per_class_ap50": {n: c["AP50"] for n, c in per_class.items()},
+            "ap": summary["final"].get("val/AP"),
+            "steps": _last_step(run_dir),
+            "run_dir": str(run_dir),
+        },
     }
 
 
@@ -166,7 +171,16 @@ def paired_tests(runs: list[dict[str, Any]]) -> dict[str, Any]:
             common = sorted(set(seeds) & set(base))
             if arm != "baseline" and common:
                 diffs = [seeds[s][key] - base[s][key] for s in common]
-                test = {"paired_seeds": common, "mean_gain": statistics.fmean(diffs), "p": None}
+                base_values = [base[s][key] for s in sorted(base)]
+                spread = statistics.stdev(base_values) if len(base_values) > 1 else None
+                gain = statistics.fmean(diffs)
+                test = {
+                    "paired_seeds": common,
+                    "mean_gain": gain,
+                    "p": None,
+                    # the bar: a gain above twice the baseline's seed standard deviation
+                    "gain_over_2sd": None if spread is None else gain > 2 * spread,
+                }
                 if len(common) >= 2 and any(d != diffs[0] for d in diffs):
                     test["p"] = float(
                         stats.ttest_rel(
@@ -197,11 +211,13 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{os.cpu_count()} CPU cores, shared; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
         "ap": "COCO AP on the val split, fractions; rare/frequent = mean over the classes",
     }
+    extras = [{"arm": r["arm"], "seed": r["seed"], **r.pop("_extra")} for r in runs]
     result = {"protocol": protocol, "runs": runs}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
     tests = paired_tests(runs)
-    Path(args.tests).write_text(json.dumps(tests, indent=1) + "\n")
+    Path(args.tests).write_text(json.dumps({"arms": tests, "runs": extras}, indent=1) + "\n")
+    print(f"{len(runs)} finished run(s) -> {args.results}; tests -> {args.tests}")
     for arm, entry in tests.items():
         cells = []
         for key in ("rare_ap", "rare_ap50", "frequent_ap50"):
