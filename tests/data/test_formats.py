@@ -59,9 +59,18 @@ def test_roboflow_export_placeholder_left_out_and_gt_scores_one(tmp_path: Path, 
     preds = [{"image_id": a.image_id, "category_id": a.category_id, "bbox": list(a.bbox_xywh), "score": 1.0}
              for a in splits["val"].index.annotations]  # fmt: skip
     assert evaluate_coco(splits["val"].index, preds).stats["AP"] == 1.0
+    # YOLO predictions of a model trained on the export: class 0 is 'dent' (id 1), not the placeholder
+    (tmp_path / "yolo_pred").mkdir()
+    for im in splits["val"].index.images:
+        (tmp_path / "yolo_pred" / (Path(im.file_name).stem + ".txt")).write_text(
+            "0 0.1875 0.1667 0.25 0.1667 0.9\n1 0.6875 0.5833 0.375 0.5 0.8\n"
+        )
+    yolo_preds, used = read_predictions(tmp_path / "yolo_pred", root / "valid" / "_annotations.coco.json")
+    assert used == "yolo-txt" and [p["category_id"] for p in yolo_preds[:2]] == [1, 2]
+    assert evaluate_coco(splits["val"].index, yolo_preds).stats["AP50"] == 1.0
     res = runner.invoke(app, ["data", "check", "--data", str(root)])
     assert res.exit_code == 0, res.output
-    assert "placeholder_category" in res.output and "roboflow train" in res.output
+    assert "left out category 0 'car-damage'" in res.output and "roboflow train" in res.output
 
 
 def yolo_dataset(root: Path, write_image) -> Path:
@@ -220,3 +229,12 @@ def test_other_tools_predictions_match_coco_results(tmp_path: Path, image_writer
     res = runner.invoke(app, ["eval", "--gt", str(gt_path), "--pred", str(bad)])
     assert isinstance(res.exception, AnnotationError)  # the CLI prints it as one line, exit 2
     assert str(res.exception) == f"{bad / 'zzz.txt'}: image 'zzz' is not an image of the ground truth"
+
+
+def test_folder_of_split_files_with_images_option(tmp_path: Path, make_dataset) -> None:
+    (tmp_path / "splits").mkdir()
+    ann, images = make_dataset(name="splits/train.json")
+    (tmp_path / "splits" / "val.json").write_text(ann.read_text())
+    layout, splits = load_dataset(tmp_path / "splits", images=images)
+    assert layout.format == "coco" and list(splits) == ["train", "val"]
+    assert splits["val"].images == images and len(splits["val"].index.images) == 3

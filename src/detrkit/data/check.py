@@ -17,7 +17,7 @@ border), and reported with their count and ids so that a systematic shift is vis
 
 Notices (:data:`NOTICE_KINDS`) are reported but do not make a report fail (``data check`` exits 0
 for them alone); the dataset readers of :mod:`detrkit.data.formats` add their own kinds (empty
-label files, placeholder categories, ...) to the same report.
+label files, ...) to the same report.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ PROBLEM_KINDS: dict[str, str] = {
 }
 IMAGE_KINDS = ("missing_image", "unreadable_image", "size_mismatch", "exif_size_mismatch")
 #: kinds reported for information only: they do not make :attr:`CheckReport.ok` false.
-NOTICE_KINDS = frozenset({"box_at_border", "empty_label_file", "no_label_file", "placeholder_category"})
+NOTICE_KINDS = frozenset({"box_at_border", "empty_label_file", "no_label_file"})
 
 
 @dataclass
@@ -151,7 +151,6 @@ READER_KINDS: dict[str, str] = {
     "label_without_image": "label/XML files whose image does not exist (left out)",
     "empty_label_file": "empty label files: negative images, kept (notice)",
     "no_label_file": "images without a label file: negative images, kept (notice)",
-    "placeholder_category": "Roboflow placeholder category left out (notice)",
     "missing_annotation_file": "images listed in a split file without their annotation file (left out)",
     "unknown_class_name": "objects whose class name is not in the given names (left out)",
 }

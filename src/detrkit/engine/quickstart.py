@@ -6,7 +6,8 @@ then ``key=value`` overrides. ``--data`` accepts every layout :mod:`detrkit.data
 its splits are written as COCO files under ``<output.root>/datasets/<dataset name>/`` (images stay
 where they are) and become ``data.train_ann``/``train_images``/``val_ann``/``val_images``. A
 recipe's dataset-specific keys (``data.rare_classes``, ``data.extra``, copy-paste classes,
-``model.init_from``) are reset, since they belong to another dataset.
+``model.init_from``, a repeat-factor sampler tuned on its data) are reset, since they belong to
+another dataset.
 """
 
 from __future__ import annotations
@@ -87,7 +88,12 @@ def quick_config(
         lines.append(f"device: {dev}")
     if data is not None:
         if recipe:
-            layer += ["data.rare_classes=null", "data.extra=[]", "model.init_from=null"]
+            layer += [
+                "data.rare_classes=null",
+                "data.extra=[]",
+                "model.init_from=null",
+                "data.sampler=random",
+            ]
         layer.append(f"output.name={_slug(data)}")
         out_root = Path(load_config(source, [*layer, *overrides]).output.root)
         conv, paths = prepare_training_data(data, out_root / "datasets" / _slug(data), images=images)
@@ -101,6 +107,8 @@ def quick_config(
 
 def describe_dataset(conv: object) -> list[str]:
     """What ``--data`` found: layout, splits with image/box counts, classes, reader reports."""
+    from detrkit.data.check import NOTICE_KINDS
+
     layout, splits, outputs = conv.layout, conv.splits, conv.outputs  # type: ignore[attr-defined]
     lines = [f"data: {layout.format} layout at {layout.path}"]
     for name, s in splits.items():
@@ -109,10 +117,14 @@ def describe_dataset(conv: object) -> list[str]:
             f"  {name}: {len(s.index.images)} images ({negatives} without boxes), "
             f"{len(s.index.annotations)} boxes -> {outputs[name][0]}"
         )
-        lines += [f"  {note}" for note in s.report.notes]
         for kind, p in s.report.problems.items():
-            if kind != "placeholder_category":
+            if kind not in NOTICE_KINDS:  # negatives are counted above
                 lines.append(f"  {name}: {p.count} {kind.replace('_', ' ')} (first: {p.details[0]})")
+    notes: dict[str, list[str]] = {}  # the same note of several splits is printed once
+    for name, s in splits.items():
+        for note in s.report.notes:
+            notes.setdefault(note.split(": ", 1)[-1], []).append(name)
+    lines += [f"  {text} ({', '.join(names)})" for text, names in notes.items()]
     cats = sorted(next(iter(splits.values())).index.categories, key=lambda c: c.id)
     lines.append(f"  classes ({len(cats)}): " + ", ".join(f"{c.name} (id {c.id})" for c in cats))
     return lines

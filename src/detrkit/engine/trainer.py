@@ -76,8 +76,12 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         console: Console | None = None,
         quiet: bool = False,
+        on_epoch_end: Callable[[int, dict[str, Any]], bool] | None = None,
     ) -> None:
         self.cfg = config
+        #: called after each epoch's row (and checkpoints) with ``(epoch, row)``; returning False
+        #: stops the run there, like early stopping (a sweep's pruner uses it)
+        self.on_epoch_end = on_epoch_end
         self.resume_dir = Path(resume) if resume is not None else None
         self._model_in = model
         self._data_in = (train_dataset, val_dataset, classes, val_gt)
@@ -424,6 +428,10 @@ class Trainer:
             )
             self.log.scalars({"images_per_s": row["train/images_per_s"]}, epoch + 1, "train")
             self.log.info(epoch_line(row, cfg.train.epochs))
+            if self.on_epoch_end is not None and not self.on_epoch_end(epoch + 1, row) and not is_last:
+                self.stopped_early_at = epoch + 1
+                self.log.info(f"stopped at epoch {epoch + 1} by the caller (e.g. a sweep's pruner)")
+                break
             if cfg.train.patience and self.stale_evals >= cfg.train.patience and not is_last:
                 self.stopped_early_at = epoch + 1
                 self.log.info(

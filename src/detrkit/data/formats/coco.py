@@ -38,7 +38,6 @@ def read_coco_split(ann: str | Path, images: str | Path | None = None) -> tuple[
     for cid in placeholder_categories(index):
         cat = next(c for c in index.categories if c.id == cid)
         index.categories = [c for c in index.categories if c.id != cid]
-        report.add("placeholder_category", cid, f"category {cid} {cat.name!r}")
         report.note(
             f"{ann}: left out category {cid} {cat.name!r} (Roboflow's placeholder: no annotations, "
             f"the supercategory of every class)"

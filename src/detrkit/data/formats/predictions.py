@@ -15,8 +15,9 @@ Formats (:data:`PREDICTION_FORMATS`; ``auto`` picks by content):
   "confidence", "class"}]}`` (``x``/``y`` the box centre, pixels), as a JSON object ``{file name:
   response}`` or a list of responses with ``image_path``/``file_name``; classes by name.
 
-Class index ``k`` (YOLO, Ultralytics) is the ``k``-th GT category in id order, which is the YOLO
-class of a dataset converted by :mod:`detrkit.data.formats` in either direction. Images match the
+Class index ``k`` (YOLO, Ultralytics) is the ``k``-th GT category in id order, leaving out a
+Roboflow placeholder category (as Roboflow's own YOLO export does), which is also the YOLO class of
+a dataset converted by :mod:`detrkit.data.formats` in either direction. Images match the
 GT's ``file_name``, then its base name, then its stem; a prediction for no GT image, an unknown
 class or a malformed line raises :class:`~detrkit.errors.AnnotationError` naming the file.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from detrkit.data.coco import CocoIndex
+from detrkit.data.formats.coco import placeholder_categories
 from detrkit.data.formats.yolo import parse_label_line, to_pixel_box
 from detrkit.errors import AnnotationError
 
@@ -49,7 +51,9 @@ class _Images:
 
     def find(self, name: Any, source: Path) -> int:
         text = str(name)
-        for table, key in zip(self.keys, (text, Path(text).name, Path(text).stem), strict=True):
+        # a stem may itself contain dots (Roboflow: 'IMG_1_jpg.rf.3f2a'): try it whole first
+        for table, key in ((0, text), (1, Path(text).name), (2, text), (2, Path(text).stem)):
+            table = self.keys[table]
             if key in table:
                 if table[key] is None:
                     raise AnnotationError(f"{source}: image {text!r} matches several GT images", path=source)
@@ -172,7 +176,7 @@ def read_predictions(
         raise AnnotationError(
             f"unknown prediction format {fmt!r} (choose from {', '.join(PREDICTION_FORMATS)})"
         )
-    gt = gt if isinstance(gt, CocoIndex) else CocoIndex.load(gt)
+    gt = _without_placeholder(gt if isinstance(gt, CocoIndex) else CocoIndex.load(gt))
     if not source.exists():
         raise AnnotationError(f"{source}: prediction file or folder not found", path=source)
     if source.is_dir() or fmt == "yolo-txt":
@@ -195,6 +199,16 @@ def read_predictions(
     if fmt == "ultralytics" or (fmt == "auto" and _is_ultralytics(data, gt)):
         return read_ultralytics(data, gt, source, class_base=class_base), "ultralytics"
     return data, "coco"
+
+
+def _without_placeholder(gt: CocoIndex) -> CocoIndex:
+    """``gt`` without a Roboflow placeholder category: class ``k`` of a model trained on the export
+    (by detrkit, Ultralytics or Roboflow) is the ``k``-th *real* category."""
+    drop = set(placeholder_categories(gt))
+    if not drop:
+        return gt
+    cats = [c for c in gt.categories if c.id not in drop]
+    return CocoIndex(images=gt.images, annotations=gt.annotations, categories=cats, source=gt.source)
 
 
 def _looks_roboflow(data: Any) -> bool:
