@@ -27,6 +27,7 @@ Example (screening, one seed; then the strongest arms on 5 seeds)::
 
     nice -n 10 nohup .venv/bin/python bench/rare_class.py --seeds 0 > rare.log 2>&1 &
     .venv/bin/python bench/rare_class.py --seeds 0,1,2,3,4 --arms baseline,copy-paste-online
+    .venv/bin/python bench/rare_class.py --curves    # per-class AP of the kept epoch_N.pt checkpoints
 """
 
 from __future__ import annotations
@@ -229,6 +230,42 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def curves(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-class learning curves: every kept ``epoch_N.pt`` of every run, evaluated on the val set
+    (``detrkit val --run RUN --checkpoint epoch_N --json``), into ``--curves-out``. Entries already
+    there are not evaluated again (resumable)."""
+    out_path = Path(args.curves_out)
+    result: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    exe = str(Path(sys.executable).with_name("detrkit"))
+    for run_dir in sorted((Path(args.out) / "ablation" / "runs").glob("*-*")):
+        points = result.setdefault(run_dir.name, {})
+        epochs = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("epoch_*.pt"))
+        for epoch in epochs:
+            if str(epoch) in points:
+                continue
+            cmd = [exe, "val", "--run", str(run_dir), "--checkpoint", f"epoch_{epoch}", "--json"]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                print(
+                    f"{run_dir.name} epoch {epoch}: detrkit val failed: {res.stderr.strip()[-300:]}",
+                    flush=True,
+                )
+                continue
+            metrics = json.loads(res.stdout)["metrics"]
+            points[str(epoch)] = {
+                "step": epoch * (args.train_images // 8),
+                "AP": metrics["AP"],
+                "AP50": metrics["AP50"],
+                "per_class_ap": {c["name"]: c["AP"] for c in metrics["per_class"]},
+                "per_class_ap50": {c["name"]: c["AP50"] for c in metrics["per_class"]},
+            }
+            out_path.write_text(json.dumps(result, indent=1) + "\n")
+            print(f"{run_dir.name} epoch {epoch}: AP50 {metrics['AP50']:.3f}", flush=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/rare_class", help="ablation, dataset and config folder")
@@ -254,7 +291,12 @@ def main() -> None:
     p.add_argument("--results", default="bench/results/rare_class.json")
     p.add_argument("--tests", default="bench/results/rare_class_tests.json")
     p.add_argument("--collect", action="store_true", help="only collect the finished runs")
+    p.add_argument("--curves", action="store_true", help="only evaluate the kept epoch checkpoints")
+    p.add_argument("--curves-out", default="bench/results/rare_class_curves.json")
     args = p.parse_args()
+    if args.curves:
+        curves(args)
+        return
     if not args.collect:
         rc = run_ablation(args, write_config(args))
         if rc != 0:

@@ -39,6 +39,7 @@ from detrkit.aerial.gsd import (
 from detrkit.aerial.model import AERIAL, AerialUNet
 from detrkit.aerial.tiling import predict_stream
 from detrkit.aerial.vector import write_vectors
+from detrkit.devices import resolve_device
 from detrkit.errors import ImageError
 from detrkit.runs.restore import restore
 
@@ -186,8 +187,6 @@ class AerialPredictor:
         amp: bool = True,
         name: str = "model",
     ) -> None:
-        from detrkit.devices import resolve_device
-
         dev = resolve_device(device)
         self.model, self.device = model.to(dev).eval(), dev
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size

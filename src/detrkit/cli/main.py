@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "predict",
     "export",
     "benchmark",
+    "sweep",
     "aerial",
     "app",
     "synth",
