@@ -186,7 +186,7 @@ class TrainConfig:
     ema: bool = False
     ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.9998
     #: EMA warm-up: the decay ramps up as ``decay * (1 - exp(-updates / ema_warmup))``.
-    ema_warmup: PosInt = 2000
+    ema_warmup: NonNegInt = 2000
     #: save ``epoch_N.pt`` every N epochs (0 = only ``last`` and ``best``).
     checkpoint_every: NonNegInt = 1
     #: also save ``last.pt`` every N optimizer steps inside an epoch (0 = only at epoch ends).
