@@ -27,6 +27,7 @@ Example (screening, one seed; then the strongest arms on 5 seeds)::
 
     nice -n 10 nohup .venv/bin/python bench/rare_class.py --seeds 0 > rare.log 2>&1 &
     .venv/bin/python bench/rare_class.py --seeds 0,1,2,3,4 --arms baseline,copy-paste-online
+    .venv/bin/python bench/rare_class.py --curves    # per-class AP of the kept epoch_N.pt checkpoints
 """
 
 from __future__ import annotations
@@ -142,6 +143,17 @@ def run_record(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
+def _epochs_done(run_dir: Path) -> int:
+    """Epochs in ``metrics.csv`` (a row per finished epoch), 0 when none."""
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return 0
+    with open(path) as f:
+        return len(list(csv.DictReader(f)))
+
+
 def _last_step(run_dir: Path) -> int | None:
     import csv
 
@@ -198,7 +210,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     order = {a: i for i, a in enumerate(args.arms.split(","))}
     runs.sort(key=lambda r: (order.get(r["arm"], 99), r["seed"]))
     protocol = {
-        "command": " ".join(["python", "bench/rare_class.py", *sys.argv[1:]]),
+        "command": (
+            f"python bench/rare_class.py --seeds {args.seeds} --arms {args.arms} --epochs {args.epochs} "
+            f"--out {args.out}  (PYTHONPATH=src OMP_NUM_THREADS=1, from the repository root)"
+        ),
         "config": protocol_config(args),
         "base_config": "demo (src/detrkit/configs/demo.yaml) with data.sampler=random",
         "rare_classes": list(RARE),
@@ -212,6 +227,11 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "ap": "COCO AP on the val split, fractions; rare/frequent = mean over the classes",
     }
     extras = [{"arm": r["arm"], "seed": r["seed"], **r.pop("_extra")} for r in runs]
+    protocol["unfinished"] = [
+        {"run": d.name, "epochs_done": _epochs_done(d), "of": args.epochs}
+        for d in sorted(root.glob("*-*"))
+        if not (d / "metrics.json").is_file()
+    ]
     result = {"protocol": protocol, "runs": runs}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
@@ -226,6 +246,42 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             p = f" p={vs['p']:.3f}" if vs and vs["p"] is not None else ""
             cells.append(f"{key} {100 * m:.2f}" + (f" ± {100 * s:.2f}" if s is not None else "") + p)
         print(f"{arm} (seeds {entry['seeds']}): " + "; ".join(cells))
+    return result
+
+
+def curves(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-class learning curves: every kept ``epoch_N.pt`` of every run, evaluated on the val set
+    (``detrkit val --run RUN --checkpoint epoch_N --json``), into ``--curves-out``. Entries already
+    there are not evaluated again (resumable)."""
+    out_path = Path(args.curves_out)
+    result: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    exe = str(Path(sys.executable).with_name("detrkit"))
+    for run_dir in sorted((Path(args.out) / "ablation" / "runs").glob("*-*")):
+        points = result.setdefault(run_dir.name, {})
+        epochs = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("epoch_*.pt"))
+        for epoch in epochs:
+            if str(epoch) in points:
+                continue
+            cmd = [exe, "val", "--run", str(run_dir), "--checkpoint", f"epoch_{epoch}", "--json"]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                print(
+                    f"{run_dir.name} epoch {epoch}: detrkit val failed: {res.stderr.strip()[-300:]}",
+                    flush=True,
+                )
+                continue
+            metrics = json.loads(res.stdout)["metrics"]
+            points[str(epoch)] = {
+                "step": epoch * (args.train_images // 8),
+                "AP": metrics["AP"],
+                "AP50": metrics["AP50"],
+                "per_class_ap": {c["name"]: c["AP"] for c in metrics["per_class"]},
+                "per_class_ap50": {c["name"]: c["AP50"] for c in metrics["per_class"]},
+            }
+            out_path.write_text(json.dumps(result, indent=1) + "\n")
+            print(f"{run_dir.name} epoch {epoch}: AP50 {metrics['AP50']:.3f}", flush=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -254,7 +310,12 @@ def main() -> None:
     p.add_argument("--results", default="bench/results/rare_class.json")
     p.add_argument("--tests", default="bench/results/rare_class_tests.json")
     p.add_argument("--collect", action="store_true", help="only collect the finished runs")
+    p.add_argument("--curves", action="store_true", help="only evaluate the kept epoch checkpoints")
+    p.add_argument("--curves-out", default="bench/results/rare_class_curves.json")
     args = p.parse_args()
+    if args.curves:
+        curves(args)
+        return
     if not args.collect:
         rc = run_ablation(args, write_config(args))
         if rc != 0:
