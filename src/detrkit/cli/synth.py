@@ -110,7 +110,7 @@ def synth_cmd(
     steps: int = typer.Option(30, "--steps", min=1, help="diffusion: denoising steps."),
     guidance: float = typer.Option(7.5, "--guidance", min=0.0, help="diffusion: guidance scale."),
     resolution: int = typer.Option(
-        512, "--resolution", min=64, help="diffusion: model resolution (multiple of 8)."
+        512, "--resolution", min=8, help="diffusion: model resolution (multiple of 8)."
     ),
     device: str | None = typer.Option(
         None, "--device", help="diffusion: cuda | cpu (default: cuda when available)."
