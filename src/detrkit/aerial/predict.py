@@ -11,7 +11,6 @@ existing mask.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
@@ -30,13 +29,17 @@ from rasterio.windows import Window
 
 from detrkit.aerial.area import AreaReport, StripMeasurer
 from detrkit.aerial.gsd import (
+    GsdCalibration,
     GsdEstimate,
+    describe_area,
     gsd_from_georeference,
     is_georeferenced,
     pixel_area_rows,
     resolve_gsd,
+    uncalibrated_estimate,
 )
 from detrkit.aerial.model import AerialUNet, build_aerial_model
+from detrkit.aerial.sources import band_scale, to_uint8
 from detrkit.aerial.tiling import predict_stream
 from detrkit.aerial.vector import write_vectors
 from detrkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
@@ -73,15 +76,7 @@ class RasterSource:
     def open(cls, path: str | Path) -> RasterSource:
         ds = open_raster(path)
         geo = is_georeferenced(ds.crs, ds.transform)
-        if ds.dtypes[0] == "uint8":
-            scale = (0.0, 255.0)
-        else:  # 16-bit or float imagery: stretch the 0.5-99.5 percentiles of a small overview to 0..255
-            f = max(1, math.ceil(max(ds.width, ds.height) / 1024))
-            ov = ds.read(out_shape=(ds.count, max(1, ds.height // f), max(1, ds.width // f))).astype(
-                np.float64
-            )
-            lo, hi = np.percentile(ov, [0.5, 99.5])
-            scale = (float(lo), float(max(hi, lo + 1e-6)))
+        scale = band_scale(ds)  # uint8 as is; 16-bit and float: 0.5-99.5 percentiles to 0..255
         return cls(Path(path), ds, geo, scale)
 
     def bands(self) -> list[int]:
@@ -92,11 +87,7 @@ class RasterSource:
         kw: dict[str, Any] = {"window": window}
         if out_shape is not None:
             kw.update(out_shape=(len(self.bands()), *out_shape), resampling=Resampling.average)
-        data = self.ds.read(self.bands(), **kw)
-        if self.scale == (0.0, 255.0) and data.dtype == np.uint8:
-            return data
-        lo, hi = self.scale
-        return np.clip((data.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+        return to_uint8(self.ds.read(self.bands(), **kw), self.scale)
 
 
 def _preview_shape(h: int, w: int) -> tuple[int, int]:
@@ -161,6 +152,25 @@ def measure_mask_file(
     return measurer.finish()
 
 
+def model_card(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What a model is: ``ckpt["card"]`` (name, training data, measured accuracy) when the file has
+    one (:func:`detrkit.aerial.default_model.export_inference_checkpoint`), else what the checkpoint
+    itself says (architecture, training data folders, validation IoU)."""
+    if isinstance(ckpt.get("card"), dict):
+        return dict(ckpt["card"])
+    cfg = ckpt.get("config") or {}
+    metrics = ckpt.get("metrics") or {}
+    data = cfg.get("data", "unknown")
+    items = data if isinstance(data, list) else [data]
+    names = [str(d.get("path") if isinstance(d, dict) else d) for d in items]
+    acc = {k: v for k, v in metrics.items() if k in ("val/IoU", "val/gsd_mape")}
+    return {
+        "name": f"{ckpt.get('model_name', 'model')} ({path.name})",
+        "trained_on": ", ".join(names),
+        "accuracy": acc,
+    }
+
+
 class AerialPredictor:
     """A loaded aerial model plus tiling settings. ``device``: ``auto``/``cpu``/``cuda``."""
 
@@ -175,6 +185,8 @@ class AerialPredictor:
         threshold: float = 0.5,
         amp: bool = True,
         name: str = "model",
+        card: dict[str, Any] | None = None,
+        calibration: GsdCalibration | None = None,
     ) -> None:
         dev = torch.device(
             "cuda"
@@ -184,6 +196,8 @@ class AerialPredictor:
         self.model, self.device = model.to(dev).eval(), dev
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.threshold, self.amp, self.name = threshold, amp, name
+        self.card = card or {"name": Path(name).stem, "trained_on": "unknown", "accuracy": {}}
+        self.calibration = calibration
 
     @classmethod
     def from_checkpoint(cls, source: str | Path, **kwargs: Any) -> AerialPredictor:
@@ -205,11 +219,18 @@ class AerialPredictor:
             ) from None
         kwargs.setdefault("tile", max(256, int(ckpt.get("tile", 512))))
         kwargs.setdefault("overlap", kwargs["tile"] // 4)
-        return cls(model, name=str(path), **kwargs)
+        cal = ckpt.get("gsd_calibration")
+        return cls(
+            model,
+            name=str(path),
+            card=model_card(ckpt, path),
+            calibration=GsdCalibration(**cal) if cal else None,
+            **kwargs,
+        )
 
     @classmethod
     def default(cls, **kwargs: Any) -> AerialPredictor:
-        """The small model trained on the generated data (:func:`detrkit.aerial.default_model.default_model_path`)."""
+        """The shipped default model (:func:`detrkit.aerial.default_model.default_model_path`)."""
         from detrkit.aerial.default_model import default_model_path
 
         return cls.from_checkpoint(default_model_path(), **kwargs)
@@ -289,7 +310,8 @@ class AerialPredictor:
                 mask_dst.write((mask * 255).astype(np.uint8)[None], window=win)
                 measurer.add(mask)
 
-            log_gsd, n_tiles = predict_stream(
+            tile_log_gsd: list[float] = []
+            _, n_tiles = predict_stream(
                 self.model,
                 read_rows,
                 write_rows,
@@ -302,12 +324,15 @@ class AerialPredictor:
                 in_channels=self.model.in_channels,
                 amp=self.amp,
                 progress=progress,
+                tile_log_gsd=tile_log_gsd,
             )
         finally:
             mask_dst.close()
             prob_dst.close()
-        model_gsd = GsdEstimate(
-            math.exp(log_gsd), "model", f"predicted by the model, geometric mean over {n_tiles} tiles"
+        model_gsd = (
+            self.calibration.estimate(tile_log_gsd)
+            if self.calibration is not None
+            else uncalibrated_estimate(tile_log_gsd)
         )
         gsd = upfront or model_gsd
         if upfront is None:
@@ -319,12 +344,16 @@ class AerialPredictor:
         summary = {
             "source": str(source),
             "model": self.name,
+            "model_card": self.card,
             "width": report.width,
             "height": report.height,
             "gsd": gsd.to_dict(),
             "model_gsd_m": model_gsd.metres_per_pixel,
+            "model_gsd_uncertainty": model_gsd.uncertainty,
+            "gsd_warning": gsd.warning,
             "tiles": n_tiles,
             **report.to_dict(with_buildings=False),
+            "area_text": describe_area(report.to_dict(with_buildings=False).get("built_area_m2"), gsd),
             "threshold": self.threshold,
             "seconds": round(time.perf_counter() - t0, 3),
             "files": {
