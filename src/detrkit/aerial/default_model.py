@@ -20,8 +20,8 @@ import torch
 
 from detrkit.aerial.config import load_aerial_config
 from detrkit.aerial.gsd import GsdCalibration
-from detrkit.engine.checkpoint import atomic_save, load_checkpoint
 from detrkit.errors import CheckpointError
+from detrkit.runs.checkpoint import atomic_save, read_checkpoint
 
 SHIPPED = Path(__file__).parent / "weights" / "unet_tiny_real.pt"
 FILE_NAME = "unet_tiny_synth.pt"
@@ -44,9 +44,7 @@ def export_inference_checkpoint(
     predict``, ``summary.json`` and the app show) and ``gsd_calibration``
     (:class:`detrkit.aerial.gsd.GsdCalibration` as a dict).
     """
-    from detrkit.engine.checkpoint import resolve_checkpoint
-
-    ckpt = load_checkpoint(resolve_checkpoint(run_or_file, "best"))
+    _, ckpt = read_checkpoint(run_or_file, "best")
     keep = {
         k: ckpt[k]
         for k in (

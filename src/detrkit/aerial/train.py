@@ -23,14 +23,13 @@ from detrkit.aerial.config import AerialTrainConfig
 from detrkit.aerial.data import AerialCrops
 from detrkit.aerial.losses import AerialLoss, BoundaryWeightSchedule
 from detrkit.aerial.metrics import SegmentationMeter
-from detrkit.aerial.model import AerialUNet, build_aerial_model
+from detrkit.aerial.model import AERIAL, CHECKPOINT_KIND, AerialUNet, build_aerial_model
 from detrkit.aerial.sources import SourceSpec
-from detrkit.engine.callbacks import RunLogger
-from detrkit.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from detrkit.engine.rundir import check_resumable, environment, make_run_dir, write_json
 from detrkit.errors import CheckpointError, TrainingError
-
-CHECKPOINT_KIND = "aerial-segmentation"
+from detrkit.runs.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from detrkit.runs.layout import check_resumable, environment, make_run_dir, write_json
+from detrkit.runs.logger import RunLogger
+from detrkit.runs.restore import restore
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,14 +63,11 @@ def data_sources(cfg: AerialTrainConfig) -> list[SourceSpec]:
 def load_init_weights(model: AerialUNet, source: str) -> None:
     """Copy the weights of an aerial checkpoint (run folder, ``.pt``, or a file name in the package's
     ``weights/`` folder) into ``model``; raises :class:`CheckpointError` when they do not fit."""
-    from detrkit.engine.checkpoint import resolve_checkpoint
-
     path = Path(source)
     packaged = Path(__file__).parent / "weights" / source
     if not path.exists() and packaged.is_file():
         path = packaged
-    ckpt = load_checkpoint(resolve_checkpoint(path, "best"))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    state = restore(path, kind=AERIAL).model.state_dict()
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

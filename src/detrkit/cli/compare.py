@@ -1,6 +1,6 @@
 """``detrkit compare``: ablation table of run folders (Markdown and CSV).
 
-Thin front over :func:`detrkit.evaluation.compare.compare_runs`: runs differing only in seed are
+Thin front over :func:`detrkit.runs.compare.compare_runs`: runs differing only in seed are
 grouped into arms (mean ± std); deltas against the first arm say whether they exceed the seed
 spread.
 """
@@ -29,8 +29,8 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (arms and rows) instead of Markdown."),
 ) -> None:
     """Compare runs: overall metrics, per-class AP, rare-class mAP, deltas and seed spread."""
-    from detrkit.evaluation.compare import compare_runs
-    from detrkit.evaluation.runs import RunFolder
+    from detrkit.runs.compare import compare_runs
+    from detrkit.runs.folder import RunFolder
 
     comparison = compare_runs([RunFolder.load(p) for p in runs], rare=rare or None, per_class=per_class)
     markdown, table_csv = comparison.to_markdown(), comparison.to_csv()
