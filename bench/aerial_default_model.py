@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from detrkit.aerial.default_model import calibrate_gsd, export_inference_checkpoint
+from detrkit.aerial.gsd import GsdCalibration
 from detrkit.aerial.predict import AerialPredictor
 from detrkit.aerial.sources import SourceSpec, list_source_tiles
 from detrkit.aerial.synth import SynthSpec, generate_aerial
@@ -40,6 +43,23 @@ def _short(r: dict) -> dict:
     return {k: (round(r[k], 3) if isinstance(r[k], float) else r[k]) for k in keys}
 
 
+def _gsd_errors(result: dict, calibration: GsdCalibration) -> dict:
+    """Raw and calibrated GSD errors of the model head on tiles of known GSD, and interval coverage."""
+    rows = []
+    for r in result["rows"]:
+        est = calibration.estimate(r["tile_log_gsd"])
+        raw = math.exp(statistics.mean(r["tile_log_gsd"]))
+        rows.append((abs(raw / r["gsd_m"] - 1), abs(est.metres_per_pixel / r["gsd_m"] - 1), est.uncertainty))
+    return {
+        "tiles": len(rows),
+        "raw_median_abs_error_pct": round(100 * statistics.median(a for a, _, _ in rows), 1),
+        "calibrated_median_abs_error_pct": round(100 * statistics.median(b for _, b, _ in rows), 1),
+        "calibrated_mean_abs_error_pct": round(100 * statistics.mean(b for _, b, _ in rows), 1),
+        "reported_uncertainty_pct": round(100 * statistics.median(u for _, _, u in rows), 1),
+        "interval_coverage": round(statistics.mean(b <= u for _, b, u in rows), 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="runs/tiny_real")
@@ -56,10 +76,14 @@ def main() -> None:
         acc = {"accra_heldout": [_short(evaluate(pred, accra, 0.1, g)) for g in (0.15, 0.3, 0.5)]}
         generate_aerial(Path(tmp) / "gen", SynthSpec(tiles_per_city=4, seed=100))
         gen = list_source_tiles(SourceSpec(str(Path(tmp) / "gen")), "all")
-        acc["generated_heldout"] = [_short(evaluate(pred, gen, None, None))]
+        gen_eval = evaluate(pred, gen, None, None)
+        acc["generated_heldout"] = [_short(gen_eval)]
+        acc["generated_heldout_gsd"] = _gsd_errors(gen_eval, calibration)
         if args.spacenet:
             sn = list_source_tiles(SourceSpec(args.spacenet), "all")
-            acc["spacenet_sample"] = [_short(evaluate(pred, sn, None, None))]
+            sn_eval = evaluate(pred, sn, None, None)
+            acc["spacenet_sample"] = [_short(sn_eval)]
+            acc["spacenet_sample_gsd"] = _gsd_errors(sn_eval, calibration)
     card = {
         "name": "detrkit unet-tiny-real v1",
         "architecture": "unet-tiny (ResNet-18-like encoder, widths 24-160, ASPP, U-Net decoder, GSD head)",

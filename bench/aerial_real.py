@@ -56,6 +56,7 @@ def evaluate(pred: AerialPredictor, tiles: list, native_gsd: float | None, gsd: 
             image, mask = _resize(image, mask, tile_gsd / gsd)
         g = gsd or tile_gsd
         t0 = time.perf_counter()
+        logs: list[float] = []
         prob, _, _ = predict_array(
             pred.model,
             image,
@@ -64,6 +65,7 @@ def evaluate(pred: AerialPredictor, tiles: list, native_gsd: float | None, gsd: 
             batch_size=pred.batch_size,
             device=pred.device,
             in_channels=pred.model.in_channels,
+            tile_log_gsd=logs,
         )
         t_pred += time.perf_counter() - t0
         pixels += mask.size
@@ -83,6 +85,7 @@ def evaluate(pred: AerialPredictor, tiles: list, native_gsd: float | None, gsd: 
                 "area_pred_m2": float(p.sum()) * g * g,
                 "count_true": rt.building_count,
                 "count_pred": rp.building_count,
+                "tile_log_gsd": logs,
             }
         )
     a_true = sum(r["area_true_m2"] for r in rows)

@@ -202,3 +202,84 @@ def test_config_data_list_and_cli_data_option(tmp_path: Path) -> None:
     assert specs[1].path == "data/aerial_synth" and specs[1].samples_per_tile == 8
     cfg = load_aerial_config("tiny-synth", ['data=["a", {"path": "b", "gsd": 0.2}]'])
     assert [s.path for s in data_sources(cfg)] == ["a", "b"]
+
+
+def test_summary_names_the_model_and_a_calibrated_gsd(random_checkpoint: Path, tmp_path: Path) -> None:
+    from detrkit.aerial.default_model import export_inference_checkpoint
+    from detrkit.aerial.predict import AerialPredictor
+
+    card = {"name": "test model", "trained_on": "nothing", "accuracy": {}}
+    cal = GsdCalibration(slope=0.0, intercept=math.log(0.4), residual_sd=0.1, images=5, data="x")
+    path = export_inference_checkpoint(
+        random_checkpoint, tmp_path / "m.pt", extra={"card": card, "gsd_calibration": cal.to_dict()}
+    )
+    png = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(png)
+    pred = AerialPredictor.from_checkpoint(path, device="cpu", tile=64, overlap=16)
+    s = pred.predict_file(png, tmp_path / "o")
+    assert s["model_card"] == card
+    # slope 0: the calibrated GSD is exp(intercept) whatever the head says; sigma = residual_sd
+    assert s["gsd"]["metres_per_pixel"] == pytest.approx(0.4) and s["gsd"]["source"] == "model"
+    assert s["gsd"]["uncertainty"] == pytest.approx(math.exp(0.1) - 1) and s["gsd_warning"] is None
+    assert s["built_area_m2"] == pytest.approx(s["built_pixels"] * 0.16)
+    assert s["area_text"] == f"area {s['built_area_m2']:,.0f} m² (GSD estimated 0.40 m, ±11%)"
+    s2 = pred.predict_file(png, tmp_path / "o2", user_gsd=0.5)
+    assert s2["gsd"]["uncertainty"] is None and s2["area_text"].endswith("(GSD 0.50 m from user)")
+    plain = AerialPredictor.from_checkpoint(random_checkpoint, device="cpu", tile=64, overlap=16)
+    s3 = plain.predict_file(png, tmp_path / "o3")
+    assert "not calibrated" in s3["gsd_warning"] and s3["model_card"]["trained_on"] == "data/aerial_synth"
+
+
+@pytest.mark.slow
+def test_train_on_mixed_real_folder_and_generated_tiles(
+    synth_dir: Path, random_checkpoint: Path, tmp_path: Path
+) -> None:
+    import csv
+    import io
+
+    from typer.testing import CliRunner
+
+    from detrkit.cli.main import app
+
+    _grid_folder(tmp_path / "real", [0, 1024, 2048, 3072], [0, 1024], size=96)
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "aerial",
+            "rasterize",
+            "--image",
+            str(synth_dir / "train/images/alpha6.tif"),
+            "--labels",
+            str(tmp_path / "none.geojson"),
+            "--out",
+            str(tmp_path / "sn"),
+        ],
+    )
+    assert isinstance(res.exception, DataError) and "none.geojson: no such file" in str(res.exception)
+    args = [
+        "aerial",
+        "train",
+        "--config",
+        "tiny-real",
+        "--quiet",
+        "--data",
+        str(synth_dir),
+        "--data",
+        str(tmp_path / "real"),
+        f"init_weights={random_checkpoint}",
+        f"out={tmp_path}",
+        "epochs=1",
+        "crop=64",
+        "batch_size=4",
+        "samples_per_tile=1",
+        "tensorboard=false",
+        "threads=1",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "aerial-tiny-real"
+    rows = list(csv.DictReader(io.StringIO((run / "metrics.csv").read_text())))
+    assert np.isfinite(float(rows[0]["val/IoU"])) and np.isfinite(float(rows[0]["train/loss_gsd"]))
+    cfg = (run / "config.yaml").read_text()
+    assert str(tmp_path / "real") in cfg and "augment: true" in cfg

@@ -119,7 +119,7 @@ def model_accuracy_text(card: dict[str, Any]) -> str:
     """One line of a model card's measured accuracy, e.g. ``'Measured: accra_heldout at 0.3 m: IoU 0.61, area -8%'``."""
     parts = []
     for source, rows in (card.get("accuracy") or {}).items():
-        if not isinstance(rows, list):
+        if not isinstance(rows, list) or source.endswith("_gsd"):
             continue
         for r in rows:
             at = f" at {r['gsd_m']:g} m" if r.get("gsd_m") else ""
