@@ -25,6 +25,7 @@ from detrkit.aerial.gsd import GsdCalibration
 from detrkit.aerial.predict import AerialPredictor
 from detrkit.aerial.sources import SourceSpec, list_source_tiles
 from detrkit.aerial.synth import SynthSpec, generate_aerial
+from detrkit.runs.checkpoint import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from aerial_real import evaluate  # noqa: E402
@@ -84,8 +85,11 @@ def main() -> None:
             sn_eval = evaluate(pred, sn, None, None)
             acc["spacenet_sample"] = [_short(sn_eval)]
             acc["spacenet_sample_gsd"] = _gsd_errors(sn_eval, calibration)
+    _, best = read_checkpoint(args.run, "best")
+    epochs = (best.get("config") or {}).get("epochs")
     card = {
         "name": "detrkit unet-tiny-real v1",
+        "checkpoint": f"best.pt of the run: epoch {best.get('epoch', -1) + 1} of {epochs}",
         "architecture": "unet-tiny (ResNet-18-like encoder, widths 24-160, ASPP, U-Net decoder, GSD head)",
         "trained_on": (
             "Open Cities AI Accra drone tiles (CC BY 4.0; 184 training tiles, rows < 24576 of the scene "

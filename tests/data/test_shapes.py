@@ -182,7 +182,9 @@ def test_class_counts_give_exact_rare_instances(tmp_path: Path) -> None:
         n = len(train.getAnnIds(catIds=[by_name[name]]))
         assert n == counts.get(name, n) and n > 0, (name, n)
     # one forced instance per image while there are enough images
-    holders = [a["image_id"] for a in train.loadAnns(train.getAnnIds(catIds=[by_name["star"], by_name["cross"]]))]
+    holders = [
+        a["image_id"] for a in train.loadAnns(train.getAnnIds(catIds=[by_name["star"], by_name["cross"]]))
+    ]
     assert len(set(holders)) == len(holders) == 11
     val = COCO(str(paths.val_ann))
     assert len(val.getAnnIds(catIds=[by_name["star"]])) == 15
