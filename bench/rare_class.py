@@ -19,13 +19,15 @@ from its last epoch), then collects every finished run into ``bench/results/rare
                                   "frequent_ap50", "per_class_ap": {name: AP}}]}
 
 (AP as fractions) and the paired comparison against the baseline across the seeds both have
-(``scipy.stats.ttest_rel``) into ``bench/results/rare_class_tests.json``. Run it again with the same
+(``scipy.stats.ttest_rel``), with per-run extras (per-class AP50, overall AP, steps), into
+``bench/results/rare_class_tests.json``. Run it again with the same
 arguments to continue; ``--collect`` only collects.
 
 Example (screening, one seed; then the strongest arms on 5 seeds)::
 
     nice -n 10 nohup .venv/bin/python bench/rare_class.py --seeds 0 > rare.log 2>&1 &
     .venv/bin/python bench/rare_class.py --seeds 0,1,2,3,4 --arms baseline,copy-paste-online
+    .venv/bin/python bench/rare_class.py --curves    # per-class AP of the kept epoch_N.pt checkpoints
 """
 
 from __future__ import annotations
@@ -131,9 +133,13 @@ def run_record(run_dir: Path) -> dict[str, Any] | None:
         "frequent_ap": mean(frequent, "AP"),
         "frequent_ap50": mean(frequent, "AP50"),
         "per_class_ap": {n: c["AP"] for n, c in per_class.items()},
-        "per_class_ap50": {n: c["AP50"] for n, c in per_class.items()},
-        "ap": summary["final"].get("val/AP"),
-        "steps": _last_step(run_dir),
+        # not in the results schema: kept for the tests file only (see collect)
+        "_extra": {
+            "per_class_ap50": {n: c["AP50"] for n, c in per_class.items()},
+            "ap": summary["final"].get("val/AP"),
+            "steps": _last_step(run_dir),
+            "run_dir": str(run_dir),
+        },
     }
 
 
@@ -166,7 +172,16 @@ def paired_tests(runs: list[dict[str, Any]]) -> dict[str, Any]:
             common = sorted(set(seeds) & set(base))
             if arm != "baseline" and common:
                 diffs = [seeds[s][key] - base[s][key] for s in common]
-                test = {"paired_seeds": common, "mean_gain": statistics.fmean(diffs), "p": None}
+                base_values = [base[s][key] for s in sorted(base)]
+                spread = statistics.stdev(base_values) if len(base_values) > 1 else None
+                gain = statistics.fmean(diffs)
+                test = {
+                    "paired_seeds": common,
+                    "mean_gain": gain,
+                    "p": None,
+                    # the issue's bar: a gain above twice the baseline's seed standard deviation
+                    "gain_over_2sd": None if spread is None else gain > 2 * spread,
+                }
                 if len(common) >= 2 and any(d != diffs[0] for d in diffs):
                     test["p"] = float(
                         stats.ttest_rel(
@@ -197,11 +212,13 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{os.cpu_count()} CPU cores, shared; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
         "ap": "COCO AP on the val split, fractions; rare/frequent = mean over the classes",
     }
+    extras = [{"arm": r["arm"], "seed": r["seed"], **r.pop("_extra")} for r in runs]
     result = {"protocol": protocol, "runs": runs}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
     tests = paired_tests(runs)
-    Path(args.tests).write_text(json.dumps(tests, indent=1) + "\n")
+    Path(args.tests).write_text(json.dumps({"arms": tests, "runs": extras}, indent=1) + "\n")
+    print(f"{len(runs)} finished run(s) -> {args.results}; tests -> {args.tests}")
     for arm, entry in tests.items():
         cells = []
         for key in ("rare_ap", "rare_ap50", "frequent_ap50"):
@@ -210,6 +227,42 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             p = f" p={vs['p']:.3f}" if vs and vs["p"] is not None else ""
             cells.append(f"{key} {100 * m:.2f}" + (f" ± {100 * s:.2f}" if s is not None else "") + p)
         print(f"{arm} (seeds {entry['seeds']}): " + "; ".join(cells))
+    return result
+
+
+def curves(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-class learning curves: every kept ``epoch_N.pt`` of every run, evaluated on the val set
+    (``detrkit val --run RUN --checkpoint epoch_N --json``), into ``--curves-out``. Entries already
+    there are not evaluated again (resumable)."""
+    out_path = Path(args.curves_out)
+    result: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    exe = str(Path(sys.executable).with_name("detrkit"))
+    for run_dir in sorted((Path(args.out) / "ablation" / "runs").glob("*-*")):
+        points = result.setdefault(run_dir.name, {})
+        epochs = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("epoch_*.pt"))
+        for epoch in epochs:
+            if str(epoch) in points:
+                continue
+            cmd = [exe, "val", "--run", str(run_dir), "--checkpoint", f"epoch_{epoch}", "--json"]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                print(
+                    f"{run_dir.name} epoch {epoch}: detrkit val failed: {res.stderr.strip()[-300:]}",
+                    flush=True,
+                )
+                continue
+            metrics = json.loads(res.stdout)["metrics"]
+            points[str(epoch)] = {
+                "step": epoch * (args.train_images // 8),
+                "AP": metrics["AP"],
+                "AP50": metrics["AP50"],
+                "per_class_ap": {c["name"]: c["AP"] for c in metrics["per_class"]},
+                "per_class_ap50": {c["name"]: c["AP50"] for c in metrics["per_class"]},
+            }
+            out_path.write_text(json.dumps(result, indent=1) + "\n")
+            print(f"{run_dir.name} epoch {epoch}: AP50 {metrics['AP50']:.3f}", flush=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -238,7 +291,12 @@ def main() -> None:
     p.add_argument("--results", default="bench/results/rare_class.json")
     p.add_argument("--tests", default="bench/results/rare_class_tests.json")
     p.add_argument("--collect", action="store_true", help="only collect the finished runs")
+    p.add_argument("--curves", action="store_true", help="only evaluate the kept epoch checkpoints")
+    p.add_argument("--curves-out", default="bench/results/rare_class_curves.json")
     args = p.parse_args()
+    if args.curves:
+        curves(args)
+        return
     if not args.collect:
         rc = run_ablation(args, write_config(args))
         if rc != 0:

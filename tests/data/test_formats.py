@@ -229,3 +229,12 @@ def test_other_tools_predictions_match_coco_results(tmp_path: Path, image_writer
     res = runner.invoke(app, ["eval", "--gt", str(gt_path), "--pred", str(bad)])
     assert isinstance(res.exception, AnnotationError)  # the CLI prints it as one line, exit 2
     assert str(res.exception) == f"{bad / 'zzz.txt'}: image 'zzz' is not an image of the ground truth"
+
+
+def test_folder_of_split_files_with_images_option(tmp_path: Path, make_dataset) -> None:
+    (tmp_path / "splits").mkdir()
+    ann, images = make_dataset(name="splits/train.json")
+    (tmp_path / "splits" / "val.json").write_text(ann.read_text())
+    layout, splits = load_dataset(tmp_path / "splits", images=images)
+    assert layout.format == "coco" and list(splits) == ["train", "val"]
+    assert splits["val"].images == images and len(splits["val"].index.images) == 3

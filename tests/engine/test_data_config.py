@@ -163,7 +163,7 @@ def test_repeat_factor_sampler_config_gives_the_hand_computed_factors() -> None:
 
 
 def test_repeat_factor_run_resumes_exactly_mid_epoch(conf, tmp_path: Path, monkeypatch) -> None:
-    from detrkit.engine.loop import StepRunner
+    from detrkit.engine.step import TrainStep
     from detrkit.runs.checkpoint import load_checkpoint
 
     class LabelledSquares(conf.SquaresDataset):
@@ -188,18 +188,18 @@ def test_repeat_factor_run_resumes_exactly_mid_epoch(conf, tmp_path: Path, monke
     stop_at = ref.steps_per_epoch + 2  # inside the second epoch
     assert ref.steps_per_epoch > 16 // 4  # repeats made the epoch longer
     calls = {"n": 0}
-    original = StepRunner.train_step
+    original = TrainStep.train_step
 
-    def stop_after(self, micro):
+    def stop_after(self, micro, **kwargs):
         calls["n"] += 1
         if calls["n"] == stop_at:  # Ctrl-C: this step runs, then last.pt is saved
-            self.t.stop_requested = True
-        return original(self, micro)
+            self.stop.set()
+        return original(self, micro, **kwargs)
 
-    monkeypatch.setattr(StepRunner, "train_step", stop_after)
+    monkeypatch.setattr(TrainStep, "train_step", stop_after)
     with pytest.raises(KeyboardInterrupt):
         trainer(tmp_path / "run").fit()
-    monkeypatch.setattr(StepRunner, "train_step", original)
+    monkeypatch.setattr(TrainStep, "train_step", original)
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert saved["epoch"] == 1 and saved["epoch_step"] > 0
     trainer(tmp_path / "run", resume=tmp_path / "run").fit()

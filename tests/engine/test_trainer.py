@@ -91,7 +91,7 @@ def test_nonfinite_steps_are_skipped_then_abort(
     cfg = conf.double_config(tmp_path / "a", train={"epochs": 1, "preflight": False})
     trainer = conf.make_trainer(cfg, val=False)
     trainer._setup()
-    trainer.runner.run_epoch  # noqa: B018 - built
+    trainer.loop.run_epoch  # noqa: B018 - built
     before = _weights(trainer)
     batch = next(iter(trainer.train_loader))
     res = trainer.runner.train_step([batch])  # forward call 1 -> NaN
@@ -274,3 +274,17 @@ def test_early_stopping_off_by_default_and_bad_values_are_config_errors(conf, tm
     assert summary["stopped_early_at_epoch"] is None and summary["patience"] == 0
     with pytest.raises(ConfigError, match="train.patience"):
         conf.make_trainer(conf.double_config(tmp_path / "b", train={"patience": -1})).fit()
+
+
+def test_on_epoch_end_hook_stops_the_run(conf, tmp_path: Path) -> None:
+    seen = []
+
+    def hook(epoch, row):
+        seen.append((epoch, "val/AP" in row))
+        return epoch < 2
+
+    cfg = conf.double_config(tmp_path / "run", train={"epochs": 5})
+    trainer = conf.make_trainer(cfg)
+    trainer.on_epoch_end = hook  # what a sweep's pruner uses
+    summary = trainer.fit()
+    assert seen == [(1, True), (2, True)] and summary["stopped_early_at_epoch"] == 2

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import torch
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -42,6 +41,7 @@ from detrkit.aerial.model import AERIAL, AerialUNet
 from detrkit.aerial.sources import band_scale, to_uint8
 from detrkit.aerial.tiling import predict_stream
 from detrkit.aerial.vector import write_vectors
+from detrkit.devices import resolve_device
 from detrkit.errors import ImageError
 from detrkit.runs.restore import restore
 
@@ -188,11 +188,7 @@ class AerialPredictor:
         card: dict[str, Any] | None = None,
         calibration: GsdCalibration | None = None,
     ) -> None:
-        dev = torch.device(
-            "cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else ("cpu" if device == "auto" else device)
-        )
+        dev = resolve_device(device)
         self.model, self.device = model.to(dev).eval(), dev
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.threshold, self.amp, self.name = threshold, amp, name

@@ -25,18 +25,12 @@ from detrkit.aerial.losses import AerialLoss, BoundaryWeightSchedule
 from detrkit.aerial.metrics import SegmentationMeter
 from detrkit.aerial.model import AERIAL, CHECKPOINT_KIND, AerialUNet, build_aerial_model
 from detrkit.aerial.sources import SourceSpec
+from detrkit.devices import resolve_device
 from detrkit.errors import CheckpointError, TrainingError
 from detrkit.runs.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from detrkit.runs.layout import check_resumable, environment, make_run_dir, write_json
 from detrkit.runs.logger import RunLogger
 from detrkit.runs.restore import restore
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def model_checkpoint(model: AerialUNet, cfg: AerialTrainConfig, metrics: dict[str, float]) -> dict[str, Any]:
@@ -106,7 +100,7 @@ def train_aerial(
     console: Console | None = None,
 ) -> Path:
     """Train (or resume) a run; returns the run folder."""
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device, option="device")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -72,7 +72,7 @@ def ablate_cmd(
 ) -> None:
     """Train each arm x seed with one budget, then write per-class and rare-class AP (mean ± std)."""
     from detrkit.config import load_config
-    from detrkit.engine.ablate import AblationSettings, run_ablation
+    from detrkit.workflows.ablate import AblationSettings, run_ablation
 
     cfg = load_config(config, list(overrides or []))
     console = Console(stderr=True)

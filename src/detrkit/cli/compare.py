@@ -19,7 +19,18 @@ def register(app: typer.Typer) -> None:
 
 
 def compare_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run folders; the first one's arm is the baseline."),
+    runs: list[Path] = typer.Argument(
+        ..., help="Run folders, or predictions of any tool with --gt; the first one is the baseline."
+    ),
+    gt: Path | None = typer.Option(
+        None,
+        "--gt",
+        help="COCO GT to score the arguments that are predictions (YOLO save_txt folder, "
+        "Ultralytics/Roboflow/COCO JSON), not run folders.",
+    ),
+    pred_format: str = typer.Option(
+        "auto", "--pred-format", help="auto, coco, yolo-txt, ultralytics, roboflow."
+    ),
     rare: list[str] | None = typer.Option(
         None, "--rare", help="A rare class name (repeat); default: the runs' own record."
     ),
@@ -31,8 +42,14 @@ def compare_cmd(
     """Compare runs: overall metrics, per-class AP, rare-class mAP, deltas and seed spread."""
     from detrkit.runs.compare import compare_runs
     from detrkit.runs.folder import RunFolder
+    from detrkit.runs.predictions import predictions_run
 
-    comparison = compare_runs([RunFolder.load(p) for p in runs], rare=rare or None, per_class=per_class)
+    def load(p: Path) -> RunFolder:
+        if gt is not None and not (p / "config.yaml").is_file():
+            return predictions_run(p, gt, fmt=pred_format)
+        return RunFolder.load(p)
+
+    comparison = compare_runs([load(p) for p in runs], rare=rare or None, per_class=per_class)
     markdown, table_csv = comparison.to_markdown(), comparison.to_csv()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

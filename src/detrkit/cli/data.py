@@ -18,8 +18,8 @@ from detrkit.cli.data_convert import convert_cmd
 from detrkit.errors import ConfigError, DataError
 
 data_app = typer.Typer(help="Check, describe, subset, merge and split COCO datasets.", no_args_is_help=True)
-_out = Console()
-_err = Console(stderr=True)
+_out = Console(soft_wrap=True)  # paths in one piece, copyable
+_err = Console(stderr=True, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from detrkit.errors import ConfigError
 
-_out = Console()
+_out = Console(soft_wrap=True)  # paths in one piece, copyable
 
 
 def _echo_json(obj: object) -> None:

@@ -1,7 +1,9 @@
-"""The only place where the engine reads the config to build data and models (``build_*``)."""
+"""The only place where the engine reads the config: data, model, accelerator and the settings of
+the training step and the epoch loop (``build_*``, ``*_settings``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from detrkit.config import DataConfig, ModelConfig, RunConfig
+from detrkit.engine.loop import LoopSettings
+from detrkit.engine.step import StepSettings
 from detrkit.errors import ConfigError, DataError
 
 
@@ -250,6 +254,40 @@ def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log
                 f"init_from {model_cfg.init_from}: {len(loaded)} tensors copied, {len(skipped)} kept (shape or name differ)"
             )
     return model
+
+
+def step_settings(cfg: RunConfig, *, where: str) -> StepSettings:
+    """The training step's settings from ``train.*`` and ``model.freeze_bn``."""
+    if cfg.train.grad_accum < 1:
+        raise ConfigError(f"{cfg.source}: train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
+    t = cfg.train
+    return StepSettings(
+        grad_accum=t.grad_accum,
+        clip_grad_norm=t.clip_grad_norm,
+        max_nonfinite=t.max_nonfinite,
+        channels_last=t.channels_last,
+        freeze_bn=cfg.model.freeze_bn,
+        where=where,
+    )
+
+
+def loop_settings(cfg: RunConfig, *, batches_per_epoch: int, profile_dir: Path | None) -> LoopSettings:
+    """The epoch loop's settings; ``steps_per_epoch`` = ceil(batches / grad_accum), capped by
+    ``train.max_steps_per_epoch``."""
+    t = cfg.train
+    steps = math.ceil(batches_per_epoch / t.grad_accum)
+    if t.max_steps_per_epoch:
+        steps = min(steps, t.max_steps_per_epoch)
+    return LoopSettings(
+        epochs=t.epochs,
+        steps_per_epoch=steps,
+        grad_accum=t.grad_accum,
+        checkpoint_every_steps=t.checkpoint_every_steps,
+        profile=t.profile,
+        profile_steps=t.profile_steps,
+        profile_dir=profile_dir,
+        train_images=str(cfg.data.train_images),
+    )
 
 
 def build_accelerator(cfg: RunConfig) -> Any:

@@ -11,9 +11,9 @@ use and tests.
 
 from __future__ import annotations
 
-import math
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,12 +32,16 @@ from detrkit.engine.builders import (
     build_data,
     build_detector,
     ensure_shapes,
+    loop_settings,
     repeat_factors_for,
+    step_settings,
 )
 from detrkit.engine.ema import ModelEMA
-from detrkit.engine.loop import StepRunner
-from detrkit.engine.optim import apply_freezing, build_optimizer, build_scheduler, set_bn_eval
+from detrkit.engine.loop import EpochLoop
+from detrkit.engine.optim import apply_freezing, build_optimizer, build_scheduler
+from detrkit.engine.preflight import auto_batch_size, run_preflight
 from detrkit.engine.sampling import EvalBatchSampler, ResumableBatchSampler, SeededDataset
+from detrkit.engine.step import TrainStep
 from detrkit.engine.validate import validate
 from detrkit.errors import ConfigError
 from detrkit.runs import checkpoint as ckpt_io
@@ -72,8 +76,12 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         console: Console | None = None,
         quiet: bool = False,
+        on_epoch_end: Callable[[int, dict[str, Any]], bool] | None = None,
     ) -> None:
         self.cfg = config
+        #: called after each epoch's row (and checkpoints) with ``(epoch, row)``; returning False
+        #: stops the run there, like early stopping (a sweep's pruner uses it)
+        self.on_epoch_end = on_epoch_end
         self.resume_dir = Path(resume) if resume is not None else None
         self._model_in = model
         self._data_in = (train_dataset, val_dataset, classes, val_gt)
@@ -81,7 +89,7 @@ class Trainer:
         self.console = console or Console()
         self.quiet = quiet
         self.run_dir: Path | None = None
-        self.stop_requested = False
+        self.stop = threading.Event()  # set by Ctrl-C; the training step shares it across processes
 
     # ----------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -124,9 +132,25 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer.optimizer, cfg.optim, steps_per_epoch=self.steps_per_epoch, epochs=cfg.train.epochs
         )
-        self.runner = StepRunner(self)
+        self.runner = TrainStep(
+            step_settings(cfg, where=str(self.run_dir)),
+            accelerator=acc,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            ema=self.ema,
+            stop=self.stop,
+        )
+        self.loop = EpochLoop(
+            self._loop_settings,
+            step=self.runner,
+            loader=self.train_loader,
+            sampler=self.train_sampler,
+            log=self.log,
+            save_last=lambda: self.save(["last"]),
+            run_dir=self.run_dir,
+        )
         self.epoch = 0
-        self.epoch_batches = 0  # micro-batches of ``epoch`` already consumed
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.stale_evals = 0  # validations in a row without an improvement > train.min_delta
@@ -171,9 +195,14 @@ class Trainer:
         bs = self.cfg.train.batch_size
         if bs != "auto":
             return int(bs)
-        from detrkit.engine.preflight import auto_batch_size
-
-        return auto_batch_size(self)
+        return auto_batch_size(
+            model=self.model,
+            dataset=self.data.train,
+            acc=self.acc,
+            log=self.log,
+            collate=self._collate,
+            where=self.cfg.source,
+        )
 
     def _build_loaders(self) -> None:
         cfg, acc = self.cfg, self.acc
@@ -215,22 +244,28 @@ class Trainer:
             self.val_loader = DataLoader(
                 self.data.val, batch_sampler=sampler, generator=torch.Generator().manual_seed(0), **common
             )
-        accum = cfg.train.grad_accum
-        if accum < 1:
-            raise ConfigError(f"{cfg.source}: train.grad_accum must be >= 1, got {accum}")
+        step_settings(cfg, where=str(self.run_dir))  # train.grad_accum >= 1
         if cfg.train.patience < 0 or cfg.train.min_delta < 0:
             raise ConfigError(
                 f"{cfg.source}: train.patience and train.min_delta must be >= 0 (0: no early stopping), got "
                 f"{cfg.train.patience} and {cfg.train.min_delta}"
             )
-        self.steps_per_epoch = math.ceil(self.train_sampler.batches_per_epoch() / accum)
-        if cfg.train.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
+        main = acc.is_main_process and self.run_dir is not None
+        self._loop_settings = loop_settings(
+            cfg,
+            batches_per_epoch=self.train_sampler.batches_per_epoch(),
+            profile_dir=self.run_dir / "profile" if main else None,
+        )
+        self.steps_per_epoch = self._loop_settings.steps_per_epoch
 
     # ------------------------------------------------------------------------------ checkpoints
     @property
     def unwrapped(self) -> nn.Module:
         return self.acc.unwrap_model(self.model)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop.is_set()
 
     def state(self) -> dict[str, Any]:
         """The checkpoint dict (collective: every process must call it)."""
@@ -249,7 +284,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "step": self.runner.global_step,
-            "epoch_step": self.epoch_batches,
+            "epoch_step": self.loop.epoch_batches,
             "rng": rng,
             "config": self.cfg.to_dict(),
             "classes": self.data.classes,
@@ -258,7 +293,7 @@ class Trainer:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "stale_evals": self.stale_evals,
-            "runner": self.runner.state_dict(),
+            "runner": {**self.runner.state_dict(), **self.loop.state_dict()},
             "world_size": self.acc.num_processes,
         }
 
@@ -272,12 +307,13 @@ class Trainer:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.epoch = int(state["epoch"])
-        self.epoch_batches = int(state["epoch_step"])
+        self.loop.epoch_batches = int(state["epoch_step"])
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
         self.stale_evals = int(state.get("stale_evals") or 0)
         self.last_metrics = state.get("metrics") or {}
         self.runner.load_state_dict(state["runner"])
+        self.loop.load_state_dict(state["runner"])
         rngs = state["rng"]
         if len(rngs) != self.acc.num_processes:
             self.log.warn(
@@ -308,7 +344,9 @@ class Trainer:
             self.history = [r for r in self.history if int(r["epoch"]) <= self.epoch]
             self.log.rewrite_csv(self.history)
             self.log.purge_step = self.runner.global_step + 1
-            self.log.info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.epoch_batches}")
+            self.log.info(
+                f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.loop.epoch_batches}"
+            )
         elif acc.is_main_process:
             cfg.save(self.run_dir / "config.yaml")
             write_json(self.run_dir / "classes.json", self.data.classes)
@@ -324,9 +362,17 @@ class Trainer:
         )
         preflight = None
         if cfg.train.preflight or dry_run:
-            from detrkit.engine.preflight import run_preflight
-
-            preflight = run_preflight(self)
+            preflight = run_preflight(
+                run_dir=self.run_dir,
+                state=self.state,
+                load_state=self.load_state,
+                step=self.runner,
+                loop=self.loop,
+                epoch=self.epoch,
+                evaluate=self.evaluate if self.val_loader is not None else None,
+                log=self.log,
+                batch_size=self.batch_size,
+            )
         if dry_run:
             self.log.close()
             return {"run_dir": str(self.run_dir), "preflight": preflight, "dry_run": True}
@@ -345,19 +391,19 @@ class Trainer:
         return summary
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.stop_requested:  # second Ctrl-C: stop now
+        if self.stop.is_set():  # second Ctrl-C: stop now
             raise KeyboardInterrupt
-        self.stop_requested = True
+        self.stop.set()
 
     def _train(self) -> dict[str, Any]:
         cfg, acc = self.cfg, self.acc
         t_start = time.perf_counter()
         for epoch in range(self.epoch, cfg.train.epochs):
             self.epoch = epoch
-            row = self.runner.run_epoch(epoch)
+            row = self.loop.run_epoch(epoch)
             if row is None:  # interrupted: last.pt already saved
                 raise KeyboardInterrupt
-            self.epoch, self.epoch_batches = epoch + 1, 0
+            self.epoch, self.loop.epoch_batches = epoch + 1, 0
             is_last = epoch + 1 == cfg.train.epochs
             if self.val_loader is not None and ((epoch + 1) % max(cfg.eval.every, 1) == 0 or is_last):
                 metrics, losses = self.evaluate()
@@ -382,6 +428,10 @@ class Trainer:
             )
             self.log.scalars({"images_per_s": row["train/images_per_s"]}, epoch + 1, "train")
             self.log.info(epoch_line(row, cfg.train.epochs))
+            if self.on_epoch_end is not None and not self.on_epoch_end(epoch + 1, row) and not is_last:
+                self.stopped_early_at = epoch + 1
+                self.log.info(f"stopped at epoch {epoch + 1} by the caller (e.g. a sweep's pruner)")
+                break
             if cfg.train.patience and self.stale_evals >= cfg.train.patience and not is_last:
                 self.stopped_early_at = epoch + 1
                 self.log.info(
@@ -454,6 +504,4 @@ class Trainer:
             keys = sorted(losses)
             t = self.acc.reduce(torch.tensor([losses[k] for k in keys], device=self.device), reduction="mean")
             losses = dict(zip(keys, t.tolist(), strict=False))
-        if self.cfg.model.freeze_bn:
-            set_bn_eval(self.unwrapped)
         return metrics, losses

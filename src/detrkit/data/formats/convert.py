@@ -76,7 +76,8 @@ def prepare_training_data(
     if val is None:
         raise DataError(
             f"{path}: no val or test split (found {', '.join(names)}); "
-            "make one with `detrkit data split --ann TRAIN.json --out-dir DIR`"
+            "make one with `detrkit data split --ann FILE.json --out-dir DIR`, then train with "
+            "`--data DIR --images IMAGES`"
         )
     (train_ann, train_images), (val_ann, val_images) = conv.outputs["train"], conv.outputs[val]
     return conv, {

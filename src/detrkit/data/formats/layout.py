@@ -7,7 +7,9 @@ Layouts (:data:`FORMATS`), tried in this order on a folder:
 - ``yolo``: ``data.yaml`` (or another ``*.yaml`` with ``names``) in the folder, or the YAML file.
 - ``voc``: ``Annotations/`` + ``JPEGImages/`` (also under ``VOCdevkit/VOC20xx``).
 - ``coco``: ``annotations/*.json`` with image folders named after the split (``train2017``,
-  ``images/train``, ``train``), or one COCO JSON file with ``images`` (default: its folder).
+  ``images/train``, ``train``), a folder of ``train.json``/``val.json`` (``detrkit data split``
+  output; ``--images`` for their images), or one COCO JSON file (images: ``--images``, default
+  its folder).
 
 Split names are normalised: ``valid``/``validation`` -> ``val``. File names containing
 ``train``/``val``/``test`` give the split of a COCO file (``instances_val2017.json`` -> ``val``).
@@ -150,6 +152,8 @@ def _coco(path: Path, images: Path | None) -> Layout | None:
         return Layout("coco", path, {name: lambda: read_coco_split(path, folder)})
     ann_dir = path / "annotations"
     files = sorted(ann_dir.glob("*.json")) if ann_dir.is_dir() else []
+    if not files:  # e.g. `detrkit data split` output: DIR/train.json, DIR/val.json
+        files = [f for f in sorted(path.glob("*.json")) if split_name(f.stem) is not None]
     files = [f for f in files if not f.stem.startswith(("captions", "person_keypoints"))]
     if not files:
         return None
