@@ -153,10 +153,8 @@ def test_repeat_factor_sampler_config_gives_the_hand_computed_factors() -> None:
     ds = _Labels([[0], [0, 0], [1, 0], []])
     assert repeat_factors_for(cfg.data, ds, "t") == pytest.approx([1.0, 1.0, math.sqrt(2), 1.0])
     assert repeat_factors_for(load_config("demo", ["data.sampler=random"]).data, ds, "t") is None
-    with pytest.raises(ConfigError, match="rfs_threshold must be > 0"):
-        repeat_factors_for(
-            load_config("demo", ["data.sampler=repeat_factor", "data.rfs_threshold=0"]).data, ds, "t"
-        )
+    with pytest.raises(ConfigError, match=r"rfs_threshold: must be > 0 and <= 1, got 0"):
+        load_config("demo", ["data.sampler=repeat_factor", "data.rfs_threshold=0"])
     old = load_config("demo", ["data.repeat_factor_threshold=0.3"]).data  # configs of older runs
     assert (old.sampler, old.rfs_threshold) == ("repeat_factor", 0.3)
     assert config_from_dict({"data": {"repeat_factor_threshold": 0}}, "old").data.sampler == "random"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -63,6 +64,17 @@ def open_raster(path: str | Path) -> rasterio.io.DatasetReader:
         raise ImageError(f"not a readable raster image ({str(err).splitlines()[0]})", path=path) from None
 
 
+def read_raster(ds: Any, path: str | Path, *args: Any, **kwargs: Any) -> np.ndarray:
+    """``ds.read(*args, **kwargs)``; a truncated or corrupt file raises one-line :class:`ImageError`."""
+    try:
+        return ds.read(*args, **kwargs)
+    except RasterioIOError as err:
+        detail = str(err.__cause__ or err).splitlines()[0]
+        raise ImageError(
+            f"{path}: cannot read the pixels, truncated or corrupt? ({detail})", path=path
+        ) from None
+
+
 @dataclass
 class RasterSource:
     """An open input raster with what the pipeline needs: size, georeference, band scaling."""
@@ -76,7 +88,8 @@ class RasterSource:
     def open(cls, path: str | Path) -> RasterSource:
         ds = open_raster(path)
         geo = is_georeferenced(ds.crs, ds.transform)
-        scale = band_scale(ds)  # uint8 as is; 16-bit and float: 0.5-99.5 percentiles to 0..255
+        # uint8 as is; 16-bit and float: 0.5-99.5 percentiles to 0..255 (read errors name the file)
+        scale = band_scale(ds, read=lambda **kw: read_raster(ds, path, **kw))
         return cls(Path(path), ds, geo, scale)
 
     def bands(self) -> list[int]:
@@ -87,7 +100,7 @@ class RasterSource:
         kw: dict[str, Any] = {"window": window}
         if out_shape is not None:
             kw.update(out_shape=(len(self.bands()), *out_shape), resampling=Resampling.average)
-        return to_uint8(self.ds.read(self.bands(), **kw), self.scale)
+        return to_uint8(read_raster(self.ds, self.path, self.bands(), **kw), self.scale)
 
 
 def _preview_shape(h: int, w: int) -> tuple[int, int]:
@@ -148,7 +161,7 @@ def measure_mask_file(
     with ds:
         for r0 in range(0, ds.height, strip_rows):
             h = min(strip_rows, ds.height - r0)
-            measurer.add(ds.read(1, window=Window(0, r0, ds.width, h)) > 0)
+            measurer.add(read_raster(ds, path, 1, window=Window(0, r0, ds.width, h)) > 0)
     return measurer.finish()
 
 
@@ -232,10 +245,31 @@ class AerialPredictor:
         """Predict one image and write the outputs listed in the module docstring; returns the summary dict."""
         # GDAL's block cache defaults to 5 % of RAM and would hold every block read and written:
         # capping it keeps the memory of a streamed 20000 x 20000 raster independent of its height.
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-            return self._predict_file(
-                source, out_dir, user_gsd=user_gsd, zoom=zoom, lat=lat, progress=progress, **measure_kwargs
-            )
+        # The outputs are written into a hidden sibling folder and moved into ``out_dir`` at the end:
+        # a file that fails half-way (truncated GeoTIFF, Ctrl-C) leaves no partial output behind.
+        out = Path(out_dir)
+        partial = out.parent / f".{out.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+                summary = self._predict_file(
+                    source,
+                    partial,
+                    user_gsd=user_gsd,
+                    zoom=zoom,
+                    lat=lat,
+                    progress=progress,
+                    **measure_kwargs,
+                )
+            out.mkdir(parents=True, exist_ok=True)
+            for f in partial.iterdir():
+                os.replace(f, out / f.name)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        summary["files"] = {k: str(out / Path(v).name) for k, v in summary["files"].items()}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
 
     def _predict_file(
         self,
@@ -252,7 +286,6 @@ class AerialPredictor:
         src = RasterSource.open(source)
         ds = src.ds
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         georef = gsd_from_georeference(ds.crs, ds.transform, ds.width, ds.height)
         upfront = resolve_gsd(user_gsd=user_gsd, zoom=zoom, lat=lat, georeference=georef)
         measurer = StripMeasurer(
@@ -350,9 +383,6 @@ class AerialPredictor:
                 }.items()
             },
         }
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out / "summary.json")
         return summary
 
     def _previews(self, src: RasterSource, out: Path) -> None:

@@ -122,7 +122,9 @@ def open_quiet(path: str | Path) -> Any:
         return rasterio.open(path)
 
 
-def band_scale(ds: Any, *, percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float]:
+def band_scale(
+    ds: Any, *, percentiles: tuple[float, float] = (0.5, 99.5), read: Any = None
+) -> tuple[float, float]:
     """(lo, hi) that map a raster's values to 0..255: (0, 255) for uint8, else the given percentiles.
 
     16-bit and float imagery (satellite products, panchromatic bands) are stretched by the
@@ -131,7 +133,8 @@ def band_scale(ds: Any, *, percentiles: tuple[float, float] = (0.5, 99.5)) -> tu
     if ds.dtypes[0] == "uint8":
         return 0.0, 255.0
     f = max(1, math.ceil(max(ds.width, ds.height) / 1024))
-    ov = ds.read(out_shape=(ds.count, max(1, ds.height // f), max(1, ds.width // f))).astype(np.float64)
+    shape = (ds.count, max(1, ds.height // f), max(1, ds.width // f))
+    ov = (read or ds.read)(out_shape=shape).astype(np.float64)
     ov = ov[np.isfinite(ov)]
     if ov.size == 0:
         return 0.0, 1.0

@@ -41,17 +41,22 @@ def analyze_cmd(
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: the run folder, else next to --pred)."
     ),
-    iou: float = typer.Option(0.5, "--iou", help="Foreground IoU of the error analysis."),
-    bg: float = typer.Option(0.1, "--bg", help="Background IoU of the error analysis."),
+    iou: float = typer.Option(0.5, "--iou", min=0.05, max=1.0, help="Foreground IoU of the error analysis."),
+    bg: float = typer.Option(0.1, "--bg", min=0.0, max=1.0, help="Background IoU of the error analysis."),
     conf: float | None = typer.Option(
-        None, "--conf", help="Confidence for the confusion matrix and galleries (default: best F1)."
+        None,
+        "--conf",
+        min=0.0,
+        max=1.0,
+        help="Confidence for the confusion matrix and galleries (default: best F1).",
     ),
-    gallery: int = typer.Option(3, "--gallery", help="Gallery tiles per class and kind (0: none)."),
+    gallery: int = typer.Option(3, "--gallery", min=0, help="Gallery tiles per class and kind (0: none)."),
     device: str | None = typer.Option(
         None, "--device", help="Device for predicting (default: cuda if available)."
     ),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass when predicting."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass when predicting."),
     as_json: bool = typer.Option(False, "--json", help="Print the errors.json summary instead of tables."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when a val image cannot be read."),
 ) -> None:
     """Error analysis (TIDE), PR/F1 curves, confusion matrix, galleries -> report.html + errors.json."""
     from rich.progress import Progress
@@ -84,7 +89,7 @@ def analyze_cmd(
         pred_format=pred_format,
         status=console.status,
         progress=progress,
-        say=lambda message: console.print(message, highlight=False),
+        say=lambda message: console.print(message, highlight=False, markup=False, soft_wrap=True),
     )
     if as_json:
         result = outcome.result
@@ -99,5 +104,7 @@ def analyze_cmd(
                 indent=2,
             )
         )
-        return
-    print_analysis(outcome, console)
+    else:
+        print_analysis(outcome, console)
+    if strict and outcome.skipped:
+        raise typer.Exit(1)

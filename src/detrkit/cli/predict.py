@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from detrkit.cli.tables import titled_table
 
 
 def register(app: typer.Typer) -> None:
@@ -25,15 +27,16 @@ def predict_cmd(
     run: Path = typer.Option(..., "--run", help="Run folder (or a checkpoint .pt file)."),
     source: str = typer.Option(..., "--source", help="Image file, folder or glob pattern ('imgs/*.jpg')."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Minimum score kept."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Minimum score kept."),
     ann: Path | None = typer.Option(None, "--ann", help="COCO GT: image ids from it, GT drawn in green."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or epoch_N."),
     device: str | None = typer.Option(
         None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."
     ),
     draw: bool = typer.Option(True, "--draw/--no-draw", help="Write drawn images."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when an image could not be read."),
 ) -> None:
     """Detect objects in SOURCE with the model of RUN; write predictions.json and drawn images."""
     from rich.progress import Progress
@@ -54,13 +57,26 @@ def predict_cmd(
             device=device,
             draw=draw,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_skip=lambda e: err.print(
+                f"warning: skipping {e}", highlight=False, markup=False, soft_wrap=True
+            ),
         )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
-        return
+    else:
+        _print_summary(summary, out, draw=draw and summary["images"] > 0, threshold=threshold)
+    if summary["skipped"]:
+        total = summary["images"] + summary["skipped"]
+        err.print(f"{summary['images']} of {total} images predicted, {summary['skipped']} unreadable skipped",
+                  highlight=False)  # fmt: skip
+        if strict:
+            raise typer.Exit(1)
+
+
+def _print_summary(summary: dict[str, Any], out: Path, *, draw: bool, threshold: float) -> None:
     console = Console()
-    table = Table(
-        title=f"predict: {summary['images']} images, {summary['detections']} detections (score >= {threshold})"
+    table = titled_table(
+        f"predict: {summary['images']} images, {summary['detections']} detections (score >= {threshold})"
     )
     table.add_column("class")
     table.add_column("detections", justify="right")

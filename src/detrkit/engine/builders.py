@@ -54,7 +54,7 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
         return data
     from dataclasses import replace
 
-    from detrkit.data.shapes import generate_shapes
+    from detrkit.data.shapes import generate_shapes, read_shapes_params, shapes_params
 
     s = data.shapes
     root = Path(s.out)
@@ -73,7 +73,14 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
         raise ConfigError(
             f"data.shapes and {', '.join(conflicts)} are both set: give either data.shapes or the data paths"
         )
-    if main_process and not (paths["train_ann"].is_file() and paths["val_ann"].is_file()):
+    wanted = shapes_params(
+        train=s.train, val=s.val, size=s.size, seed=s.seed,
+        class_counts=s.class_counts, val_class_counts=s.val_class_counts,
+    )  # fmt: skip
+    complete = paths["train_ann"].is_file() and paths["val_ann"].is_file()
+    if main_process and (not complete or read_shapes_params(root) != wanted):
+        # missing, or generated with other parameters (or before they were recorded): regenerate, so
+        # that the run's config.yaml describes the data it trained on
         generate_shapes(
             root,
             train=s.train,
@@ -330,11 +337,7 @@ def repeat_factors_for(data: DataConfig, dataset: Any, source: str, log: Any = N
     """
     if data.sampler == "random":
         return None
-    threshold = data.rfs_threshold
-    if threshold <= 0:
-        raise ConfigError(
-            f"{source}: data.rfs_threshold must be > 0 for data.sampler=repeat_factor, got {threshold}"
-        )
+    threshold = data.rfs_threshold  # > 0: checked by the config's Range
     labels = getattr(dataset, "labels_per_image", None)
     if labels is None:
         raise ConfigError(f"{source}: data.sampler=repeat_factor needs a dataset with labels_per_image()")

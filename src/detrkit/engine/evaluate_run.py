@@ -37,6 +37,7 @@ def evaluate_run(
     from detrkit.data.collate import DetectionCollator
     from detrkit.data.dataset import CocoDetection
 
+    requested_device = resolve_device(device) if device is not None else None  # fails before loading
     restored = restore(run, which=checkpoint)
     model, classes, transform, cfg = restored
     path, ckpt = restored.path, restored.checkpoint
@@ -68,7 +69,7 @@ def evaluate_run(
         raise DataError(
             f"{ann}: categories differ from the run's classes ({hint}); remap with `detrkit data merge`"
         )
-    dev = resolve_device(device if device is not None else ("cpu" if cfg.train.cpu else None))
+    dev = requested_device or (torch.device("cpu") if cfg.train.cpu else resolve_device(None))
     model.to(dev)
     bs = batch_size or cfg.eval.batch_size or (cfg.train.batch_size if cfg.train.batch_size != "auto" else 4)
     loader = torch.utils.data.DataLoader(

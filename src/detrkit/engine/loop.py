@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from detrkit.engine.memory import current_rss_mb, peak_memory_mb, reset_peak
 from detrkit.engine.step import TrainStep
-from detrkit.errors import TrainingError
+from detrkit.errors import DataError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,22 @@ class EpochLoop:
         self.epoch_nonfinite = int(state["epoch_nonfinite"])
 
     def first_batch(self, epoch: int) -> Any:
-        """The batch the next step of ``epoch`` would start with (for the preflight)."""
+        """The first batch with a readable image the next step of ``epoch`` would use (for the
+        preflight); batches of unreadable images are passed over, and none at all is one line."""
         self.sampler.set_epoch(epoch, start_batch=self.epoch_batches)
-        try:
-            return next(iter(self.loader))
-        except StopIteration:
-            raise TrainingError(
-                f"{self.run_dir}: the training loader yields no batch (check data and batch size)"
-            ) from None
+        skipped = 0
+        for batch in self.loader:
+            if len(batch.targets) > 0:
+                return batch
+            skipped += getattr(batch, "skipped", 0)
+        if skipped:
+            raise DataError(
+                f"{self.settings.train_images}: no training image could be read ({skipped} tried); "
+                "run `detrkit data check` on the folder"
+            )
+        raise TrainingError(
+            f"{self.run_dir}: the training loader yields no batch (check data and batch size)"
+        )
 
     def _drop_empty(self, micro: list[Any]) -> list[Any]:
         """Batches whose every image was unreadable are skipped (one process) or fatal (several)."""
@@ -144,7 +153,8 @@ class EpochLoop:
         steps_done = -(-self.epoch_batches // accum)
         log.start_epoch(epoch, s.epochs, s.steps_per_epoch, steps_done)
         t0 = time.perf_counter()
-        images = 0
+        images = skipped_images = 0
+        reset_peak(acc.device)
         iterator = iter(self.loader)
         with self._profiler(epoch) as prof:
             while steps_done < s.steps_per_epoch:
@@ -156,6 +166,7 @@ class EpochLoop:
                 if not micro:
                     break
                 consumed = len(micro)
+                skipped_images += sum(getattr(b, "skipped", 0) for b in micro)
                 micro = self._drop_empty(micro)
                 if not micro:
                     self.epoch_batches += consumed
@@ -192,6 +203,11 @@ class EpochLoop:
                 if every and steps_done % every == 0 and steps_done < s.steps_per_epoch:
                     self.save_last()
         rate = log.end_epoch()
+        if images == 0 and skipped_images > 0:
+            raise DataError(
+                f"{s.train_images}: none of the training images of epoch {epoch + 1} could be read "
+                f"({skipped_images} skipped); run `detrkit data check` on the folder"
+            )
         good = max(self.steps - self.epoch_nonfinite, 1)
         if acc.num_processes > 1 and self.sums:  # mean of the per-process losses
             keys = sorted(self.sums)
@@ -203,4 +219,7 @@ class EpochLoop:
         row["train/images_per_s"] = images / max(time.perf_counter() - t0, 1e-9) if images else rate
         row["time_s"] = time.perf_counter() - t0
         row["nonfinite"] = self.epoch_nonfinite
+        row["skipped_images"] = skipped_images
+        row["memory_mb"] = round(peak_memory_mb(acc.device), 1)  # CUDA peak of the epoch, or peak RSS
+        row["rss_mb"] = round(current_rss_mb(), 1)
         return row

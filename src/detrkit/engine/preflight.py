@@ -14,8 +14,6 @@ checkpoint saving, before a long run"), in a few seconds:
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,23 +23,10 @@ import torch
 from torch import nn
 
 from detrkit.engine.loop import EpochLoop
+from detrkit.engine.memory import peak_memory_mb, reset_peak
 from detrkit.engine.step import TrainStep
 from detrkit.errors import CheckpointError, TrainingError
 from detrkit.runs import checkpoint as ckpt_io
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated since the last reset, or the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def run_preflight(
@@ -83,7 +68,7 @@ def run_preflight(
             raise CheckpointError(f"{path}: checkpoint round trip changed {key} entries {diffs[:5]}")
     report["checkpoint_s"] = round(time.perf_counter() - t0, 3)
 
-    _reset_peak(device)
+    reset_peak(device)
     t1 = time.perf_counter()
     first = loop.first_batch(epoch)
     try:
@@ -164,7 +149,7 @@ def auto_batch_size(
     while bs <= min(max_batch, n_train):
         try:
             batch = collate([largest] * bs).to(device)
-            _reset_peak(device)
+            reset_peak(device)
             out = model(batch.normalized(), batch.pixel_mask, batch.targets)
             acc.backward(out["loss"])
             torch.cuda.synchronize(device)

@@ -90,6 +90,10 @@ class Trainer:
         self.quiet = quiet
         self.run_dir: Path | None = None
         self.stop = threading.Event()  # set by Ctrl-C; the training step shares it across processes
+        self.created_run_dir = False  # removed again when the start fails or on a dry run
+        self.wall_before = 0.0  # seconds trained in earlier segments of a resumed run
+        self.segments = 1
+        self.t_segment = time.perf_counter()
 
     # ----------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -187,6 +191,7 @@ class Trainer:
         if self.acc.is_main_process:
             name = out.name or Path(self.cfg.source).stem.replace("<", "").replace(">", "") or "run"
             path = make_run_dir(root=out.root, name=name, explicit=out.dir, source=self.cfg.source)
+            self.created_run_dir = True
         from accelerate.utils import broadcast_object_list
 
         return Path(broadcast_object_list([str(path) if path else None])[0])
@@ -293,6 +298,8 @@ class Trainer:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "stale_evals": self.stale_evals,
+            "wall_s": self.wall_before + (time.perf_counter() - self.t_segment),
+            "segments": self.segments,
             "runner": {**self.runner.state_dict(), **self.loop.state_dict()},
             "world_size": self.acc.num_processes,
         }
@@ -329,23 +336,59 @@ class Trainer:
         folder = self.run_dir / "checkpoints"
         first = ckpt_io.atomic_save(state, folder / f"{names[0]}.pt")
         for name in names[1:]:
-            tmp = folder / f".{name}.pt.copy"
-            shutil.copyfile(first, tmp)
-            tmp.replace(folder / f"{name}.pt")
+            ckpt_io.atomic_copy(first, folder / f"{name}.pt")
 
     # ------------------------------------------------------------------------------ the run
     def fit(self, *, dry_run: bool = False) -> dict[str, Any]:
-        """Preflight, then train (unless ``dry_run``); returns the final summary."""
+        """Preflight, then train (unless ``dry_run``); returns the final summary.
+
+        A start that fails (model, weights, data, preflight) removes the run folder it created, and
+        a dry run keeps none: ``runs/NAME2``, ``NAME3``... appear only for runs that trained.
+        """
+        keep = False
+        try:
+            summary = self._fit(dry_run=dry_run)
+            keep = not dry_run
+            return summary
+        finally:
+            if not keep:
+                self._remove_created_run_dir(always=dry_run)
+
+    def _remove_created_run_dir(self, *, always: bool) -> None:
+        """Remove the folder this run created unless it holds a ``last.pt`` to resume from."""
+        acc = getattr(self, "acc", None)
+        if not self.created_run_dir or self.run_dir is None or acc is None or not acc.is_main_process:
+            return
+        log = getattr(self, "log", None)
+        if log is not None:
+            log.close()
+        if always or not (self.run_dir / "checkpoints" / "last.pt").is_file():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _fit(self, *, dry_run: bool) -> dict[str, Any]:
         self._setup()
         acc, cfg = self.acc, self.cfg
         if self.resume_dir is not None:
-            self.load_state(ckpt_io.load_checkpoint(check_resumable(self.resume_dir)))
+            stale = ckpt_io.remove_stale_temp_files(self.run_dir / "checkpoints")
+            if stale:
+                self.log.info(
+                    f"removed {len(stale)} temp file(s) of an interrupted save: {', '.join(p.name for p in stale)}"
+                )
+            state = ckpt_io.load_checkpoint(check_resumable(self.resume_dir))
+            self.load_state(state)
+            self.wall_before = float(state.get("wall_s") or 0.0)  # earlier segments, summed
+            self.segments = int(state.get("segments") or 1) + 1
             self.history = read_metrics_csv(self.run_dir / "metrics.csv")
             self.history = [r for r in self.history if int(r["epoch"]) <= self.epoch]
             self.log.rewrite_csv(self.history)
             self.log.purge_step = self.runner.global_step + 1
+            where = (
+                f"epoch {self.epoch + 1} was interrupted after batch {self.loop.epoch_batches}; continuing it"
+                if self.loop.epoch_batches
+                else f"continuing at the start of epoch {self.epoch + 1}"
+            )
             self.log.info(
-                f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.loop.epoch_batches}"
+                f"resuming {self.run_dir} (segment {self.segments}, {self.wall_before:.1f} s trained before): {where}"
             )
         elif acc.is_main_process:
             cfg.save(self.run_dir / "config.yaml")
@@ -397,7 +440,7 @@ class Trainer:
 
     def _train(self) -> dict[str, Any]:
         cfg, acc = self.cfg, self.acc
-        t_start = time.perf_counter()
+        self.t_segment = time.perf_counter()  # the wall time counts training, not setup/preflight
         for epoch in range(self.epoch, cfg.train.epochs):
             self.epoch = epoch
             row = self.loop.run_epoch(epoch)
@@ -422,12 +465,12 @@ class Trainer:
                 names.append(f"epoch_{epoch + 1}")
             self.history.append(row)
             self.log.csv_row(row)  # before the checkpoint: a resume drops rows past its epoch
+            self.log.info(epoch_line(row, cfg.train.epochs))  # before it too: a kill while saving keeps it
             self.save(names)
             self.log.scalars(
                 {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("val/")}, epoch + 1, "val"
             )
             self.log.scalars({"images_per_s": row["train/images_per_s"]}, epoch + 1, "train")
-            self.log.info(epoch_line(row, cfg.train.epochs))
             if self.on_epoch_end is not None and not self.on_epoch_end(epoch + 1, row) and not is_last:
                 self.stopped_early_at = epoch + 1
                 self.log.info(f"stopped at epoch {epoch + 1} by the caller (e.g. a sweep's pruner)")
@@ -440,18 +483,20 @@ class Trainer:
                     f"{self.best_epoch})"
                 )
                 break
-        wall = time.perf_counter() - t_start
+        wall = self.wall_before + (time.perf_counter() - self.t_segment)
         final = {k: v for k, v in (self.history[-1] if self.history else {}).items()}
         summary = {
             "run_dir": str(self.run_dir),
             "epochs": cfg.train.epochs,
             "wall_s": round(wall, 1),
+            "segments": self.segments,
             "best": self.best,
             "best_metric": cfg.eval.best_metric,
             "best_epoch": self.best_epoch,
             "stopped_early_at_epoch": self.stopped_early_at,
             "patience": cfg.train.patience,
             "nonfinite_steps": self.runner.nonfinite_total,
+            "skipped_images": int(sum(int(r.get("skipped_images") or 0) for r in self.history)),
             "final": final,
             "per_class": self.last_metrics.get("per_class"),
         }

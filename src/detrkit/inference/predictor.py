@@ -23,7 +23,7 @@ from torch import nn
 
 from detrkit.data.images import IMAGE_SUFFIXES, load_image_rgb
 from detrkit.devices import resolve_device
-from detrkit.errors import DataError
+from detrkit.errors import DataError, ImageError
 from detrkit.evaluation.results import coco_results
 from detrkit.runs.restore import Restored, restore
 
@@ -163,16 +163,43 @@ class Predictor:
         return [det for _, _, det in self.iter_predict(images, threshold=threshold, batch_size=batch_size)]
 
     def iter_predict(
-        self, images: ImageSource, *, threshold: float = 0.5, batch_size: int = 8
-    ) -> Iterator[tuple[Path | None, Image.Image, Detections]]:
+        self,
+        images: ImageSource,
+        *,
+        threshold: float = 0.5,
+        batch_size: int = 8,
+        skip_unreadable: bool = False,
+    ) -> Iterator[tuple[Path | None, Image.Image | None, Detections | ImageError]]:
         """:meth:`predict` one batch at a time: yields ``(file or None, the RGB image as loaded,
-        its Detections)`` in input order, so callers that draw or save need not load it again."""
+        its Detections)`` in input order, so callers that draw or save need not load it again.
+
+        With ``skip_unreadable``, a missing, corrupt or truncated file does not cost the others: it
+        is yielded as ``(file, None, ImageError)`` and the rest of its batch runs as usual.
+        """
         items = resolve_images(images)
         for start in range(0, len(items), max(1, batch_size)):
             chunk = items[start : start + batch_size]
-            pils = [load_image_rgb(i) if isinstance(i, Path) else i.convert("RGB") for i in chunk]
-            for item, im, det in zip(chunk, pils, self._predict_batch(chunk, pils, threshold), strict=True):
-                yield (item if isinstance(item, Path) else None), im, det
+            loaded: list[tuple[Image.Image | Path, Image.Image]] = []
+            errors: dict[int, ImageError] = {}
+            for k, item in enumerate(chunk):
+                try:
+                    loaded.append(
+                        (item, load_image_rgb(item) if isinstance(item, Path) else item.convert("RGB"))
+                    )
+                except ImageError as err:
+                    if not skip_unreadable:
+                        raise
+                    errors[k] = err
+            good = [i for i, _ in loaded]
+            pils = [im for _, im in loaded]
+            dets = iter(zip(pils, self._predict_batch(good, pils, threshold), strict=True) if loaded else [])
+            for k, item in enumerate(chunk):
+                path = item if isinstance(item, Path) else None
+                if k in errors:
+                    yield path, None, errors[k]
+                else:
+                    im, det = next(dets)
+                    yield path, im, det
 
     @torch.inference_mode()
     def _predict_batch(

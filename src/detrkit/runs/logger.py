@@ -197,6 +197,10 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
         if f"val/{k}" in row:
             parts.append(f"{k} {row[f'val/{k}']:.3f}")
     parts += [f"{row['train/images_per_s']:.1f} img/s", f"{row['time_s']:.0f}s"]
+    if row.get("memory_mb") is not None:
+        parts.append(f"mem {row['memory_mb']:.0f} MB")
     if row.get("nonfinite"):
         parts.append(f"{row['nonfinite']} non-finite steps skipped")
+    if row.get("skipped_images"):
+        parts.append(f"{row['skipped_images']} unreadable images skipped")
     return "  ".join(parts)

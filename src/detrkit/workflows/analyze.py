@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class AnalyzeOutcome:
     report: Path
     errors_json: Path
     threshold: float
+    skipped: list[str] = field(default_factory=list)  # unreadable val images left out
 
 
 def _no_status(message: str) -> contextlib.AbstractContextManager[Any]:
@@ -54,22 +55,40 @@ def predict_run(
     device: str | None,
     batch_size: int,
     progress: Progress | None = None,
-) -> list[dict[str, Any]]:
+    say: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[str]]:
     """COCO results (``{"image_id", "category_id", "bbox": xywh pixels, "score"}``) of the run's
-    best checkpoint on every image of ``gt_path``, scores down to 0.001."""
+    best checkpoint on every readable image of ``gt_path``, scores down to 0.001.
+
+    Returns ``(results, gt, skipped)``: an unreadable image is skipped (``say`` gets one line) and
+    ``gt`` is the ground truth without it (``None`` when every image was read), so that its objects
+    do not count as missed.
+    """
     from detrkit.data.coco import CocoIndex
+    from detrkit.errors import ImageError
     from detrkit.inference.predictor import Predictor
 
     index = CocoIndex.load(gt_path)
     predictor = Predictor.from_run(run_dir, checkpoint="best", device=device)
     paths = [images_dir / im.file_name for im in index.images]
-    predicted = predictor.iter_predict(paths, threshold=0.001, batch_size=batch_size)
+    predicted = predictor.iter_predict(paths, threshold=0.001, batch_size=batch_size, skip_unreadable=True)
     results: list[dict[str, Any]] = []
-    for done, (im, (_, _, det)) in enumerate(zip(index.images, predicted, strict=True), start=1):
-        results.extend(det.to_coco_results(im.id, predictor.category_ids))
+    skipped: dict[int, str] = {}
+    for done, (im, (path, _, det)) in enumerate(zip(index.images, predicted, strict=True), start=1):
+        if isinstance(det, ImageError):
+            skipped[im.id] = str(path)
+            if say is not None:
+                say(f"warning: skipping {det}")
+        else:
+            results.extend(det.to_coco_results(im.id, predictor.category_ids))
         if progress is not None and (done % batch_size == 0 or done == len(paths)):
             progress(done, len(paths))
-    return results
+    if not skipped:
+        return results, None, []
+    gt = index.to_dict()
+    gt["images"] = [g for g in gt["images"] if g["id"] not in skipped]
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] not in skipped]
+    return results, gt, list(skipped.values())
 
 
 def analyze_run(
@@ -119,6 +138,8 @@ def analyze_run(
     out.mkdir(parents=True, exist_ok=True)
 
     predictions: Path | list[dict[str, Any]]
+    gt_source: Any = data
+    skipped: list[str] = []
     if pred is not None:
         from detrkit.data.formats import predictions_source
 
@@ -128,17 +149,22 @@ def analyze_run(
     else:
         if images is None or not images.is_dir():
             raise DataError(f"{images}: image folder not found; give --images DIR to predict", path=images)
-        predictions = predict_run(
+        predictions, readable_gt, skipped = predict_run(
             folder.path,  # type: ignore[union-attr]
             data,
             images,
             device=device,
             batch_size=batch_size,
             progress=progress,
+            say=say,
         )
         (out / "predictions.json").write_text(json.dumps(predictions))
+        if skipped:
+            gt_source = readable_gt
+            if say is not None:
+                say(f"{len(skipped)} unreadable image(s) of {data} left out of the analysis")
     with status("analysing"):
-        result = run_analysis(data, predictions, pos_thresh=iou, bg_thresh=bg, score_thresh=conf)
+        result = run_analysis(gt_source, predictions, pos_thresh=iou, bg_thresh=bg, score_thresh=conf)
     thr = result.confusion.score_thresh
     galleries, note = None, None
     if gallery <= 0:
@@ -163,7 +189,7 @@ def analyze_run(
         )
         summary = result.to_dict()
         (out / "errors.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return AnalyzeOutcome(result, summary, report, out / "errors.json", thr)
+    return AnalyzeOutcome(result, summary, report, out / "errors.json", thr, skipped)
 
 
 def print_analysis(outcome: AnalyzeOutcome, console: Any) -> None:
@@ -174,7 +200,9 @@ def print_analysis(outcome: AnalyzeOutcome, console: Any) -> None:
 
     result = outcome.result
     e = result.errors
-    table = Table(title=f"TIDE errors at IoU {e.pos_thresh} (AP{round(100 * e.pos_thresh)} {e.ap:.1f})")
+    # one unit in this output: AP points (0-100), TIDE's convention; `eval`/`val` print fractions
+    title = f"TIDE errors at IoU {e.pos_thresh} (AP{round(100 * e.pos_thresh)} {e.ap:.1f}; AP points, 0-100)"
+    table = Table(title=title, min_width=len(title) + 2)
     for col in ("error", "dAP", "FP", "FN"):
         table.add_column(col, justify="left" if col == "error" else "right")
     for t in ERROR_TYPES:
@@ -188,8 +216,8 @@ def print_analysis(outcome: AnalyzeOutcome, console: Any) -> None:
     if result.coco is not None:
         s = result.coco.stats
         console.print(
-            f"COCO AP {s['AP']:.3f}  AP50 {s['AP50']:.3f}  AP75 {s['AP75']:.3f}  "
-            f"(best-F1 confidence {outcome.threshold:.2f})",
+            f"COCO AP {100 * s['AP']:.1f}  AP50 {100 * s['AP50']:.1f}  AP75 {100 * s['AP75']:.1f}  "
+            f"(AP points; best-F1 confidence {outcome.threshold:.2f})",
             highlight=False,
         )
     console.print(f"report: {outcome.report}\nerrors: {outcome.errors_json}", highlight=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from detrkit.data.visualize import draw_detections
-from detrkit.errors import ConfigError, DataError
+from detrkit.errors import ConfigError, DataError, ImageError
 from detrkit.inference.predictor import Predictor, resolve_images
 
 
@@ -30,11 +30,16 @@ def predict_to_folder(
     device: str | None = None,
     draw: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    on_skip: Callable[[ImageError], None] | None = None,
 ) -> dict[str, Any]:
     """Detect objects in ``source`` (file, folder or glob) with the model of ``run`` (a run folder
     or a checkpoint file) and write the files above.
 
-    Returns ``{"images", "detections", "threshold", "per_class": {name: count}, "predictions"}``.
+    One bad file does not cost the others: an unreadable image is skipped (``on_skip`` is called
+    with its one-line error) and counted; ``images/`` is created only when something is drawn.
+
+    Returns ``{"images" (predicted), "skipped", "skipped_files", "detections", "threshold",
+    "per_class": {name: count}, "predictions"}``.
     Raises:
         ConfigError: a threshold outside [0, 1] or a batch size below 1.
         DataError: no images; ``ann`` lacks a source image or has other categories than the model.
@@ -56,15 +61,21 @@ def predict_to_folder(
             path=ann,
         )
     out.mkdir(parents=True, exist_ok=True)
-    if draw:
-        (out / "images").mkdir(exist_ok=True)
 
     results: list[dict[str, Any]] = []
     id_map: list[dict[str, Any]] = []
     per_class = [0] * len(predictor.class_names)
-    predicted = predictor.iter_predict(files, threshold=threshold, batch_size=batch_size)
+    skipped: list[str] = []
+    predicted = predictor.iter_predict(
+        files, threshold=threshold, batch_size=batch_size, skip_unreadable=True
+    )
     for done, (path, image, det) in enumerate(predicted, start=1):
         assert path is not None  # files only
+        if isinstance(det, ImageError):
+            skipped.append(str(path))
+            if on_skip is not None:
+                on_skip(det)
+            continue
         gt = gt_by_name.get(path.name)
         image_id = int(gt["id"]) if gt is not None else len(id_map) + 1
         if gt_index is None:
@@ -73,6 +84,7 @@ def predict_to_folder(
         for label in det.labels.tolist():
             per_class[label] += 1
         if draw:
+            (out / "images").mkdir(exist_ok=True)
             _draw(path, image, det, gt, gt_index, predictor, out / "images")
         if progress is not None and (done % batch_size == 0 or done == len(files)):
             progress(done, len(files))
@@ -81,7 +93,9 @@ def predict_to_folder(
     if gt_index is None:
         (out / "image_ids.json").write_text(json.dumps(id_map, indent=1) + "\n")
     return {
-        "images": len(files),
+        "images": len(files) - len(skipped),
+        "skipped": len(skipped),
+        "skipped_files": skipped,
         "detections": len(results),
         "threshold": threshold,
         "per_class": dict(zip(predictor.class_names, per_class, strict=True)),
