@@ -48,9 +48,11 @@ def coordinate_digits(crs: str | None) -> int:
 def _print_report(title: str, d: dict[str, Any], buildings: list[dict[str, Any]] | None, limit: int) -> None:
     table = titled_table(title, show_header=False)
     gsd = d.get("gsd") or {}
+    unc = gsd.get("uncertainty") if gsd else None
     rows = {
         "size (px)": f"{d['width']} x {d['height']}",
         "GSD (m/px)": f"{gsd.get('metres_per_pixel', float('nan')):.4g} from {gsd.get('source', 'nowhere')}"
+        + (f" (±{100 * unc:.0f}%)" if unc is not None else "")
         if gsd
         else "unknown (give --gsd or --zoom/--lat)",
         "built-up area (m²)": _fmt(d["built_area_m2"]),
@@ -117,16 +119,32 @@ def synth_cmd(
 
 @aerial_app.command("train")
 def train_cmd(
-    config: str = typer.Option("tiny-synth", "--config", help="Preset (tiny-synth, r34-inria) or YAML file."),
+    config: str = typer.Option(
+        "tiny-synth", "--config", help="Preset (tiny-synth, tiny-real, r34-inria) or YAML file."
+    ),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. epochs=5 data=DIR."),
     resume: Path | None = typer.Option(None, "--resume", help="Run folder to continue from its last.pt."),
+    data: list[str] = typer.Option(
+        None,
+        "--data",
+        help="Tile folder (Inria train/images+train/gt, or images/+masks/); repeat to mix sources. "
+        "Replaces the config's data.",
+    ),
+    encoder_weights: str | None = typer.Option(
+        None, "--encoder-weights", help="imagenet (torchvision's, needs internet) or a local ResNet .pth."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the U-Net + ASPP + GSD-head model; writes a run folder."""
     from detrkit.aerial.config import load_aerial_config
     from detrkit.aerial.train import train_aerial
 
-    cfg = load_aerial_config(config, overrides or [])
+    extra = list(overrides or [])
+    if data:
+        extra.append("data=" + json.dumps(data if len(data) > 1 else data[0]))
+    if encoder_weights:
+        extra.append(f"encoder_weights={encoder_weights}")
+    cfg = load_aerial_config(config, extra)
     run = train_aerial(cfg, resume=resume, quiet=quiet)
     _out.print(f"run folder: {run}")
 
@@ -211,6 +229,12 @@ def predict_cmd(
         summaries.append(s)
         if not as_json:
             _print_report(f"{f.name} -> {dest}", s, None, 0)
+            _out.print(s["area_text"])
+            if s.get("gsd_warning"):
+                _err.print(f"[yellow]warning:[/] {s['gsd_warning']}")
+    if not as_json:
+        card = predictor.card
+        _out.print(f"model: {card['name']}; trained on: {card['trained_on']}")
     if as_json:
         typer.echo(json.dumps(summaries if len(files) > 1 else summaries[0], indent=2))
     if skipped:
@@ -267,3 +291,24 @@ def area_cmd(
         typer.echo(json.dumps(d, indent=2))
     else:
         _print_report(f"area: {mask}", d, d["buildings"], limit)  # type: ignore[arg-type]
+
+
+@aerial_app.command("rasterize")
+def rasterize_cmd(
+    image: Path = typer.Option(..., "--image", help="Image tile (GeoTIFF; SpaceNet: the RGB or PAN tile)."),
+    labels: Path = typer.Option(
+        ..., "--labels", help="Building polygons (GeoJSON; SpaceNet's geojson_buildings)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Dataset folder: images/ and masks/ are added to it."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Add an image and its building polygons to a folder-layout dataset (for ``aerial train --data``)."""
+    from detrkit.aerial.vector import rasterize_labels
+
+    if not image.is_file() or not labels.is_file():
+        raise DataError("no such file", path=image if not image.is_file() else labels)
+    info = rasterize_labels(image, labels, out)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        _out.print(f"{info['polygons']} buildings -> {info['mask']}")
