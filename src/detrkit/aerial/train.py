@@ -19,7 +19,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from detrkit.aerial.augment import AugmentSpec
-from detrkit.aerial.config import AerialTrainConfig
+from detrkit.aerial.config import AerialTrainConfig, aerial_config_from_dict
 from detrkit.aerial.data import AerialCrops
 from detrkit.aerial.losses import AerialLoss, BoundaryWeightSchedule
 from detrkit.aerial.metrics import SegmentationMeter
@@ -108,7 +108,8 @@ def train_aerial(
         last = check_resumable(resume)
         run_dir = Path(resume)
         ckpt = load_checkpoint(last)
-        cfg = AerialTrainConfig(**{**ckpt["config"], "epochs": max(cfg.epochs, ckpt["config"]["epochs"])})
+        saved = ckpt["config"]
+        cfg = aerial_config_from_dict({**saved, "epochs": max(cfg.epochs, saved["epochs"])}, str(last))
     else:
         ckpt = None
         run_dir = make_run_dir(root=cfg.out, name=cfg.name, explicit=cfg.run_dir, source="aerial config")

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
@@ -175,18 +176,72 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported config type {_type_name(tp)}")
 
 
+#: ``(dataclass, old name)`` pairs whose deprecation notice was given (once per process).
+_NOTIFIED: set[tuple[str, str]] = set()
+
+
+def renamed_keys(cls: type) -> dict[str, str]:
+    """``{old name: field name}`` of the fields declaring ``metadata={"aliases": (...)}``."""
+    return {
+        old: f.name for f in dataclasses.fields(cls) for old in f.metadata.get("aliases", ()) if old != f.name
+    }
+
+
+def rename_keys(cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``values`` with old (renamed) keys of ``cls`` under their field names.
+
+    A field declares its former names as ``field(metadata={"aliases": ("n_heads",)})``; an old name
+    is accepted with a :class:`FutureWarning` once per process and name. Giving both the old and
+    the new name is an error.
+    """
+    renamed = renamed_keys(cls)
+    if not renamed or not any(k in renamed for k in values):
+        return values
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        new = renamed.get(key)
+        if new is None:
+            out[key] = value
+            continue
+        if new in values:
+            raise ConfigError(f"{where}{key}: renamed to {new}, which is given too; keep only {new}")
+        if (cls.__qualname__, key) not in _NOTIFIED:
+            _NOTIFIED.add((cls.__qualname__, key))
+            warnings.warn(f"{where}{key} is deprecated, use {new}", FutureWarning, stacklevel=3)
+        out[new] = value
+    return out
+
+
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Check ``values`` (a mapping of field names) against the dataclass ``cls`` and build it.
+
+    Every key must be a field ("did you mean" otherwise; former names declared as field
+    ``aliases`` are accepted, see :func:`rename_keys`), every value is converted and checked by
+    :func:`coerce` against the field's annotation, or by the field's own
+    ``metadata={"check": fn}`` (``fn(value, where) -> value``). A dataclass may define
+    ``config_problems(self) -> dict[str, str]`` for checks across fields (``{key: problem}``).
+
+    Args:
+        cls: the dataclass.
+        values: its keys and values (YAML content, parsed overrides).
+        where: how errors name the place: ``"file.yaml: "`` for the top level (then keys read
+            ``file.yaml: key``) or ``"file.yaml: section"`` (keys read ``file.yaml: section.key``).
+    Raises:
+        ConfigError: one line naming ``where`` and the dotted key.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     hints = typing.get_type_hints(cls, include_extras=True)
-    names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    names = list(fields)
     kwargs: dict[str, Any] = {}
     prefix = where if where.endswith(": ") else f"{where}."
-    for key, value in values.items():
+    for key, value in rename_keys(cls, values, prefix).items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             dotted = prefix.split(": ", 1)[-1]
             hint = f" (did you mean {dotted}{close[0]}?)" if close else f" (known: {', '.join(names)})"
             raise ConfigError(f"{prefix}{key}: unknown key{hint}")
-        kwargs[key] = coerce(value, hints[key], f"{prefix}{key}")
+        check = fields[key].metadata.get("check")
+        kwargs[key] = check(value, f"{prefix}{key}") if check else coerce(value, hints[key], f"{prefix}{key}")
     required = [
         f.name
         for f in dataclasses.fields(cls)
@@ -195,4 +250,8 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     missing = [name for name in required if name not in kwargs]
     if missing:
         raise ConfigError(f"{prefix.rstrip('.')}: missing key(s) {', '.join(missing)}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    problems = getattr(obj, "config_problems", None)
+    for key, problem in (problems() if problems else {}).items():
+        raise ConfigError(f"{prefix}{key}: {problem}")
+    return obj

@@ -10,6 +10,7 @@ shipped inside the package (``detrkit/configs/demo.yaml``).
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,31 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return _deep_merge(base, top)
 
 
-def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+#: ``named(base, seen) -> content | None``: the content of a bare ``_base_`` name that is no file
+#: next to the config (``seen``: the files being loaded, for cycle detection).
+NamedBase = Callable[[str, tuple[Path, ...]], "dict[str, Any] | None"]
+
+
+def _packaged_base(name: str, seen: tuple[Path, ...]) -> dict[str, Any] | None:
+    path = _packaged_config(name)
+    return None if path is None else load_with_bases(path, seen=seen)
+
+
+def load_with_bases(
+    path: Path, *, named: NamedBase | None = None, known: str = "", seen: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """The content of a YAML config file merged over its ``_base_`` files (recursively).
+
+    Args:
+        path: the file.
+        named: how a base that is no file next to ``path`` is found by name (default: the
+            packaged run configs, :func:`packaged_config_names`).
+        known: the names ``named`` knows, for the error message.
+    Raises:
+        ConfigError: invalid YAML, a missing base, a ``_base_`` cycle.
+    """
+    if named is None:
+        named, known = _packaged_base, f"packaged configs: {', '.join(packaged_config_names())}"
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: _base_ cycle ({' -> '.join(p.name for p in (*seen, path))})")
@@ -117,25 +142,30 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for base in bases:
         base_path = path.parent / base
-        if not base_path.is_file():
-            base_path = _packaged_config(base)
-        if base_path is None:
-            names = ", ".join(packaged_config_names())
-            raise ConfigError(
-                f"{path}: _base_ file {base} not found (looked in {path.parent}; packaged configs: {names})"
-            )
-        merged = _deep_merge(merged, _load_with_bases(base_path, (*seen, path)))
+        if base_path.is_file():
+            content = load_with_bases(base_path, named=named, known=known, seen=(*seen, path))
+        else:
+            content = named(base, (*seen, path))
+        if content is None:
+            raise ConfigError(f"{path}: _base_ file {base} not found (looked in {path.parent}; {known})")
+        merged = _deep_merge(merged, content)
     return _deep_merge(merged, data)
 
 
-def parse_overrides(overrides: typing.Sequence[str], source: str = "<command line>") -> dict[str, Any]:
-    """``["optim.lr=1e-4", "train.epochs=5"]`` -> nested dict; values parsed as YAML scalars."""
+def parse_overrides(
+    overrides: typing.Sequence[str], source: str = "<command line>", *, form: str = "section.key=value"
+) -> dict[str, Any]:
+    """``["optim.lr=1e-4", "train.epochs=5"]`` -> nested dict; values parsed as YAML scalars.
+
+    A key without dots (``epochs=5``) is a top-level key (flat configs such as the aerial one);
+    ``form`` is how the error for a malformed item says an override looks.
+    """
     nested: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"{source}: override {item!r} must look like section.key=value")
+            raise ConfigError(f"{source}: override {item!r} must look like {form}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -192,7 +222,7 @@ def load_config(source: str | Path | None = None, overrides: typing.Sequence[str
     label = "<defaults>"
     if source is not None:
         path = resolve_config_path(source)
-        data = _load_with_bases(path)
+        data = load_with_bases(path)
         label = str(source)
     if overrides:
         config_from_dict(data, label)  # errors in the file itself name the file
