@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -137,10 +140,19 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # ``tuple[X, ...]``: a list of X, kept as a tuple
+        item_tp, *rest = typing.get_args(tp)
+        if rest != [Ellipsis]:
+            raise ConfigError(f"{where}: unsupported config type {_type_name(tp)} (use tuple[X, ...])")
+        return tuple(coerce(list(value) if isinstance(value, tuple) else value, list[item_tp], where))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
+    if tp is Path:
+        if isinstance(value, (str, os.PathLike)):
+            return Path(value)
+        raise ConfigError(f"{where}: expected a path, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -176,26 +188,20 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported config type {_type_name(tp)}")
 
 
-#: ``(dataclass, old name)`` pairs whose deprecation notice was given (once per process).
+#: ``(old name, new name)`` pairs whose deprecation notice was given (once per process).
 _NOTIFIED: set[tuple[str, str]] = set()
 
 
-def renamed_keys(cls: type) -> dict[str, str]:
-    """``{old name: field name}`` of the fields declaring ``metadata={"aliases": (...)}``."""
-    return {
-        old: f.name for f in dataclasses.fields(cls) for old in f.metadata.get("aliases", ()) if old != f.name
-    }
+def rename_keys(values: dict[str, Any], renamed: Mapping[str, str], where: str = "") -> dict[str, Any]:
+    """``values`` with the old keys of ``renamed`` (``{old: new}``) under their new names.
 
+    An old name is accepted with a :class:`FutureWarning` once per process and name; giving the old
+    and the new name together is an error. ``where`` prefixes the key in messages (``"model.overrides."``).
 
-def rename_keys(cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``values`` with old (renamed) keys of ``cls`` under their field names.
-
-    A field declares its former names as ``field(metadata={"aliases": ("n_heads",)})``; an old name
-    is accepted with a :class:`FutureWarning` once per process and name. Giving both the old and
-    the new name is an error.
+    Raises:
+        ConfigError: both names given.
     """
-    renamed = renamed_keys(cls)
-    if not renamed or not any(k in renamed for k in values):
+    if not any(k in renamed for k in values):
         return values
     out: dict[str, Any] = {}
     for key, value in values.items():
@@ -205,9 +211,9 @@ def rename_keys(cls: type, values: dict[str, Any], where: str = "") -> dict[str,
             continue
         if new in values:
             raise ConfigError(f"{where}{key}: renamed to {new}, which is given too; keep only {new}")
-        if (cls.__qualname__, key) not in _NOTIFIED:
-            _NOTIFIED.add((cls.__qualname__, key))
-            warnings.warn(f"{where}{key} is deprecated, use {new}", FutureWarning, stacklevel=3)
+        if (key, new) not in _NOTIFIED:
+            _NOTIFIED.add((key, new))
+            warnings.warn(f"{where}{key} is deprecated, use {where}{new}", FutureWarning, stacklevel=3)
         out[new] = value
     return out
 
@@ -215,8 +221,7 @@ def rename_keys(cls: type, values: dict[str, Any], where: str = "") -> dict[str,
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     """Check ``values`` (a mapping of field names) against the dataclass ``cls`` and build it.
 
-    Every key must be a field ("did you mean" otherwise; former names declared as field
-    ``aliases`` are accepted, see :func:`rename_keys`), every value is converted and checked by
+    Every key must be a field ("did you mean" otherwise), every value is converted and checked by
     :func:`coerce` against the field's annotation, or by the field's own
     ``metadata={"check": fn}`` (``fn(value, where) -> value``). A dataclass may define
     ``config_problems(self) -> dict[str, str]`` for checks across fields (``{key: problem}``).
@@ -234,7 +239,7 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     names = list(fields)
     kwargs: dict[str, Any] = {}
     prefix = where if where.endswith(": ") else f"{where}."
-    for key, value in rename_keys(cls, values, prefix).items():
+    for key, value in values.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             dotted = prefix.split(": ", 1)[-1]
