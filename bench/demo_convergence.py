@@ -30,8 +30,8 @@ from pathlib import Path
 
 def run(steps: int, evals: int, overrides: list[str], tag: str, out_root: str, fresh_model: bool) -> dict:
     from detrkit.config import load_config
-    from detrkit.engine.callbacks import read_metrics_csv
     from detrkit.engine.trainer import Trainer
+    from detrkit.runs.metrics import read_metrics_csv
 
     per_eval = max(steps // evals, 1)
     cfg = load_config(

@@ -57,6 +57,10 @@ class ShapesConfig:
     val: int = 100
     size: int = 160
     seed: int = 0
+    #: long-tailed variant: exactly this many train instances of the named classes (``{star: 30}``).
+    class_counts: dict[str, int] | None = None
+    #: the same for the val split (e.g. ``{star: 300, cross: 300}`` for a precise rare-class AP).
+    val_class_counts: dict[str, int] | None = None
 
 
 @dataclass
@@ -80,6 +84,9 @@ class CopyPasteConfig:
     classes: list[str] | None = None
     #: pastes per sample, uniform in 1..max_instances.
     max_instances: int = 2
+    #: scale jitter of a pasted instance, uniform in ``[lo, hi]`` times its source size (Simple
+    #: Copy-Paste's large scale jitter is ``[0.1, 2.0]``); capped at 0.6 of the image side.
+    scale: list[float] = field(default_factory=lambda: [0.6, 1.4])
     #: instances smaller than this many pixels do not enter the bank.
     min_area: int = 64
     #: at most this many instances per class in the bank (``null``: all).
@@ -144,10 +151,17 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     #: abort after this many consecutive non-finite losses.
     max_nonfinite: int = 5
+    #: early stopping: stop after this many validations in a row without an improvement of
+    #: ``eval.best_metric`` by more than ``min_delta`` (0 = off). Only trained epochs are
+    #: validated, so the starting (pretrained) weights never count as "best".
+    patience: int = 0
+    min_delta: float = 0.0
     #: stop each epoch after this many steps (0 = whole epoch); for smoke runs.
     max_steps_per_epoch: int = 0
     #: run on the CPU even when a GPU is present.
     cpu: bool = False
+    #: ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (``detrkit train --device``); null: the best present.
+    device: str | None = None
     #: channels-last (NHWC) memory format for the convolutions: the model's 4-D weights and the
     #: training images; faster convolutions on recent CPUs (oneDNN) and on GPUs with bf16/fp16.
     channels_last: bool = False
@@ -240,13 +254,19 @@ def resolve_config_path(source: str | Path) -> Path:
     path = Path(source)
     if path.is_file():
         return path
-    name = str(source)
-    if "/" not in name and "\\" not in name:
-        packaged = resources.files("detrkit") / "configs" / f"{name.removesuffix('.yaml')}.yaml"
-        if packaged.is_file():
-            return Path(str(packaged))
+    packaged = _packaged_config(str(source))
+    if packaged is not None:
+        return packaged
     names = ", ".join(packaged_config_names())
     raise ConfigError(f"{source}: no such config file (packaged configs: {names})")
+
+
+def _packaged_config(name: str) -> Path | None:
+    """The packaged config file of a bare name (``demo`` or ``demo.yaml``), or None."""
+    if "/" in name or "\\" in name:
+        return None
+    packaged = resources.files("detrkit") / "configs" / f"{name.removesuffix('.yaml')}.yaml"
+    return Path(str(packaged)) if packaged.is_file() else None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -263,8 +283,31 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+#: Alternative sources of the same values, per section: when a later layer (a file over its
+#: ``_base_`` files, the command line over the file) sets a key of one alternative, the keys of the
+#: other alternatives coming from earlier layers are dropped, so what is given later always wins
+#: (``data.train_ann=A.json`` on the command line replaces the file's ``data.shapes``).
+ALTERNATIVES: dict[str, tuple[frozenset[str], ...]] = {
+    "data": (frozenset({"shapes"}), frozenset({"train_ann", "train_images", "val_ann", "val_images"})),
+}
+
+
+def _drop_replaced(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` without the keys that an alternative set in ``top`` replaces (:data:`ALTERNATIVES`)."""
+    out = base
+    for section, groups in ALTERNATIVES.items():
+        lower, upper = base.get(section), top.get(section)
+        if not isinstance(lower, dict) or not isinstance(upper, dict):
+            continue
+        given = set(upper)
+        replaced = set().union(*(g for g in groups if not g & given and any(o & given for o in groups)))
+        if replaced & set(lower):
+            out = {**out, section: {k: v for k, v in lower.items() if k not in replaced}}
+    return out
+
+
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
+    out = dict(_drop_replaced(base, top))
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
@@ -274,7 +317,8 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top`` merged into ``base`` key by key (nested dictionaries merge; other values replace).
+    """``top`` merged into ``base`` key by key (nested dictionaries merge; other values replace;
+    a key of one of the :data:`ALTERNATIVES` in ``top`` drops the other alternatives of ``base``).
 
     This is how ``_base_`` files and overrides compose; use it to build a config from a base dict
     plus nested overrides, then validate with :func:`config_from_dict`.
@@ -296,7 +340,12 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     for base in bases:
         base_path = path.parent / base
         if not base_path.is_file():
-            raise ConfigError(f"{path}: _base_ file {base} not found (looked in {path.parent})")
+            base_path = _packaged_config(base)
+        if base_path is None:
+            names = ", ".join(packaged_config_names())
+            raise ConfigError(
+                f"{path}: _base_ file {base} not found (looked in {path.parent}; packaged configs: {names})"
+            )
         merged = _deep_merge(merged, _load_with_bases(base_path, (*seen, path)))
     return _deep_merge(merged, data)
 

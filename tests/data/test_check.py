@@ -117,3 +117,20 @@ def test_classify_boxes_by_hand() -> None:
     assert degenerate.tolist() == [False, True, False, False, False, True]
     # x = -1.5 is beyond the 1 px tolerance; 95 + 2 = 97 is at it; 60 + 4.9 = 64.9 within it
     assert outside.tolist() == [False, False, True, False, False, False]
+
+
+def test_boxes_within_one_pixel_of_the_border_are_a_notice(make_dataset, tiny_coco) -> None:
+    # image 1 is 96x64: one box 0.6 px over the right border, one exactly 1 px over the bottom
+    tiny_coco["annotations"][0]["bbox"] = [76.6, 8, 20, 16]
+    tiny_coco["annotations"][1]["bbox"] = [50, 35, 30, 30]
+    ann, images = make_dataset(tiny_coco)
+    report = check_dataset(ann, images, decode=False)
+    border = report.problems["box_at_border"]
+    assert border.count == 2 and border.ids == [10, 11] and report.problems["box_outside_image"].count == 0
+    assert report.ok and report.num_notices == 2
+    result = runner.invoke(app, ["data", "check", "--ann", str(ann), "--images", str(images)])
+    assert result.exit_code == 0, result.output
+    assert "box_at_border" in result.output and "2 notice(s)" in result.output
+    tiny_coco["annotations"][1]["bbox"] = [50, 35, 30, 30.01]  # more than 1 px over: a problem
+    ann, _ = make_dataset(tiny_coco, name="over.json")
+    assert check_dataset(ann).problems["box_outside_image"].ids == [11]

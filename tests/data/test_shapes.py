@@ -169,3 +169,48 @@ def test_bad_arguments_raise_data_error(tmp_path: Path, kwargs: dict, match: str
         generate_shapes(tmp_path / "x", **kwargs)
     assert str(tmp_path / "x") in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_class_counts_give_exact_rare_instances(tmp_path: Path) -> None:
+    counts = {"star": 7, "cross": 4}
+    paths = generate_shapes(
+        tmp_path / "lt", train=40, val=12, size=96, seed=5, class_counts=counts, val_class_counts={"star": 15}
+    )
+    train = COCO(str(paths.train_ann))
+    by_name = {c["name"]: c["id"] for c in train.loadCats(train.getCatIds())}
+    for name in CLASS_NAMES:
+        n = len(train.getAnnIds(catIds=[by_name[name]]))
+        assert n == counts.get(name, n) and n > 0, (name, n)
+    # one forced instance per image while there are enough images
+    holders = [
+        a["image_id"] for a in train.loadAnns(train.getAnnIds(catIds=[by_name["star"], by_name["cross"]]))
+    ]
+    assert len(set(holders)) == len(holders) == 11
+    val = COCO(str(paths.val_ann))
+    assert len(val.getAnnIds(catIds=[by_name["star"]])) == 15
+    # more forced instances than images: several per image, still exact
+    dense = generate_shapes(tmp_path / "dense", train=3, val=0, size=96, seed=1, class_counts={"cross": 8})
+    dense_coco = COCO(str(dense.train_ann))
+    assert len(dense_coco.getAnnIds(catIds=[by_name["cross"]])) == 8
+    # boxes still match the polygons (visible outlines) in the long-tailed variant
+    for ann in train.loadAnns(train.getAnnIds()):
+        xs, ys = ann["segmentation"][0][0::2], ann["segmentation"][0][1::2]
+        assert ann["bbox"][0] <= min(xs) + 1e-6 and ann["bbox"][1] <= min(ys) + 1e-6
+
+
+def test_class_counts_are_deterministic_and_leave_plain_images_alone(tmp_path: Path) -> None:
+    a = generate_shapes(tmp_path / "a", train=10, val=0, size=64, seed=2, class_counts={"star": 3}, workers=2)
+    b = generate_shapes(tmp_path / "b", train=10, val=0, size=64, seed=2, class_counts={"star": 3})
+    assert _all_bytes(a.root) == _all_bytes(b.root)
+    plain_img, plain_ann = render_image(64, seed=2, split="train", index=4)
+    same_img, same_ann = render_image(64, seed=2, split="train", index=4, exclude=(), forced=())
+    assert plain_img.tobytes() == same_img.tobytes() and plain_ann == same_ann
+
+
+@pytest.mark.parametrize(
+    ("counts", "match"),
+    [({"blob": 3}, "unknown class"), ({"star": -1}, ">= 0"), ({"star": 13}, "do not fit")],
+)
+def test_bad_class_counts_raise_data_error(tmp_path: Path, counts: dict, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        generate_shapes(tmp_path / "x", train=2, val=0, size=64, class_counts=counts)

@@ -109,8 +109,8 @@ def test_arms_share_the_budget_and_the_table_has_rare_ap(tmp_path) -> None:
     assert "training baseline-3 (the config as given)" in logs
     assert "training rfs-3 (data.sampler=repeat_factor, data.rfs_threshold=0.3)" in logs
     # detrkit compare on the run folders alone (no ablation help) finds the same arms and rare classes.
-    from detrkit.evaluation.compare import compare_runs
-    from detrkit.evaluation.runs import RunFolder
+    from detrkit.runs.compare import compare_runs
+    from detrkit.runs.folder import RunFolder
 
     alone = compare_runs([RunFolder.load(p) for ps in runs.values() for p in ps])
     assert len(alone.arms) == 4 and alone.rare == ["star", "cross"]
@@ -133,3 +133,61 @@ def test_bad_requests_fail_before_training(tmp_path) -> None:
     big = load_config("demo", ["train.batch_size=64"])
     with pytest.raises(ConfigError, match="larger than the 16 training images"):
         steps_per_epoch(big, 16)
+
+
+@pytest.mark.slow
+def test_a_stopped_run_continues_where_it_stopped(tmp_path) -> None:
+    # A run stopped after epoch 1 of 2 (what the trainer leaves: last.pt of epoch 1, the rows so
+    # far, no metrics.json) is resumed, not restarted, and ends exactly where the whole run ended.
+    import shutil
+
+    cfg = load_config(
+        "demo",
+        [f"data.shapes.out={tmp_path / 'shapes'}", *TINY, "train.epochs=2", "train.checkpoint_every=1"],
+    )
+
+    def ablate(out: str, logs: list[str]) -> None:
+        run_ablation(  # two runs: the comparison needs two
+            cfg,
+            tmp_path / out,
+            arms=["baseline", "rfs"],
+            seeds=[1],
+            rare=["star"],
+            quiet=True,
+            log=logs.append,
+        )
+
+    ablate("whole", [])
+    shutil.copytree(tmp_path / "whole", tmp_path / "stopped")
+    run = tmp_path / "stopped" / "runs" / "baseline-1"
+    shutil.copy(run / "checkpoints" / "epoch_1.pt", run / "checkpoints" / "last.pt")
+    (run / "metrics.json").unlink()
+    lines = (run / "metrics.csv").read_text().splitlines(keepends=True)
+    (run / "metrics.csv").write_text("".join(lines[:2]))
+    logs: list[str] = []
+    ablate("stopped", logs)
+    assert any(m.startswith("resuming baseline-1") for m in logs)
+    assert sum("done before, kept" in m for m in logs) == 1  # rfs-1
+    rows = {}
+    for out in ("whole", "stopped"):
+        with open(tmp_path / out / "runs" / "baseline-1" / "metrics.csv") as f:
+            rows[out] = list(csv.DictReader(f))
+    assert [r["step"] for r in rows["stopped"]] == [r["step"] for r in rows["whole"]] == ["6", "12"]
+    for key in ("train/loss", "val/AP", "val/AP50"):
+        assert rows["stopped"][-1][key] == rows["whole"][-1][key], key
+
+
+def test_combined_arms_merge_their_overrides(tmp_path) -> None:
+    settings = AblationSettings(online_p=0.7, online_scale=(0.1, 2.0))
+    both = arm_overrides("copy-paste-online+rfs", out_dir=tmp_path, rare=["star"], settings=settings)
+    online = arm_overrides("copy-paste-online", out_dir=tmp_path, rare=["star"], settings=settings)
+    rfs = arm_overrides("rfs", out_dir=tmp_path, rare=["star"], settings=settings)
+    assert both["data"] == {**online["data"], **rfs["data"]}
+    assert both["data"]["copy_paste"]["scale"] == [0.1, 2.0] and both["data"]["sampler"] == "repeat_factor"
+    offline = arm_overrides("copy-paste+rfs", out_dir=tmp_path, rare=["star"], settings=settings)
+    assert offline["data"]["extra"][0]["ann"] == str(
+        tmp_path / "synth" / "copy-paste-{seed}" / "annotations.json"
+    )
+    for bad in ("rfs+mixup", "baseline+rfs", "rfs+rfs"):
+        with pytest.raises(ConfigError, match="unknown arm"):
+            arm_overrides(bad, out_dir=tmp_path, rare=["star"], settings=settings)

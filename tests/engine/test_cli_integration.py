@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detrkit.engine.checkpoint import load_checkpoint, transfer_weights
+from detrkit.runs.checkpoint import load_checkpoint, transfer_weights
 
 ENV_OVERRIDES = [
     "model.name=detr-tiny",  # the demo trains deformable-detr-tiny; these tests use the smaller DETR

@@ -108,6 +108,11 @@ def test_copy_paste_is_in_front_of_the_training_transforms_only(shapes: Path) ->
     data = build_data(_cfg(shapes, f"data.copy_paste={{prob: 1.0, classes: [{names[0]}], max_instances: 1}}"))
     first = data.train.transforms.transforms[0]
     assert isinstance(first, OnlineCopyPaste) and first.p == 1.0 and first.max_instances == 1
+    assert first.params.scale_range == (0.6, 1.4)  # the default jitter
+    jittered = build_data(_cfg(shapes, f"data.copy_paste={{classes: [{names[0]}], scale: [0.1, 2.0]}}"))
+    assert jittered.train.transforms.transforms[0].params.scale_range == (0.1, 2.0)
+    with pytest.raises(ConfigError, match="data.copy_paste.scale"):
+        build_data(_cfg(shapes, f"data.copy_paste={{classes: [{names[0]}], scale: [2.0, 1.0]}}"))
     assert not any(isinstance(t, OnlineCopyPaste) for t in data.val.transforms.transforms)
     plain = build_data(_cfg(shapes, "data.train_preset=val"))
     pasted = build_data(
@@ -158,8 +163,8 @@ def test_repeat_factor_sampler_config_gives_the_hand_computed_factors() -> None:
 
 
 def test_repeat_factor_run_resumes_exactly_mid_epoch(conf, tmp_path: Path, monkeypatch) -> None:
-    from detrkit.engine.checkpoint import load_checkpoint
     from detrkit.engine.loop import StepRunner
+    from detrkit.runs.checkpoint import load_checkpoint
 
     class LabelledSquares(conf.SquaresDataset):
         def labels_per_image(self) -> list[np.ndarray]:

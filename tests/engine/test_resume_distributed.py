@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detrkit.engine.checkpoint import load_checkpoint
+from detrkit.runs.checkpoint import load_checkpoint
 
 SCRIPT = Path(__file__).with_name("_run_double.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

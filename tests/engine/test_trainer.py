@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from detrkit.engine.callbacks import read_metrics_csv
-from detrkit.engine.checkpoint import inference_state_dict, load_checkpoint
 from detrkit.errors import TrainingError
+from detrkit.runs.checkpoint import inference_state_dict, load_checkpoint
+from detrkit.runs.metrics import read_metrics_csv
 
 
 def _weights(trainer) -> dict[str, torch.Tensor]:
@@ -248,3 +248,43 @@ def test_evaluation_does_not_touch_the_training_random_stream(conf, tmp_path: Pa
     assert sum(1 for _ in trainer.val_loader) > 0
     assert torch.equal(torch.get_rng_state(), state)
     assert sum(1 for _ in trainer.val_loader) > 0  # a second pass works too
+
+
+def test_early_stopping_stops_after_patience_stale_validations(conf, tmp_path: Path) -> None:
+    # an improvement of more than 1.0 AP is impossible: every validation after the first is stale
+    cfg = conf.double_config(tmp_path / "run", train={"epochs": 6, "patience": 2, "min_delta": 1.0})
+    summary = conf.make_trainer(cfg).fit()
+    rows = read_metrics_csv(tmp_path / "run" / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # epoch 1 sets the best, 2 and 3 are stale
+    assert summary["stopped_early_at_epoch"] == 3 and summary["patience"] == 2
+    aps = [r["val/AP"] for r in rows]
+    assert summary["best"] == max(aps) and summary["best_epoch"] == 1 + aps.index(max(aps))
+    assert summary["best_epoch"] >= 1  # only trained epochs are validated
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["stopped_early_at_epoch"] == 3
+    assert "early stopping at epoch 3" in (tmp_path / "run" / "log.txt").read_text()
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["epoch"] == summary["best_epoch"]
+
+
+def test_early_stopping_off_by_default_and_bad_values_are_config_errors(conf, tmp_path: Path) -> None:
+    from detrkit.errors import ConfigError
+
+    summary = conf.make_trainer(conf.double_config(tmp_path / "a", train={"epochs": 2})).fit()
+    assert summary["stopped_early_at_epoch"] is None and summary["patience"] == 0
+    with pytest.raises(ConfigError, match="train.patience"):
+        conf.make_trainer(conf.double_config(tmp_path / "b", train={"patience": -1})).fit()
+
+
+def test_on_epoch_end_hook_stops_the_run(conf, tmp_path: Path) -> None:
+    seen = []
+
+    def hook(epoch, row):
+        seen.append((epoch, "val/AP" in row))
+        return epoch < 2
+
+    cfg = conf.double_config(tmp_path / "run", train={"epochs": 5})
+    trainer = conf.make_trainer(cfg)
+    trainer.on_epoch_end = hook  # what a sweep's pruner uses
+    summary = trainer.fit()
+    assert seen == [(1, True), (2, True)] and summary["stopped_early_at_epoch"] == 2

@@ -82,3 +82,27 @@ def test_vgg16_backbone_is_a_single_stride_16_map() -> None:
     assert model.net.rpn.anchor_generator.num_anchors_per_location() == [6]
     with pytest.raises(ValueError, match="anchor_sizes"):
         build_model("fasterrcnn-vgg16", num_classes=4, anchor_sizes=())
+
+
+def test_vgg19_features_and_imagenet_weights_equal_torchvision(tmp_path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg19(weights=None)  # the ImageNet classifier layout
+    path = tmp_path / "vgg19.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model("fasterrcnn-vgg19", num_classes=3, backbone_weights=str(path))
+    assert model.model_name == "fasterrcnn-vgg19"
+    convs = [m for m in model.net.backbone if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 16  # VGG19: 16 convolutions (VGG16: 13)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.net.backbone(x), reference.features[:-1](x))
+    frozen = [n for n, p in model.net.backbone.named_parameters() if not p.requires_grad]
+    assert frozen == [f"{i}.{k}" for i in (0, 2, 5, 7) for k in ("weight", "bias")]
+    # same interface as VGG16: a loss in training, detections in eval
+    images, mask, targets = _batch()
+    model.train()
+    assert torch.isfinite(model(images, mask, targets)["loss"])
+    vgg16 = build_model("fasterrcnn-vgg16", num_classes=3).net.backbone
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in vgg16) == 13

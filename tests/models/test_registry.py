@@ -11,7 +11,8 @@ from detrkit.models.registry import build_model, list_models, model_info, regist
 def test_list_and_info() -> None:
     names = list_models()
     assert names == sorted(names) and "detr-tiny" in names
-    assert list_models("fasterrcnn") == ["fasterrcnn-r50-fpn", "fasterrcnn-vgg16"]
+    assert list_models("fasterrcnn") == ["fasterrcnn-r50-fpn", "fasterrcnn-vgg16", "fasterrcnn-vgg19"]
+    assert list_models("co-deformable") == ["co-deformable-detr-r50", "co-deformable-detr-tiny"]
     info = model_info("detr-r50")
     assert info.info["hf_id"] == "facebook/detr-resnet-50" and info.info["family"] == "detr"
     assert info.module == "detrkit.models.detr" and "ResNet-50" in info.description

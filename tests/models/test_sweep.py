@@ -14,7 +14,7 @@ from detrkit.models.base import Detector
 from detrkit.models.registry import build_model, list_models
 
 NUM_CLASSES = 3  # not a default of any builder
-TINY = {"detr-tiny", "deformable-detr-tiny"}
+TINY = {"detr-tiny", "deformable-detr-tiny", "co-deformable-detr-tiny"}
 # Variants of the tiny DETR exercising its options.
 VARIANTS = [
     ("detr-tiny", {"loss": "focal"}),
@@ -33,7 +33,7 @@ def _cases():
 
 def _batch(name: str):
     # Deformable DETR adds a stride-64 level whose GroupNorm needs >= 2x2 maps: 128 px.
-    size = 128 if name.startswith("deformable") else 64
+    size = 128 if "deformable" in name else 64
     batch = 2 if name in TINY else 1
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=g)
@@ -120,4 +120,5 @@ def test_every_registered_model(name: str, overrides: dict) -> None:
 def test_contract_names_are_registered() -> None:
     names = set(list_models())
     expected = {"detr-r50", "detr-r101", "detr-r18", "detr-tiny", "fasterrcnn-r50-fpn", "fasterrcnn-vgg16"}
+    expected |= {"fasterrcnn-vgg19", "co-deformable-detr-r50", "co-deformable-detr-tiny"}
     assert expected <= names

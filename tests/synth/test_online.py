@@ -129,3 +129,36 @@ def test_in_a_dataset_pipeline(shapes_dataset) -> None:
     assert isinstance(
         InstanceBank.from_coco(index, shapes_dataset.train_images, category_ids=cp.categories), InstanceBank
     )
+
+
+def test_scale_jitter_sets_the_pasted_size() -> None:
+    # A 21 x 17 disc pasted at a fixed scale s has a box of round(21 s) x round(17 s) (no feather,
+    # resized mask bounds); with Simple Copy-Paste's [0.1, 2.0] the sizes spread over that range.
+    target = make_target(torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64), (200, 200))
+    image = _uniform(200, 200)
+    for s in (0.5, 2.0):
+        fixed = OnlineCopyPaste(
+            _bank(),
+            label_of_category={7: 4},
+            p=1.0,
+            max_instances=1,
+            params=PasteParams(scale_range=(s, s), feather=0, flip_prob=0.0),
+        )
+        torch.manual_seed(1)
+        _, t = fixed(image, target)
+        x0, y0, x1, y1 = t["boxes"][0].tolist()
+        assert abs((y1 - y0) - round(21 * s)) <= 1 and abs((x1 - x0) - round(17 * s)) <= 1, (s, t["boxes"])
+    lsj = OnlineCopyPaste(
+        _bank(),
+        label_of_category={7: 4},
+        p=1.0,
+        max_instances=1,
+        params=PasteParams(scale_range=(0.1, 2.0), feather=0),
+    )
+    heights = []
+    for seed in range(60):
+        torch.manual_seed(seed)
+        _, t = lsj(image, target)
+        heights += [b[3] - b[1] for b in t["boxes"].tolist()]
+    assert min(heights) <= 12 and max(heights) >= 36
+    assert all(h >= PasteParams().min_size for h in heights)  # too-small pastes are skipped

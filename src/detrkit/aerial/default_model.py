@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from detrkit.aerial.config import load_aerial_config
-from detrkit.engine.checkpoint import atomic_save, load_checkpoint
 from detrkit.errors import CheckpointError
+from detrkit.runs.checkpoint import atomic_save, read_checkpoint
 
 SHIPPED = Path(__file__).parent / "weights" / "unet_tiny_synth.pt"
 FILE_NAME = "unet_tiny_synth.pt"
@@ -33,9 +33,7 @@ def cache_dir() -> Path:
 
 def export_inference_checkpoint(run_or_file: str | Path, dest: str | Path) -> Path:
     """Copy the inference part of a run's best checkpoint to ``dest``, weights in fp16 (half the size)."""
-    from detrkit.engine.checkpoint import resolve_checkpoint
-
-    ckpt = load_checkpoint(resolve_checkpoint(run_or_file, "best"))
+    _, ckpt = read_checkpoint(run_or_file, "best")
     keep = {
         k: ckpt[k]
         for k in (

@@ -13,6 +13,7 @@ encoder, ~2.2 M parameters, for CPU training on the generated data and the web a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,10 @@ from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock
 
 from detrkit.errors import CheckpointError
+from detrkit.runs.restore import CheckpointKind
+
+#: the ``kind`` entry of checkpoints written by ``detrkit aerial train``.
+CHECKPOINT_KIND = "aerial-segmentation"
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -269,3 +274,15 @@ def build_aerial_model(
     if encoder_weights is not None:
         load_encoder_weights(model, name, encoder_weights)
     return model
+
+
+def _rebuild(ckpt: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any], None, dict[str, Any]]:
+    """:class:`detrkit.runs.restore.CheckpointKind` rebuild of an aerial checkpoint (no transform:
+    the tiled predictor normalises the windows itself)."""
+    model = build_aerial_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
+    classes = ckpt.get("classes") or {"names": ["building"], "category_ids": [1]}
+    return model, classes, None, dict(ckpt.get("config") or {})
+
+
+#: ``detrkit.runs.restore(run, kind=AERIAL)`` rebuilds a ``detrkit aerial train`` checkpoint.
+AERIAL = CheckpointKind(name=CHECKPOINT_KIND, label="an aerial segmentation", rebuild=_rebuild)

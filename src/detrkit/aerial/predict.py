@@ -36,11 +36,11 @@ from detrkit.aerial.gsd import (
     pixel_area_rows,
     resolve_gsd,
 )
-from detrkit.aerial.model import AerialUNet, build_aerial_model
+from detrkit.aerial.model import AERIAL, AerialUNet
 from detrkit.aerial.tiling import predict_stream
 from detrkit.aerial.vector import write_vectors
-from detrkit.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from detrkit.errors import CheckpointError, ImageError
+from detrkit.errors import ImageError
+from detrkit.runs.restore import restore
 
 PREVIEW_MAX = 2048
 GDAL_CACHE_MB = 128
@@ -188,24 +188,11 @@ class AerialPredictor:
     @classmethod
     def from_checkpoint(cls, source: str | Path, **kwargs: Any) -> AerialPredictor:
         """A run folder (``best.pt``, else ``last.pt``) or a checkpoint file of ``detrkit aerial train``."""
-        path = resolve_checkpoint(source, "best")
-        ckpt = load_checkpoint(path)
-        if ckpt.get("kind") != "aerial-segmentation":
-            raise CheckpointError(
-                f"{path}: not an aerial segmentation checkpoint (kind {ckpt.get('kind')!r})"
-            )
-        model = build_aerial_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
-        try:
-            model.load_state_dict(
-                {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-            )
-        except RuntimeError as err:
-            raise CheckpointError(
-                f"{path}: weights do not fit {ckpt['model_name']} ({str(err).splitlines()[0]})"
-            ) from None
+        restored = restore(source, kind=AERIAL)
+        model, ckpt = restored.model, restored.checkpoint
         kwargs.setdefault("tile", max(256, int(ckpt.get("tile", 512))))
         kwargs.setdefault("overlap", kwargs["tile"] // 4)
-        return cls(model, name=str(path), **kwargs)
+        return cls(model, name=str(restored.path), **kwargs)
 
     @classmethod
     def default(cls, **kwargs: Any) -> AerialPredictor:

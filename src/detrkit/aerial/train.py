@@ -22,13 +22,11 @@ from detrkit.aerial.config import AerialTrainConfig
 from detrkit.aerial.data import AerialCrops
 from detrkit.aerial.losses import AerialLoss, BoundaryWeightSchedule
 from detrkit.aerial.metrics import SegmentationMeter
-from detrkit.aerial.model import AerialUNet, build_aerial_model
-from detrkit.engine.callbacks import RunLogger
-from detrkit.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from detrkit.engine.rundir import check_resumable, environment, make_run_dir, write_json
+from detrkit.aerial.model import CHECKPOINT_KIND, AerialUNet, build_aerial_model
 from detrkit.errors import TrainingError
-
-CHECKPOINT_KIND = "aerial-segmentation"
+from detrkit.runs.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from detrkit.runs.layout import check_resumable, environment, make_run_dir, write_json
+from detrkit.runs.logger import RunLogger
 
 
 def pick_device(name: str) -> torch.device:

@@ -32,13 +32,24 @@ def parse_seeds(text: str) -> list[int]:
     return list(range(n))
 
 
+def _scale_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--online-scale {text!r}: expected lo,hi (e.g. 0.1,2.0)") from None
+    if not 0 < lo <= hi:
+        raise ConfigError(f"--online-scale {text!r}: expected 0 < lo <= hi")
+    return lo, hi
+
+
 def ablate_cmd(
     overrides: list[str] = typer.Argument(None, help="key=value config overrides, e.g. train.epochs=4"),
     config: str = typer.Option(..., "--config", "-c", help="YAML config file or packaged name (demo, ...)."),
     arms: str = typer.Option(
         "baseline,copy-paste,rfs",
         "--arms",
-        help="Comma list of: baseline, copy-paste, augment, copy-paste-online, rfs.",
+        help="Comma list of: baseline, copy-paste, augment, copy-paste-online, rfs, or parts joined "
+        "with + (copy-paste-online+rfs).",
     ),
     seeds: str = typer.Option("3", "--seeds", help="How many seeds (3 -> 0,1,2) or a list (0,5,7)."),
     out: Path = typer.Option(
@@ -53,6 +64,9 @@ def ablate_cmd(
         100, "--per-class", help="Synthetic images per rare class (copy-paste, augment)."
     ),
     online_p: float = typer.Option(0.5, "--online-p", help="Online copy-paste probability per sample."),
+    online_scale: str = typer.Option(
+        "0.1,2.0", "--online-scale", help="Scale jitter lo,hi of online pastes (Simple Copy-Paste: 0.1,2.0)."
+    ),
     rfs_threshold: float = typer.Option(0.3, "--rfs-threshold", help="Repeat-factor threshold t (rfs arm)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the table."),
 ) -> None:
@@ -70,7 +84,12 @@ def ablate_cmd(
         rare=[r for r in (rare or "").split(",") if r] or None,
         rare_k=rare_k,
         rare_fraction=rare_fraction,
-        settings=AblationSettings(per_class=per_class, online_p=online_p, rfs_threshold=rfs_threshold),
+        settings=AblationSettings(
+            per_class=per_class,
+            online_p=online_p,
+            online_scale=_scale_range(online_scale),
+            rfs_threshold=rfs_threshold,
+        ),
         console=console,
         quiet=as_json,
         log=lambda msg: console.print(msg, highlight=False, markup=False),

@@ -59,7 +59,13 @@ def analyze_cmd(
         None, "--images", help="Image folder for galleries (default: data.val_images)."
     ),
     pred: Path | None = typer.Option(
-        None, "--pred", help="COCO results JSON (default: predict with the run's best checkpoint)."
+        None,
+        "--pred",
+        help="COCO results JSON, YOLO save_txt folder, Ultralytics or Roboflow JSON "
+        "(default: predict with the run's best checkpoint).",
+    ),
+    pred_format: str = typer.Option(
+        "auto", "--pred-format", help="auto, coco, yolo-txt, ultralytics or roboflow."
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: the run folder, else next to --pred)."
@@ -81,8 +87,8 @@ def analyze_cmd(
     from detrkit.evaluation.analysis import run_analysis
     from detrkit.evaluation.errors import ERROR_TYPES, TIDE_NAMES
     from detrkit.evaluation.galleries import build_galleries
-    from detrkit.evaluation.report import build_report, read_run_info, write_report
-    from detrkit.evaluation.runs import RunFolder
+    from detrkit.evaluation.report import build_report, write_report
+    from detrkit.runs.folder import RunFolder, read_run_info
 
     console = Console(stderr=as_json)
     folder = RunFolder.load(run) if run is not None else None
@@ -99,8 +105,13 @@ def analyze_cmd(
     out = out or (folder.path if folder is not None else pred.parent / f"{pred.stem}_analysis")  # type: ignore[union-attr]
     out.mkdir(parents=True, exist_ok=True)
 
+    predictions: Path | list[dict[str, Any]]
     if pred is not None:
-        predictions: Path | list[dict[str, Any]] = pred
+        from detrkit.data.formats import predictions_source
+
+        predictions, used = predictions_source(pred, data, fmt=pred_format)
+        if used != "coco":
+            console.print(f"{pred}: read as {used} predictions", highlight=False)
     else:
         if images is None or not images.is_dir():
             raise DataError(f"{images}: image folder not found; give --images DIR to predict", path=images)

@@ -1,6 +1,6 @@
 """``detrkit compare``: ablation table of run folders (Markdown and CSV).
 
-Thin front over :func:`detrkit.evaluation.compare.compare_runs`: runs differing only in seed are
+Thin front over :func:`detrkit.runs.compare.compare_runs`: runs differing only in seed are
 grouped into arms (mean ± std); deltas against the first arm say whether they exceed the seed
 spread.
 """
@@ -19,7 +19,18 @@ def register(app: typer.Typer) -> None:
 
 
 def compare_cmd(
-    runs: list[Path] = typer.Argument(..., help="Run folders; the first one's arm is the baseline."),
+    runs: list[Path] = typer.Argument(
+        ..., help="Run folders, or predictions of any tool with --gt; the first one is the baseline."
+    ),
+    gt: Path | None = typer.Option(
+        None,
+        "--gt",
+        help="COCO GT to score the arguments that are predictions (YOLO save_txt folder, "
+        "Ultralytics/Roboflow/COCO JSON), not run folders.",
+    ),
+    pred_format: str = typer.Option(
+        "auto", "--pred-format", help="auto, coco, yolo-txt, ultralytics, roboflow."
+    ),
     rare: list[str] | None = typer.Option(
         None, "--rare", help="A rare class name (repeat); default: the runs' own record."
     ),
@@ -29,10 +40,16 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (arms and rows) instead of Markdown."),
 ) -> None:
     """Compare runs: overall metrics, per-class AP, rare-class mAP, deltas and seed spread."""
-    from detrkit.evaluation.compare import compare_runs
-    from detrkit.evaluation.runs import RunFolder
+    from detrkit.runs.compare import compare_runs
+    from detrkit.runs.folder import RunFolder
+    from detrkit.runs.predictions import predictions_run
 
-    comparison = compare_runs([RunFolder.load(p) for p in runs], rare=rare or None, per_class=per_class)
+    def load(p: Path) -> RunFolder:
+        if gt is not None and not (p / "config.yaml").is_file():
+            return predictions_run(p, gt, fmt=pred_format)
+        return RunFolder.load(p)
+
+    comparison = compare_runs([load(p) for p in runs], rare=rare or None, per_class=per_class)
     markdown, table_csv = comparison.to_markdown(), comparison.to_csv()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``detrkit data ...``: check, stats, subset, merge, split and the built-in shapes dataset.
+"""``detrkit data ...``: check, stats, convert, subset, merge, split and the built-in shapes dataset.
 
 Thin front over :mod:`detrkit.data`: parse, call, print a rich table (or JSON with ``--json``).
 ``data check`` exits 1 when it found problems, 0 when the dataset is clean.
@@ -14,11 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from detrkit.cli.data_convert import convert_cmd
 from detrkit.errors import ConfigError, DataError
 
 data_app = typer.Typer(help="Check, describe, subset, merge and split COCO datasets.", no_args_is_help=True)
-_out = Console()
-_err = Console(stderr=True)
+_out = Console(soft_wrap=True)  # paths in one piece, copyable
+_err = Console(stderr=True, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,9 +31,37 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
 
+def _sources(
+    ann: Path | None, data: Path | None, images: Path | None
+) -> list[tuple[str, Any, Path | None, Any]]:
+    """``[(title, index, images_dir, reader report or None)]`` of ``--ann`` or every split of ``--data``."""
+    from detrkit.data.coco import CocoIndex
+
+    if (ann is None) == (data is None):
+        raise ConfigError("give --ann FILE.json (with --images DIR) or --data PATH (any layout), not both")
+    if ann is not None:
+        if images is not None and not images.is_dir():
+            raise DataError(f"{images}: images folder not found", path=images)
+        return [(str(ann), CocoIndex.load(ann), images, None)]
+    from detrkit.data.formats import load_dataset
+
+    layout, splits = load_dataset(data, images=images)  # type: ignore[arg-type]
+    _err.print(f"{layout.path}: {layout.format} layout, splits {', '.join(splits)}", highlight=False)
+    for s in splits.values():
+        for line in s.report.notes:
+            _err.print(line, highlight=False, markup=False, soft_wrap=True)
+    return [
+        (f"{layout.format} {name}: {s.report.source}", s.index, s.images, s.report)
+        for name, s in splits.items()
+    ]
+
+
 @data_app.command("check")
 def check_cmd(
-    ann: Path = typer.Option(..., "--ann", help="COCO instances JSON."),
+    ann: Path | None = typer.Option(None, "--ann", help="COCO instances JSON."),
+    data: Path | None = typer.Option(
+        None, "--data", help="A dataset in any layout (COCO, Roboflow, YOLO data.yaml, VOC); every split."
+    ),
     images: Path | None = typer.Option(None, "--images", help="Image folder (file_name is relative to it)."),
     decode: bool = typer.Option(
         True, "--decode/--no-decode", help="Fully decode images (slower, finds truncation)."
@@ -41,53 +70,66 @@ def check_cmd(
     max_examples: int = typer.Option(5, "--max-examples", help="Offending ids listed per problem."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Validate annotations (and image files with --images); exit 1 when problems are found."""
+    """Validate annotations (and image files with --images or --data); exit 1 when problems are found.
+
+    Notices (boxes within 1 px of the border, empty label files, a placeholder category) are
+    listed but do not fail the check.
+    """
     from rich.progress import Progress
 
-    from detrkit.data.check import PROBLEM_KINDS, check_dataset
-    from detrkit.data.coco import CocoIndex
+    from detrkit.data.check import NOTICE_KINDS, check_dataset, describe
 
-    index = CocoIndex.load(ann)
-    if images is not None and not images.is_dir():
-        raise DataError(f"{images}: images folder not found", path=images)
-    with Progress(console=_err, transient=True, disable=as_json or not _err.is_terminal) as bar:
-        task = bar.add_task("checking images", total=len(index.images) if images is not None else 0)
-        report = check_dataset(
-            index,
-            images,
-            decode=decode,
-            workers=workers or None,
-            max_examples=max_examples,
-            progress=lambda n: bar.advance(task, n),
-        )
+    reports = []
+    for title, index, images_dir, read in _sources(ann, data, images):
+        with Progress(console=_err, transient=True, disable=as_json or not _err.is_terminal) as bar:
+            task = bar.add_task("checking images", total=len(index.images) if images_dir is not None else 0)
+            report = check_dataset(
+                index,
+                images_dir,
+                decode=decode,
+                workers=workers or None,
+                max_examples=max_examples,
+                progress=lambda n, task=task, bar=bar: bar.advance(task, n),
+            )
+        if read is not None:
+            report.problems.update(read.problems)
+        reports.append((title, report))
     if as_json:
-        _echo_json(report.to_dict())
-    else:
-        table = Table(title=f"data check: {ann}")
-        for col in ("problem", "count", "first ids", "description"):
-            table.add_column(col, overflow="fold")
-        for kind, p in report.problems.items():
-            if p.count:
-                table.add_row(kind, str(p.count), ", ".join(map(str, p.ids)), PROBLEM_KINDS[kind])
-        if not report.ok:
+        dicts = [r.to_dict() for _, r in reports]
+        _echo_json(dicts[0] if ann is not None else {"splits": dicts})
+    for title, report in [] if as_json else reports:
+        found = [(k, p) for k, p in report.problems.items() if p.count]
+        if found:
+            table = Table(title=f"data check: {title}")
+            for col in ("problem", "count", "first ids", "description"):
+                table.add_column(col, overflow="fold")
+            for kind, p in found:
+                table.add_row(kind, str(p.count), ", ".join(map(str, p.ids)), describe(kind))
             _out.print(table)
-            for kind, p in report.problems.items():
-                for d in p.details[:max_examples] if p.count else []:
-                    _out.print(f"  {kind}: {d}", highlight=False, markup=False)
-        checked = f", {report.images_checked} image files checked" if images is not None else ""
+            for kind, p in found:
+                for d in p.details[:max_examples]:
+                    _out.print(f"  {kind}: {d}", highlight=False, markup=False, soft_wrap=True)
+        checked = f", {report.images_checked} image files checked" if report.images_checked else ""
         verdict = "OK" if report.ok else f"{report.num_problems} problem(s)"
+        if report.num_notices:
+            verdict += (
+                f", {report.num_notices} notice(s) ({', '.join(k for k, p in found if k in NOTICE_KINDS)})"
+            )
         _out.print(
-            f"{report.num_images} images, {report.num_annotations} annotations, "
+            f"{title}: {report.num_images} images, {report.num_annotations} annotations, "
             f"{report.num_categories} categories{checked}: {verdict}",
             highlight=False,
+            markup=False,
         )
-    if not report.ok:
+    if not all(r.ok for _, r in reports):
         raise typer.Exit(1)
 
 
 @data_app.command("stats")
 def stats_cmd(
-    ann: Path = typer.Option(..., "--ann", help="COCO instances JSON."),
+    ann: Path | None = typer.Option(None, "--ann", help="COCO instances JSON."),
+    data: Path | None = typer.Option(None, "--data", help="A dataset in any layout; every split."),
+    images: Path | None = typer.Option(None, "--images", help="Image folder of a plain COCO --data file."),
     plots: Path | None = typer.Option(None, "--plots", help="Folder for PNG plots."),
     rare_fraction: float = typer.Option(
         0.05, "--rare-fraction", help="Rare: image count below this fraction of the most frequent class."
@@ -95,18 +137,29 @@ def stats_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Per-class instances/images, boxes per image, COCO size buckets, rare classes."""
-    from detrkit.data.coco import CocoIndex
+    sources = _sources(ann, data, images)
+    out = []
+    for title, index, _, _ in sources:
+        split_plots = plots if plots is None or len(sources) == 1 else plots / title.split()[1].rstrip(":")
+        out.append(_stats_one(title, index, split_plots, rare_fraction, as_json))
+    if as_json:
+        _echo_json(
+            out[0] if ann is not None else {"splits": dict(zip([t for t, *_ in sources], out, strict=True))}
+        )
+
+
+def _stats_one(
+    title: str, index: Any, plots: Path | None, rare_fraction: float, as_json: bool
+) -> dict[str, Any]:
     from detrkit.data.stats import compute_stats, save_plots
 
-    index = CocoIndex.load(ann)
     stats = compute_stats(index, rare_fraction=rare_fraction)
     written = save_plots(stats, index, plots) if plots is not None else []
     if as_json:
         d = stats.to_dict()
         d["plots"] = [str(p) for p in written]
-        _echo_json(d)
-        return
-    table = Table(title=f"data stats: {ann}")
+        return d
+    table = Table(title=f"data stats: {title}")
     for col in ("id", "class", "instances", "images", "small", "medium", "large", "rare"):
         table.add_column(col, justify="right" if col not in ("class", "rare") else "left")
     for c in stats.classes:
@@ -140,6 +193,7 @@ def stats_cmd(
     )
     for p in written:
         _out.print(f"wrote {p}", highlight=False)
+    return {}
 
 
 def _split_names(values: list[str]) -> list[str]:
@@ -302,6 +356,22 @@ def split_cmd(
         )
 
 
+def _class_counts(values: list[str], option: str) -> dict[str, int] | None:
+    """``["star=30,cross=20"]`` -> ``{"star": 30, "cross": 20}`` (None when empty)."""
+    counts: dict[str, int] = {}
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        name, _, number = item.partition("=")
+        try:
+            if not name.strip():
+                raise ValueError
+            counts[name.strip()] = int(number)
+        except ValueError:
+            raise DataError(f"{option} {item!r}: expected CLASS=N with an integer N") from None
+    return counts or None
+
+
 @data_app.command("shapes")
 def shapes_cmd(
     out: Path = typer.Option(Path("data/shapes"), "--out", help="Output folder."),
@@ -309,12 +379,26 @@ def shapes_cmd(
     val: int = typer.Option(300, "--val", help="Validation images."),
     size: int = typer.Option(256, "--size", help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    rare: list[str] = typer.Option(
+        [],
+        "--rare",
+        "--class-counts",
+        help="Long-tailed variant: CLASS=N gives the train split exactly N instances of CLASS "
+        "(repeat it, or comma-separate: star=30,cross=30).",
+    ),
+    val_rare: list[str] = typer.Option(
+        [], "--val-rare", help="The same for the val split (e.g. star=300,cross=300)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
 ) -> None:
     """Generate the built-in COCO-format shapes dataset."""
     from detrkit.data.shapes import generate_shapes
 
-    paths = generate_shapes(out, train=train, val=val, size=size, seed=seed)
+    counts = _class_counts(rare, "--rare")
+    val_counts = _class_counts(val_rare, "--val-rare")
+    paths = generate_shapes(
+        out, train=train, val=val, size=size, seed=seed, class_counts=counts, val_class_counts=val_counts
+    )
     summary = {
         "root": str(paths.root),
         "train_images": str(paths.train_images),
@@ -322,6 +406,8 @@ def shapes_cmd(
         "train_ann": str(paths.train_ann),
         "val_ann": str(paths.val_ann),
         "classes": list(paths.class_names),
+        "class_counts": counts,
+        "val_class_counts": val_counts,
     }
     if as_json:
         _echo_json(summary)
@@ -330,3 +416,10 @@ def shapes_cmd(
     _out.print(f"  train: --ann {paths.train_ann} --images {paths.train_images}", highlight=False)
     _out.print(f"  val:   --ann {paths.val_ann} --images {paths.val_images}", highlight=False)
     _out.print(f"  classes: {', '.join(paths.class_names)}", highlight=False)
+    for label, c in (("train", counts), ("val", val_counts)):
+        if c:
+            exact = ", ".join(f"{k} {v}" for k, v in c.items())
+            _out.print(f"  {label}: exactly {exact} instances", highlight=False)
+
+
+data_app.command("convert")(convert_cmd)

@@ -26,7 +26,17 @@ def _fmt(v: float) -> str:
 def eval_cmd(
     gt: Path = typer.Option(..., "--gt", help="COCO instances JSON (ground truth)."),
     pred: Path = typer.Option(
-        ..., "--pred", help="COCO results JSON (image_id, category_id, bbox xywh, score)."
+        ...,
+        "--pred",
+        help="COCO results JSON, a folder of YOLO save_txt files, Ultralytics or Roboflow JSON.",
+    ),
+    pred_format: str = typer.Option(
+        "auto", "--pred-format", help="auto, coco, yolo-txt, ultralytics or roboflow."
+    ),
+    class_base: int = typer.Option(
+        1,
+        "--class-base",
+        help="Ultralytics JSON: category_id minus this is the class index (0: old versions).",
     ),
     iou_type: str = typer.Option("bbox", "--iou-type", help="bbox or segm."),
     max_dets: int = typer.Option(100, "--max-dets", help="Detections per image for AP and AR100."),
@@ -42,7 +52,14 @@ def eval_cmd(
     if max_dets < 10:
         raise ConfigError(f"--max-dets must be >= 10, got {max_dets}")
     out = Console()  # created per call: honours the terminal width (and COLUMNS) at run time
-    metrics = evaluate_coco(gt, pred, iou_type=iou_type, max_dets=max_dets)  # type: ignore[arg-type]
+    from detrkit.data.formats import predictions_source
+    from detrkit.data.formats.coco import load_coco
+
+    gt_index = load_coco(gt)  # without a Roboflow placeholder category (no row of -1 for it)
+    results, used = predictions_source(pred, gt_index, fmt=pred_format, class_base=class_base)
+    if used != "coco":
+        Console(stderr=True).print(f"{pred}: read as {used} predictions", highlight=False)
+    metrics = evaluate_coco(gt_index, results, iou_type=iou_type, max_dets=max_dets)  # type: ignore[arg-type]
     if as_json:
         d = metrics.to_dict()
         if not per_class:

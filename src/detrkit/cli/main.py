@@ -20,10 +20,13 @@ from detrkit.errors import DetrkitError
 # Command modules, in the order their commands appear in --help. Add a module here when it exists.
 COMMAND_MODULES: tuple[str, ...] = (
     "data",
+    "models",
     "train",
     "evaluate",
     "predict",
     "export",
+    "benchmark",
+    "sweep",
     "aerial",
     "app",
     "synth",

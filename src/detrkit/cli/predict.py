@@ -111,10 +111,10 @@ def predict_cmd(
 
 def _load_gt(ann: Path, files: list[Path]) -> tuple[dict[str, dict[str, Any]], Any]:
     """GT images by file base name; every source file must be in the annotation file."""
-    from detrkit.data.coco import CocoIndex
+    from detrkit.data.formats.coco import load_coco
     from detrkit.errors import DataError
 
-    index = CocoIndex.load(ann)
+    index = load_coco(ann)  # a Roboflow placeholder category is not one of the model's classes
     by_name = {
         Path(img.file_name).name: {"id": img.id, "width": img.width, "height": img.height}
         for img in index.images

@@ -1,4 +1,5 @@
-"""``detrkit synth``: synthetic training images for rare classes (copy-paste, augment, diffusion).
+"""``detrkit synth``: synthetic training images for rare classes (copy-paste, augment, diffusion,
+controlnet).
 
 Thin front over :func:`detrkit.synth.generate.synthesize`: parse, call, print a table (or JSON).
 """
@@ -63,7 +64,9 @@ def synth_cmd(
         help="Synthesize classes rarer than this (as `detrkit data stats` marks them).",
     ),
     per_class: int = typer.Option(100, "--per-class", help="Images per class."),
-    method: str = typer.Option("copy-paste", "--method", help="copy-paste | augment | diffusion."),
+    method: str = typer.Option(
+        "copy-paste", "--method", help="copy-paste | augment | diffusion | controlnet."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
     image_format: str = typer.Option("jpg", "--format", help="jpg | png."),
     instances: str = typer.Option(
@@ -78,8 +81,19 @@ def synth_cmd(
         0.7, "--drop-occluded", help="Drop objects hidden over this fraction; shrink the others."
     ),
     model: str | None = typer.Option(
-        None, "--model", help="diffusion: inpainting model, Hub id or local folder."
+        None, "--model", help="diffusion, controlnet: inpainting model, Hub id or local folder."
     ),
+    controlnet: str | None = typer.Option(
+        None,
+        "--controlnet",
+        help="controlnet: ControlNetModel, Hub id or local folder (default: a canny/seg SD 1.5 ControlNet per --control).",
+    ),
+    control: str = typer.Option(
+        "edges",
+        "--control",
+        help="controlnet: condition on the placed instance's edges | mask, or the scene layout.",
+    ),
+    control_scale: float = typer.Option(1.0, "--control-scale", help="controlnet: conditioning scale."),
     prompt: str = typer.Option(
         "a photo of a {class}", "--prompt", help="diffusion: prompt; {class} is the class name."
     ),
@@ -89,6 +103,14 @@ def synth_cmd(
     device: str | None = typer.Option(
         None, "--device", help="diffusion: cuda | cpu (default: cuda when available)."
     ),
+    filter_model: Path | None = typer.Option(
+        None,
+        "--filter-model",
+        help="Quality filter: keep an image only if this detector (run folder or checkpoint) finds "
+        "the class in every new instance's box.",
+    ),
+    filter_score: float = typer.Option(0.3, "--filter-score", help="Quality filter: minimum score."),
+    filter_iou: float = typer.Option(0.5, "--filter-iou", help="Quality filter: minimum IoU with the box."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Write synthetic images of rare classes as a COCO dataset to train on next to the real one."""
@@ -97,12 +119,15 @@ def synth_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from detrkit.data.coco import CocoIndex
+    from detrkit.synth.controlnet import CONTROLS, ControlParams
     from detrkit.synth.copy_paste import PasteParams
     from detrkit.synth.diffusion import DiffusionParams, load_inpaint_pipeline
     from detrkit.synth.generate import METHODS, SynthOptions, choose_classes, synthesize
 
     if method not in METHODS:
         raise typer.BadParameter(f"choose one of {', '.join(METHODS)}", param_hint="--method")
+    if control not in CONTROLS:
+        raise typer.BadParameter(f"choose one of {', '.join(CONTROLS)}", param_hint="--control")
     if image_format not in ("jpg", "png"):
         raise typer.BadParameter("choose jpg or png", param_hint="--format")
     if not images.is_dir():
@@ -127,8 +152,18 @@ def synth_cmd(
             drop_occluded=drop_occluded,
         ),
         diffusion=diffusion,
+        control=ControlParams(controlnet=controlnet, control=control, conditioning_scale=control_scale),
     )
-    pipeline = load_inpaint_pipeline(diffusion.model, device=device) if method == "diffusion" else None
+    pipeline = None
+    if method in ("diffusion", "controlnet"):
+        net = options.control.model_id() if method == "controlnet" else None
+        pipeline = load_inpaint_pipeline(diffusion.model, device=device, controlnet=net)
+    quality = None
+    if filter_model is not None:
+        from detrkit.synth.quality import DetectorFilter, FilterParams
+
+        params = FilterParams(model=str(filter_model), score=filter_score, iou=filter_iou)
+        quality = DetectorFilter.from_model(params, device=device)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=_err, transient=True, disable=as_json or not _err.is_terminal) as bar:
         task = bar.add_task(f"synth {method}", total=per_class * len(chosen))
@@ -139,10 +174,13 @@ def synth_cmd(
             classes=chosen,
             options=options,
             pipeline=pipeline,
+            quality=quality,
             progress=lambda done, total: bar.update(task, completed=done),
         )
     summary["classes"] = chosen
     summary["method"] = method
+    if quality is not None:
+        summary["filter"] = json.loads((Path(out) / "metadata.json").read_text())["filter"]
     summary["override"] = extra_override(summary["annotations"], Path(out) / "images")
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -157,6 +195,13 @@ def synth_cmd(
         f"{summary['images']} images, {summary['instances']} annotations -> {summary['annotations']}",
         highlight=False,
     )
+    if quality is not None:
+        f = summary["filter"]
+        _out.print(
+            f"quality filter: kept {f['kept_images']} images ({f['kept_instances']} instances), "
+            f"rejected {f['rejected_images']} images ({f['rejected_instances']} instances)",
+            highlight=False,
+        )
     if summary["samples"]:
         _out.print(f"samples: {summary['samples']}", highlight=False)
     _out.print(

@@ -45,18 +45,53 @@ def train(
         False, "--dry-run", help="stop after the preflight (one step, one val batch, checkpoint round trip)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the final summary as JSON on stdout"),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="dataset folder or file: COCO (with --images), Roboflow export, YOLO data.yaml, VOC",
+    ),
+    images: Path = typer.Option(None, "--images", help="image folder of a plain COCO --data file"),
+    model: str = typer.Option(None, "--model", "-m", help="registered model (see `detrkit models`)"),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="training epochs (train.epochs)"),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: the best present)"),
 ) -> None:
-    """Train a detector: preflight, then epochs with validation, checkpoints and logs in a run folder."""
+    """Train a detector: preflight, then epochs with validation, checkpoints and logs in a run folder.
+
+    One line, no YAML: `detrkit train --data datasets/car-damage --model deformable-detr-r50 --epochs 12`
+    (layout and classes from the data, the rest from the model's packaged recipe). Later wins:
+    --config, then --data/--model/--epochs/--device, then key=value.
+    """
     from detrkit.engine.run import summary_json, train_from_config
     from detrkit.errors import ConfigError
 
-    if config is None and resume is None:
+    quick = any(v is not None for v in (data, model, epochs, device))
+    if config is None and resume is None and not quick:
         raise ConfigError(
-            "detrkit train: give --config FILE (or a packaged name such as demo) or --resume RUN_DIR"
+            "detrkit train: give --data PATH --model NAME, --config FILE (or a packaged name such as demo) "
+            "or --resume RUN_DIR"
         )
+    if resume is not None and (data is not None or model is not None):
+        raise ConfigError("detrkit train --resume: the run's data and model are fixed; drop --data/--model")
+    if images is not None and data is None:
+        raise ConfigError("detrkit train: --images goes with --data FILE.json")
     console = Console(stderr=as_json)
+    source: Any = config
+    if quick and resume is None:
+        from detrkit.engine.quickstart import quick_config
+
+        qs = quick_config(
+            config=config, overrides=list(overrides or []), data=data, images=images, model=model,
+            epochs=epochs, device=device,
+        )  # fmt: skip
+        for line in qs.lines:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        source, overrides = qs.config, []
+    elif resume is not None:
+        extra = [f"train.epochs={epochs}"] if epochs is not None else []
+        extra += [f"train.device={device}"] if device is not None else []
+        overrides = [*extra, *(overrides or [])]
     summary = train_from_config(
-        config, list(overrides or []), resume=resume, dry_run=dry_run, console=console
+        source, list(overrides or []), resume=resume, dry_run=dry_run, console=console
     )
     if as_json:
         typer.echo(summary_json({k: v for k, v in summary.items()}))

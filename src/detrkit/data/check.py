@@ -11,7 +11,13 @@ as ``exif_size_mismatch`` so that it can be told apart from a plain ``size_misma
 
 Boxes (COCO ``xywh`` pixels): ``degenerate_box`` when ``w <= 0``, ``h <= 0`` or a value is not
 finite; ``box_outside_image`` when the box extends more than :data:`OUTSIDE_TOLERANCE_PX` beyond the
-image (COCO itself has boxes a fraction of a pixel over the border; those are clipped silently).
+image; ``box_at_border`` (a notice, not a problem) when it extends beyond the image by at most that
+tolerance: such boxes are clipped when loading (COCO itself has boxes a fraction of a pixel over the
+border), and reported with their count and ids so that a systematic shift is visible.
+
+Notices (:data:`NOTICE_KINDS`) are reported but do not make a report fail (``data check`` exits 0
+for them alone); the dataset readers of :mod:`detrkit.data.formats` add their own kinds (empty
+label files, ...) to the same report.
 """
 
 from __future__ import annotations
@@ -39,12 +45,15 @@ PROBLEM_KINDS: dict[str, str] = {
     "dangling_annotation": "annotations whose image_id is not in 'images'",
     "degenerate_box": "boxes with w <= 0, h <= 0 or non-finite values",
     "box_outside_image": f"boxes extending more than {OUTSIDE_TOLERANCE_PX:g} px outside their image",
+    "box_at_border": f"boxes within {OUTSIDE_TOLERANCE_PX:g} px of the border, clipped (notice)",
     "missing_image": "image files that do not exist",
     "unreadable_image": "image files that are corrupt, truncated or not images",
     "size_mismatch": "JSON width/height differ from the image file",
     "exif_size_mismatch": "JSON width/height match the stored pixels, not the EXIF-rotated image",
 }
 IMAGE_KINDS = ("missing_image", "unreadable_image", "size_mismatch", "exif_size_mismatch")
+#: kinds reported for information only: they do not make :attr:`CheckReport.ok` false.
+NOTICE_KINDS = frozenset({"box_at_border", "empty_label_file", "no_label_file"})
 
 
 @dataclass
@@ -76,11 +85,16 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return all(p.count == 0 for p in self.problems.values())
+        """No problem found (notices such as ``box_at_border`` do not count)."""
+        return self.num_problems == 0
 
     @property
     def num_problems(self) -> int:
-        return sum(p.count for p in self.problems.values())
+        return sum(p.count for k, p in self.problems.items() if k not in NOTICE_KINDS)
+
+    @property
+    def num_notices(self) -> int:
+        return sum(p.count for k, p in self.problems.items() if k in NOTICE_KINDS)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,7 +106,13 @@ class CheckReport:
             "num_categories": self.num_categories,
             "images_checked": self.images_checked,
             "problems": {
-                k: {"count": p.count, "ids": p.ids, "details": p.details, "description": PROBLEM_KINDS[k]}
+                k: {
+                    "count": p.count,
+                    "ids": p.ids,
+                    "details": p.details,
+                    "description": describe(k),
+                    "notice": k in NOTICE_KINDS,
+                }
                 for k, p in self.problems.items()
             },
         }
@@ -121,6 +141,30 @@ def classify_boxes(
             | (b[:, 1] + b[:, 3] > np.asarray(height) + tol)
         )
     return degenerate, outside & ~degenerate
+
+
+def describe(kind: str) -> str:
+    """One-line description of a problem kind (of :data:`PROBLEM_KINDS` or a dataset reader's)."""
+    if kind in PROBLEM_KINDS:
+        return PROBLEM_KINDS[kind]
+    from detrkit.data.formats.report import READER_KINDS
+
+    return READER_KINDS.get(kind, kind)
+
+
+def border_boxes(bbox_xywh: np.ndarray, width: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """``bool [N]``: boxes beyond the image by more than 0 and at most :data:`OUTSIDE_TOLERANCE_PX`
+    (clipped when loading); degenerate and outside boxes (:func:`classify_boxes`) are excluded."""
+    b = np.asarray(bbox_xywh, dtype=np.float64).reshape(-1, 4)
+    degenerate, outside = classify_boxes(b, width, height)
+    with np.errstate(invalid="ignore"):
+        over = (
+            (b[:, 0] < 0)
+            | (b[:, 1] < 0)
+            | (b[:, 0] + b[:, 2] > np.asarray(width))
+            | (b[:, 1] + b[:, 3] > np.asarray(height))
+        )
+    return over & ~degenerate & ~outside
 
 
 def _duplicates(ids: Iterable[int]) -> list[int]:
@@ -155,6 +199,7 @@ def check_annotations(index: CocoIndex, *, max_examples: int = 5) -> dict[str, P
     wh = np.array([sizes.get(int(i), (np.inf, np.inf)) for i in arr["image_id"]], dtype=np.float64)
     degenerate, outside = classify_boxes(arr["bbox_xywh"], wh[:, 0], wh[:, 1])
     outside &= ~dangling
+    border = border_boxes(arr["bbox_xywh"], wh[:, 0], wh[:, 1]) & ~dangling
     for k in np.flatnonzero(unknown):
         problems["unknown_category"].add(
             int(arr["id"][k]), f"annotation {arr['id'][k]}: category_id {arr['category_id'][k]}", max_examples
@@ -163,7 +208,11 @@ def check_annotations(index: CocoIndex, *, max_examples: int = 5) -> dict[str, P
         problems["dangling_annotation"].add(
             int(arr["id"][k]), f"annotation {arr['id'][k]}: image_id {arr['image_id'][k]}", max_examples
         )
-    for kind, mask in (("degenerate_box", degenerate), ("box_outside_image", outside)):
+    for kind, mask in (
+        ("degenerate_box", degenerate),
+        ("box_outside_image", outside),
+        ("box_at_border", border),
+    ):
         for k in np.flatnonzero(mask):
             bbox = [round(float(v), 2) for v in arr["bbox_xywh"][k]]
             problems[kind].add(

@@ -28,6 +28,8 @@ from torch import Tensor
 from detrkit.errors import ImageError
 
 _TV_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+#: file suffixes taken as images when a folder is listed (prediction inputs, YOLO splits).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = frozenset({5, 6, 7, 8})  # orientations that rotate by 90 degrees
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, UnidentifiedImageError)

@@ -13,6 +13,14 @@ Classes (COCO category ids 1..8, in this order) and their share of instances (lo
 
 ``star`` and ``cross`` are the *rare* classes (<= 5% of instances each): :data:`RARE_CLASSES`.
 
+Long-tailed variant: ``class_counts={"star": 30, "cross": 30}`` (``detrkit data shapes --rare
+star=30``) gives a split *exactly* that many instances of the named classes. The named classes
+are taken out of the random class draw (the others keep their relative weights) and each of their
+instances is the first shape of an image chosen up front (distinct images while there are enough,
+seeded by ``(seed, split)``), so no later shape can hide it beyond :data:`MIN_VISIBLE`.
+``val_class_counts`` does the same for the val split (a val set with, say, 300 instances of each
+rare class measures their AP to well under a point).
+
 Each image has a background made of a colour gradient and smooth low-frequency blobs, 2-7
 distractors (random squiggles and straight lines, not annotated), 1-6 shapes with random saturated
 colours, rotations and scales, and per-pixel noise over everything. A shape has the area of a circle
@@ -89,7 +97,15 @@ class ShapesPaths:
 
 
 def generate_shapes(
-    out_dir: str | Path, *, train: int, val: int, size: int = 256, seed: int = 0, workers: int = 1
+    out_dir: str | Path,
+    *,
+    train: int,
+    val: int,
+    size: int = 256,
+    seed: int = 0,
+    workers: int = 1,
+    class_counts: dict[str, int] | None = None,
+    val_class_counts: dict[str, int] | None = None,
 ) -> ShapesPaths:
     """Generate the shapes dataset (``train`` + ``val`` images of ``size`` x ``size`` pixels).
 
@@ -99,10 +115,14 @@ def generate_shapes(
         size: image side in pixels (>= 64).
         seed: base seed; the same arguments give byte-identical files.
         workers: processes drawing images in parallel (the result does not depend on it).
+        class_counts: ``{class name: N}``: the train split holds exactly ``N`` instances of each
+            named class (long-tailed variant, see the module docstring).
+        val_class_counts: the same for the val split.
     Returns:
         :class:`ShapesPaths`.
     Raises:
-        DataError: on a negative count, a size below 64 or fewer than one worker.
+        DataError: on a negative count, a size below 64, fewer than one worker, an unknown class,
+            a negative count or more forced instances than the split can hold.
     """
     root = Path(out_dir)
     if train < 0 or val < 0:
@@ -120,19 +140,53 @@ def generate_shapes(
         class_names=CLASS_NAMES,
     )
     paths.train_ann.parent.mkdir(parents=True, exist_ok=True)
-    for split, count, img_dir, ann_path in (
-        ("train", train, paths.train_images, paths.train_ann),
-        ("val", val, paths.val_images, paths.val_ann),
+    for split, count, img_dir, ann_path, counts in (
+        ("train", train, paths.train_images, paths.train_ann, class_counts),
+        ("val", val, paths.val_images, paths.val_ann, val_class_counts),
     ):
         img_dir.mkdir(parents=True, exist_ok=True)
-        jobs = [(split, i, size, seed, str(img_dir)) for i in range(count)]
+        plan = plan_class_counts(counts or {}, images=count, seed=seed, split=split, path=root)
+        excluded = tuple(sorted(CLASS_NAMES.index(n) for n in counts or {}))
+        jobs = [(split, i, size, seed, str(img_dir), excluded, plan.get(i, ())) for i in range(count)]
         records = list(_run_jobs(jobs, workers))
         coco = _assemble_coco(split, size, records)
         ann_path.write_text(json.dumps(coco, separators=(",", ":")) + "\n")
     return paths
 
 
-def _run_jobs(jobs: list[tuple[str, int, int, int, str]], workers: int) -> Iterator[list[dict]]:
+def plan_class_counts(
+    counts: dict[str, int], *, images: int, seed: int, split: str, path: Path | None = None
+) -> dict[int, tuple[int, ...]]:
+    """Which images get the forced instances: ``{image index: (label, ...)}``.
+
+    Instances are spread over a seeded random order of the images, one per image while there are
+    more images than instances; an image holds at most 6 (the most shapes an image has).
+    """
+    unknown = [n for n in counts if n not in CLASS_NAMES]
+    if unknown:
+        raise DataError(
+            f"unknown class(es) {', '.join(unknown)}; choose from {', '.join(CLASS_NAMES)}", path=path
+        )
+    bad = {n: c for n, c in counts.items() if c < 0}
+    if bad:
+        raise DataError(f"class counts must be >= 0, got {bad}", path=path)
+    total = sum(counts.values())
+    if total > 6 * images:
+        raise DataError(
+            f"{split}: {total} forced instances do not fit in {images} images (6 per image)", path=path
+        )
+    labels = [CLASS_NAMES.index(n) for n in sorted(counts, key=CLASS_NAMES.index) for _ in range(counts[n])]
+    if not labels:
+        return {}
+    rng = np.random.default_rng([seed, _SPLIT_CODES.get(split, 3), 7919])
+    order = rng.permutation(images)
+    plan: dict[int, list[int]] = {}
+    for k, label in enumerate(labels):
+        plan.setdefault(int(order[k % images]), []).append(label)
+    return {i: tuple(v) for i, v in plan.items()}
+
+
+def _run_jobs(jobs: list[tuple], workers: int) -> Iterator[list[dict]]:
     if workers == 1 or len(jobs) < 2 * workers:
         for job in jobs:
             yield _write_one(job)
@@ -143,9 +197,11 @@ def _run_jobs(jobs: list[tuple[str, int, int, int, str]], workers: int) -> Itera
         yield from pool.imap(_write_one, jobs, chunksize=16)
 
 
-def _write_one(job: tuple[str, int, int, int, str]) -> list[dict]:
-    split, index, size, seed, img_dir = job
-    image, instances = render_image(size, seed=seed, split=split, index=index)
+def _write_one(job: tuple) -> list[dict]:
+    split, index, size, seed, img_dir, excluded, forced = job
+    image, instances = render_image(
+        size, seed=seed, split=split, index=index, exclude=excluded, forced=forced
+    )
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=2, optimize=False)
     (Path(img_dir) / f"{index:06d}.jpg").write_bytes(buf.getvalue())
@@ -175,8 +231,19 @@ def _assemble_coco(split: str, size: int, records: list[list[dict]]) -> dict[str
 # ---------------------------------------------------------------------------------------- drawing
 
 
-def render_image(size: int, *, seed: int, split: str, index: int) -> tuple[Image.Image, list[dict]]:
+def render_image(
+    size: int,
+    *,
+    seed: int,
+    split: str,
+    index: int,
+    exclude: tuple[int, ...] = (),
+    forced: tuple[int, ...] = (),
+) -> tuple[Image.Image, list[dict]]:
     """Draw one image and its annotations (without ``id``/``image_id``).
+
+    ``exclude``: labels never drawn at random; ``forced``: labels drawn first, always placed (the
+    long-tailed variant). With neither, the image is the one of the plain dataset.
 
     Returns:
         ``(RGB image of size x size, [{"category_id", "bbox": xywh pixels, "area",
@@ -190,9 +257,15 @@ def render_image(size: int, *, seed: int, split: str, index: int) -> tuple[Image
 
     frame = box(0, 0, size, size)
     placed: list[dict] = []  # {"label", "color", "visible": geometry, "full_area"}
-    for _ in range(int(rng.choice([1, 2, 3, 4, 5, 6], p=[0.14, 0.22, 0.24, 0.2, 0.12, 0.08]))):
-        label = int(rng.choice(len(CLASS_NAMES), p=CLASS_WEIGHTS))
-        for _attempt in range(12):
+    weights = np.array(CLASS_WEIGHTS)
+    if exclude:
+        weights[list(exclude)] = 0.0
+        weights /= weights.sum()
+    slots = int(rng.choice([1, 2, 3, 4, 5, 6], p=[0.14, 0.22, 0.24, 0.2, 0.12, 0.08]))
+    for slot in range(max(slots, len(forced))):
+        is_forced = slot < len(forced)
+        label = forced[slot] if is_forced else int(rng.choice(len(CLASS_NAMES), p=weights))
+        for _attempt in range(200 if is_forced else 12):
             geom = _make_shape(rng, CLASS_NAMES[label], size, scale)
             gx0, gy0, gx1, gy1 = geom.bounds
             inside = (
@@ -209,6 +282,9 @@ def render_image(size: int, *, seed: int, split: str, index: int) -> tuple[Image
             placed.append({"label": label, "color": colour, "visible": inside, "full_area": inside.area})
             _fill_geometry(image, geom, colour)
             break
+        else:
+            if is_forced:
+                raise DataError(f"{split} image {index}: could not place a forced {CLASS_NAMES[label]}")
 
     # Pixel noise in [-9, 9] per channel, added modulo 256: every colour drawn lies in [_LO, _HI],
     # so the modular sum is the exact sum (no wrap-around).

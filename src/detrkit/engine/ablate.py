@@ -12,7 +12,9 @@ them without help. Arms (:data:`ARMS`):
 - ``augment``: the same with heavily augmented real images;
 - ``copy-paste-online``: online copy-paste in the training transforms, ``data.copy_paste``
   (probability ``online_p``);
-- ``rfs``: repeat-factor sampling, ``data.sampler=repeat_factor`` with ``data.rfs_threshold``.
+- ``rfs``: repeat-factor sampling, ``data.sampler=repeat_factor`` with ``data.rfs_threshold``;
+- ``A+B``: two (or more) of them at once, their overrides merged (e.g. ``copy-paste-online+rfs``;
+  an offline part reads the same synthetic data as its single arm).
 
 Every arm also sets ``data.rare_classes``, which the run records in ``classes.json`` (``rare``).
 
@@ -25,11 +27,13 @@ Output (``out/``)::
 
     runs/<arm>-<seed>/          run folders (config, checkpoints, metrics.json ...) + ablation.json
     synth/<arm>-<seed>/         synthetic datasets of the offline arms
-    comparison.md, .csv         :func:`detrkit.evaluation.compare.compare_runs`: overall and per-class
+    comparison.md, .csv         :func:`detrkit.runs.compare.compare_runs`: overall and per-class
                                 AP, rare-class mAP, mean ± std over seeds, Welch's t-test vs baseline
     ablation.json               arms, seeds, rare classes, budget, run folders
 
-Runs whose ``metrics.json`` exists are not trained again, so an interrupted ablation resumes.
+Runs whose ``metrics.json`` exists are not trained again, and a run stopped part-way continues
+from its ``checkpoints/last.pt`` (saved every epoch; the trainer's exact resume), so an interrupted
+ablation resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class AblationSettings:
         per_class: synthetic images per rare class (offline arms).
         online_p: probability of online copy-paste per training sample.
         online_max_instances: pastes per sample at most (online arm).
+        online_scale: scale jitter of the online pastes (Simple Copy-Paste's ``[0.1, 2.0]``).
         rfs_threshold: repeat-factor threshold ``t`` (a class seen in a fraction ``f < t`` of the
             images repeats its images ``sqrt(t / f)`` times).
     """
@@ -64,6 +69,7 @@ class AblationSettings:
     per_class: int = 100
     online_p: float = 0.5
     online_max_instances: int = 2
+    online_scale: tuple[float, float] = (0.1, 2.0)
     rfs_threshold: float = 0.3
 
 
@@ -94,8 +100,14 @@ def arm_overrides(
 ) -> dict[str, dict[str, Any]]:
     """The nested config overrides that make ``arm`` out of the base config (``{}`` for baseline).
 
-    Offline arms read ``out_dir/synth/<arm>-{seed}/``; ``{seed}`` is filled in by the engine.
+    Offline arms read ``out_dir/synth/<arm>-{seed}/``; ``{seed}`` is filled in by the engine. A
+    combined arm ``A+B`` merges the overrides of its parts.
     """
+    if "+" in arm:
+        merged: dict[str, dict[str, Any]] = {}
+        for part in arm_parts(arm):
+            merged = deep_merge(merged, arm_overrides(part, out_dir=out_dir, rare=rare, settings=settings))
+        return merged
     if arm == "baseline":
         return {}
     if arm in ("copy-paste", "augment"):
@@ -107,11 +119,23 @@ def arm_overrides(
             "prob": settings.online_p,
             "classes": list(rare),
             "max_instances": settings.online_max_instances,
+            "scale": list(settings.online_scale),
         }
         return {"data": {"copy_paste": cp}}
     if arm == "rfs":
         return {"data": {"sampler": "repeat_factor", "rfs_threshold": settings.rfs_threshold}}
     raise ConfigError(f"--arms: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+
+
+def arm_parts(arm: str) -> list[str]:
+    """``"copy-paste+rfs"`` -> ``["copy-paste", "rfs"]``; raises :class:`ConfigError` on an unknown part."""
+    parts = arm.split("+")
+    bad = [p for p in parts if p not in ARMS or (p == "baseline" and len(parts) > 1)]
+    if bad or len(set(parts)) != len(parts):
+        raise ConfigError(
+            f"--arms: unknown arm {arm!r}; choose from {', '.join(ARMS)} or combine them with +"
+        )
+    return parts
 
 
 def run_ablation(
@@ -136,15 +160,14 @@ def run_ablation(
     from detrkit.data.coco import CocoIndex
     from detrkit.engine.builders import ensure_shapes
     from detrkit.engine.trainer import Trainer
-    from detrkit.evaluation.compare import compare_runs
-    from detrkit.evaluation.runs import RunFolder
+    from detrkit.runs.compare import compare_runs
+    from detrkit.runs.folder import RunFolder
 
     settings = settings or AblationSettings()
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown or not arms:
-        raise ConfigError(
-            f"--arms: unknown arm(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(ARMS)}"
-        )
+    if not arms:
+        raise ConfigError(f"--arms: unknown arm(s) (none); choose from {', '.join(ARMS)}")
+    for arm in arms:
+        arm_parts(arm)
     if arms[0] != "baseline":
         arms = ["baseline", *[a for a in arms if a != "baseline"]]
     if not seeds:
@@ -177,15 +200,15 @@ def run_ablation(
             overrides = arm_overrides(arm, out_dir=out, rare=rare, settings=settings)
             per_run = {"train": {"seed": seed}, "output": {"dir": str(run_dir), "name": None}}
             arm_cfg = config_from_dict(deep_merge(deep_merge(base_dict, overrides), per_run), cfg.source)
-            if arm in ("copy-paste", "augment"):
-                synth_dir = out / "synth" / f"{arm}-{seed}"
-                if not (synth_dir / "annotations.json").is_file():
+            for part in arm_parts(arm):
+                synth_dir = out / "synth" / f"{part}-{seed}"
+                if part in ("copy-paste", "augment") and not (synth_dir / "annotations.json").is_file():
                     synthesize(
                         train_index,
                         base.data.train_images,
                         synth_dir,
                         classes=rare,
-                        options=SynthOptions(method=arm, per_class=settings.per_class, seed=seed),
+                        options=SynthOptions(method=part, per_class=settings.per_class, seed=seed),
                     )
             details = {
                 "arm": arm,
@@ -194,8 +217,9 @@ def run_ablation(
                 "steps_per_epoch": steps,
                 "overrides": overrides,
             }
-            trainer = Trainer(arm_cfg, console=console, quiet=quiet)
-            log(f"training {run_dir.name} ({_describe(overrides)})")
+            partial = (run_dir / "checkpoints" / "last.pt").is_file()
+            trainer = Trainer(arm_cfg, resume=run_dir if partial else None, console=console, quiet=quiet)
+            log(f"{'resuming' if partial else 'training'} {run_dir.name} ({_describe(overrides)})")
             trainer.fit()
             (run_dir / "ablation.json").write_text(json.dumps(details, indent=1))
     folders = [RunFolder.load(run_dir) for arm in arms for run_dir in runs[arm]]

@@ -42,6 +42,9 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
     """Generate the built-in shapes dataset when ``data.shapes`` is set and it is missing.
 
     Returns a copy of ``data`` with the four paths filled in. Only the main process generates.
+
+    Raises:
+        ConfigError: a data path is set too and is not the shapes dataset's (two data sources).
     """
     if data.shapes is None:
         return data
@@ -57,8 +60,25 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
         "val_ann": root / "annotations" / "val.json",
         "val_images": root / "val",
     }
+    conflicts = [
+        f"data.{k}={getattr(data, k)}"
+        for k, v in paths.items()
+        if getattr(data, k) and Path(getattr(data, k)) != v
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"data.shapes and {', '.join(conflicts)} are both set: give either data.shapes or the data paths"
+        )
     if main_process and not (paths["train_ann"].is_file() and paths["val_ann"].is_file()):
-        generate_shapes(root, train=s.train, val=s.val, size=s.size, seed=s.seed)
+        generate_shapes(
+            root,
+            train=s.train,
+            val=s.val,
+            size=s.size,
+            seed=s.seed,
+            class_counts=s.class_counts,
+            val_class_counts=s.val_class_counts,
+        )
     return replace(data, **{k: str(v) for k, v in paths.items()})
 
 
@@ -185,6 +205,12 @@ def _with_copy_paste(
             f"{cfg.source}: data.copy_paste: no classes to paste (set data.copy_paste.classes or "
             f"data.rare_classes; no class is rare at data.rare_fraction={cfg.data.rare_fraction})"
         )
+    from detrkit.synth.copy_paste import PasteParams
+
+    if len(cp.scale) != 2 or not 0 < cp.scale[0] <= cp.scale[1]:
+        raise ConfigError(
+            f"{cfg.source}: data.copy_paste.scale: expected [lo, hi] with 0 < lo <= hi, got {cp.scale}"
+        )
     try:
         online = build_online_copy_paste(
             train_index,
@@ -195,6 +221,7 @@ def _with_copy_paste(
             min_area=cp.min_area,
             max_bank_per_class=cp.max_bank_per_class,
             seed=cfg.train.seed if cp.seed is None else cp.seed,
+            params=PasteParams(scale_range=(float(cp.scale[0]), float(cp.scale[1]))),
         )
     except ValueError as err:
         raise ConfigError(f"{cfg.source}: data.copy_paste: {err}") from None
@@ -203,8 +230,8 @@ def _with_copy_paste(
 
 def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log: Any = None) -> nn.Module:
     """``build_model`` + ``model.pretrained`` (HF weights) + ``model.init_from`` (weight transfer)."""
-    from detrkit.engine.checkpoint import transfer_weights
     from detrkit.models.registry import build_model
+    from detrkit.runs.checkpoint import transfer_weights
 
     try:
         model = build_model(model_cfg.name, num_classes=num_classes, **model_cfg.overrides)
@@ -226,13 +253,18 @@ def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log
 
 
 def build_accelerator(cfg: RunConfig) -> Any:
-    """The Accelerator for ``train.precision``/``train.cpu`` (fp16 needs CUDA)."""
+    """The Accelerator for ``train.precision``/``train.cpu``/``train.device`` (fp16 needs CUDA)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    from detrkit.devices import resolve_device
+
     mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
-    use_cpu = cfg.train.cpu or not torch.cuda.is_available()
+    dev = resolve_device(cfg.train.device, option="train.device")  # checks a named device exists
+    use_cpu = cfg.train.cpu or dev.type == "cpu"
+    if dev.type == "cuda" and dev.index is not None and not use_cpu:
+        torch.cuda.set_device(dev.index)  # a single process on cuda:N (launchers set their own)
     if mp == "fp16" and use_cpu:
         raise ConfigError(f"{cfg.source}: train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     # Several runs in one process (library use, tests): start from a clean Accelerate state.

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from detrkit.config import config_from_dict
-from detrkit.engine.checkpoint import inference_state_dict, load_checkpoint, resolve_checkpoint
 from detrkit.engine.sampling import EvalBatchSampler
 from detrkit.engine.validate import validate
 from detrkit.errors import CheckpointError, ConfigError, DataError
+from detrkit.runs.folder import resolve_run_path, run_train_cwd
+from detrkit.runs.restore import restore
 
 
 def evaluate_run(
@@ -26,7 +26,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate ``run``'s checkpoint (``best``, ``last``, ``epoch_N`` or a file path).
 
-    The model is rebuilt from the checkpoint's config and classes; the data defaults to the run's
+    The model is rebuilt by :func:`detrkit.runs.restore`; the data defaults to the run's
     validation set (``data.val_ann``/``data.val_images``), transformed with the run's val preset.
     Returns ``{"checkpoint", "ann", "num_images", "metrics": {AP, AP50, ..., per_class}, "losses"}``.
 
@@ -35,34 +35,28 @@ def evaluate_run(
     """
     from detrkit.data.collate import DetectionCollator
     from detrkit.data.dataset import CocoDetection
-    from detrkit.data.transforms import build_transforms
-    from detrkit.models.registry import build_model
 
-    path = resolve_checkpoint(run, checkpoint) if not Path(checkpoint).is_file() else Path(checkpoint)
-    ckpt = load_checkpoint(path)
-    if "config" not in ckpt or "classes" not in ckpt:
+    restored = restore(run, which=checkpoint)
+    model, classes, transform, cfg = restored
+    path, ckpt = restored.path, restored.checkpoint
+    if "config" not in ckpt:
         raise CheckpointError(f"{path}: checkpoint lacks config/classes; was it written by detrkit train?")
-    cfg = config_from_dict(ckpt["config"], str(path))
-    classes = ckpt["classes"]
     if (ann is None) != (images is None):
         raise ConfigError(
             f"{run}: give both --data ANN and --images DIR, or neither (to use the run's val set)"
         )
     if ann is None:  # the run's val set; relative paths also work from another folder
-        from detrkit.evaluation.runs import resolve_config_path, run_train_cwd
-
         run_dir = path.parent.parent  # RUN/checkpoints/NAME.pt
         train_cwd = run_train_cwd(run_dir)
-        ann = resolve_config_path(cfg.data.val_ann, train_cwd)
-        images = resolve_config_path(cfg.data.val_images, train_cwd)
+        ann = resolve_run_path(cfg.data.val_ann, train_cwd)
+        images = resolve_run_path(cfg.data.val_images, train_cwd)
     ann = Path(ann or "")
     images = Path(images or "")
     if not ann.is_file():
         raise DataError(f"{ann}: validation annotation file not found (pass --data ANN --images DIR)")
     if not images.is_dir():
         raise DataError(f"{images}: image folder not found")
-    transforms = build_transforms(cfg.data.val_preset, train=False, **cfg.data.transform_args)
-    ds = CocoDetection(ann, images, transforms=transforms, on_bad_box=cfg.data.on_bad_box)
+    ds = CocoDetection(ann, images, transforms=transform, on_bad_box=cfg.data.on_bad_box)
     if list(ds.category_ids) != list(classes["category_ids"]):
         if sorted(ds.class_names) == sorted(classes["names"]) and list(ds.class_names) != list(
             classes["names"]
@@ -72,15 +66,6 @@ def evaluate_run(
             hint = f"data has {list(ds.class_names)}, model has {list(classes['names'])}"
         raise DataError(
             f"{ann}: categories differ from the run's classes ({hint}); remap with `detrkit data merge`"
-        )
-    try:
-        model = build_model(cfg.model.name, num_classes=len(classes["names"]), **cfg.model.overrides)
-    except ValueError as err:
-        raise CheckpointError(f"{path}: cannot rebuild model {cfg.model.name!r}: {err}") from None
-    missing, unexpected = model.load_state_dict(inference_state_dict(ckpt), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not fit {cfg.model.name} (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"))
     model.to(dev)

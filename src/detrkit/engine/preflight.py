@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from detrkit.engine import checkpoint as ckpt_io
 from detrkit.errors import CheckpointError, TrainingError
+from detrkit.runs import checkpoint as ckpt_io
 
 if TYPE_CHECKING:
     from detrkit.engine.trainer import Trainer

@@ -6,20 +6,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-from detrkit.config import load_config
-from detrkit.engine.rundir import check_resumable
+from detrkit.config import RunConfig, load_config
 from detrkit.engine.trainer import Trainer
+from detrkit.runs.layout import check_resumable
 
 
 def train_from_config(
-    config: str | Path | None,
+    config: str | Path | RunConfig | None,
     overrides: list[str] | None = None,
     *,
     resume: str | Path | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Load a config (or the resumed run's ``config.yaml``), train, return the summary."""
-    if resume is not None:
+    """Load a config (or the resumed run's ``config.yaml``; a ``RunConfig`` is used as is), train,
+    return the summary."""
+    if isinstance(config, RunConfig):
+        cfg = config
+    elif resume is not None:
         check_resumable(resume)
         cfg = load_config(Path(resume) / "config.yaml", overrides or [])
     else:

@@ -25,7 +25,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from detrkit.config import RunConfig
-from detrkit.engine import checkpoint as ckpt_io
 from detrkit.engine.builders import (
     DataSplits,
     build_accelerator,
@@ -35,14 +34,16 @@ from detrkit.engine.builders import (
     ensure_shapes,
     repeat_factors_for,
 )
-from detrkit.engine.callbacks import RunLogger, epoch_line, plot_curves, read_metrics_csv
 from detrkit.engine.ema import ModelEMA
 from detrkit.engine.loop import StepRunner
 from detrkit.engine.optim import apply_freezing, build_optimizer, build_scheduler, set_bn_eval
-from detrkit.engine.rundir import check_resumable, environment, make_run_dir, write_json
 from detrkit.engine.sampling import EvalBatchSampler, ResumableBatchSampler, SeededDataset
 from detrkit.engine.validate import validate
 from detrkit.errors import ConfigError
+from detrkit.runs import checkpoint as ckpt_io
+from detrkit.runs.layout import check_resumable, environment, make_run_dir, write_json
+from detrkit.runs.logger import RunLogger, epoch_line, plot_curves
+from detrkit.runs.metrics import read_metrics_csv
 
 
 class Trainer:
@@ -71,8 +72,12 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         console: Console | None = None,
         quiet: bool = False,
+        on_epoch_end: Callable[[int, dict[str, Any]], bool] | None = None,
     ) -> None:
         self.cfg = config
+        #: called after each epoch's row (and checkpoints) with ``(epoch, row)``; returning False
+        #: stops the run there, like early stopping (a sweep's pruner uses it)
+        self.on_epoch_end = on_epoch_end
         self.resume_dir = Path(resume) if resume is not None else None
         self._model_in = model
         self._data_in = (train_dataset, val_dataset, classes, val_gt)
@@ -127,6 +132,9 @@ class Trainer:
         self.epoch = 0
         self.epoch_batches = 0  # micro-batches of ``epoch`` already consumed
         self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.stale_evals = 0  # validations in a row without an improvement > train.min_delta
+        self.stopped_early_at: int | None = None
         self.history: list[dict[str, Any]] = []
         self.last_metrics: dict[str, Any] = {}
 
@@ -214,6 +222,11 @@ class Trainer:
         accum = cfg.train.grad_accum
         if accum < 1:
             raise ConfigError(f"{cfg.source}: train.grad_accum must be >= 1, got {accum}")
+        if cfg.train.patience < 0 or cfg.train.min_delta < 0:
+            raise ConfigError(
+                f"{cfg.source}: train.patience and train.min_delta must be >= 0 (0: no early stopping), got "
+                f"{cfg.train.patience} and {cfg.train.min_delta}"
+            )
         self.steps_per_epoch = math.ceil(self.train_sampler.batches_per_epoch() / accum)
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -247,6 +260,8 @@ class Trainer:
             "model_name": self.model_name,
             "metrics": self.last_metrics,
             "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stale_evals": self.stale_evals,
             "runner": self.runner.state_dict(),
             "world_size": self.acc.num_processes,
         }
@@ -263,6 +278,8 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.epoch_batches = int(state["epoch_step"])
         self.best = state.get("best")
+        self.best_epoch = state.get("best_epoch")
+        self.stale_evals = int(state.get("stale_evals") or 0)
         self.last_metrics = state.get("metrics") or {}
         self.runner.load_state_dict(state["runner"])
         rngs = state["rng"]
@@ -353,9 +370,12 @@ class Trainer:
                 self.last_metrics = metrics
             names = ["last"]
             key = f"val/{cfg.eval.best_metric}"
-            if key in row and (self.best is None or row[key] > self.best):
-                self.best = row[key]
-                names.append("best")
+            if key in row:
+                improved = self.best is None or row[key] > self.best + cfg.train.min_delta
+                self.stale_evals = 0 if improved else self.stale_evals + 1
+                if self.best is None or row[key] > self.best:
+                    self.best, self.best_epoch = row[key], epoch + 1
+                    names.append("best")
             if cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0:
                 names.append(f"epoch_{epoch + 1}")
             self.history.append(row)
@@ -366,6 +386,18 @@ class Trainer:
             )
             self.log.scalars({"images_per_s": row["train/images_per_s"]}, epoch + 1, "train")
             self.log.info(epoch_line(row, cfg.train.epochs))
+            if self.on_epoch_end is not None and not self.on_epoch_end(epoch + 1, row) and not is_last:
+                self.stopped_early_at = epoch + 1
+                self.log.info(f"stopped at epoch {epoch + 1} by the caller (e.g. a sweep's pruner)")
+                break
+            if cfg.train.patience and self.stale_evals >= cfg.train.patience and not is_last:
+                self.stopped_early_at = epoch + 1
+                self.log.info(
+                    f"early stopping at epoch {epoch + 1}: {cfg.eval.best_metric} has not improved by more than "
+                    f"{cfg.train.min_delta} for {self.stale_evals} validation(s) (best {self.best:.4f}, epoch "
+                    f"{self.best_epoch})"
+                )
+                break
         wall = time.perf_counter() - t_start
         final = {k: v for k, v in (self.history[-1] if self.history else {}).items()}
         summary = {
@@ -374,6 +406,9 @@ class Trainer:
             "wall_s": round(wall, 1),
             "best": self.best,
             "best_metric": cfg.eval.best_metric,
+            "best_epoch": self.best_epoch,
+            "stopped_early_at_epoch": self.stopped_early_at,
+            "patience": cfg.train.patience,
             "nonfinite_steps": self.runner.nonfinite_total,
             "final": final,
             "per_class": self.last_metrics.get("per_class"),
@@ -391,6 +426,15 @@ class Trainer:
                 }
                 | {
                     "best " + cfg.eval.best_metric: self.best if self.best is not None else "n/a",
+                    "best epoch": (
+                        f"{self.best_epoch} (trained epochs only)" if self.best_epoch is not None else "n/a"
+                    ),
+                    "early stop": (
+                        f"epoch {self.stopped_early_at} of {cfg.train.epochs} (patience {cfg.train.patience},"
+                        f" min_delta {cfg.train.min_delta})"
+                        if self.stopped_early_at is not None
+                        else ("not triggered" if cfg.train.patience else "off")
+                    ),
                     "wall s": round(wall, 1),
                 },
             )

@@ -4,7 +4,9 @@
 file and the first bad entry), runs faster-coco-eval's ``COCOeval_faster`` (the pycocotools
 algorithm in C++: greedy matching by score, crowd GT as ignore regions, 101-point interpolated
 precision) and summarises the ``precision``/``recall`` arrays itself, exactly as pycocotools'
-``summarize`` does. Undefined entries follow pycocotools: ``-1`` where no GT exists (e.g. APs
+``summarize`` does. Every metric of detrkit (``eval``, ``val``, the training loop's validation,
+``analyze``, the run folders ``compare`` reads) goes through it; it renumbers GT annotation ids
+1..N internally, so files whose ids start at 0 (Roboflow exports) score right. Undefined entries follow pycocotools: ``-1`` where no GT exists (e.g. APs
 when no GT is small). Empty predictions give 0 wherever GT exists.
 
 Formats: GT is a COCO instances file/dict/:class:`~detrkit.data.coco.CocoIndex`; predictions are
@@ -357,10 +359,17 @@ def _load_predictions(predictions: PredSource) -> tuple[list[Mapping[str, Any]],
 
 
 def _gt_for_eval(gt: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy faster-coco-eval may mutate; fills ``iscrowd`` (0) and ``area`` (box area) if absent."""
+    """A copy faster-coco-eval may mutate; fills ``iscrowd`` (0) and ``area`` (box area) if absent.
+
+    Annotation ids are renumbered 1..N in file order: COCOeval (pycocotools and faster-coco-eval
+    alike) stores the matched GT *id* as the "matched" flag of a detection, so a GT with id 0 (as in
+    Roboflow exports, which count from 0) would never count as matched. No result refers to GT
+    annotation ids, so nothing needs mapping back.
+    """
     anns = []
-    for a in gt["annotations"]:
+    for new_id, a in enumerate(gt["annotations"], start=1):
         a = dict(a)
+        a["id"] = new_id
         a.setdefault("iscrowd", 0)
         if "area" not in a:
             a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])

@@ -23,7 +23,6 @@ from detrkit.evaluation import plots
 from detrkit.evaluation.analysis import AnalysisResult
 from detrkit.evaluation.errors import DESCRIPTIONS, ERROR_TYPES, FP_TYPES, TIDE_NAMES
 from detrkit.evaluation.galleries import ClassGallery
-from detrkit.evaluation.runs import read_metrics_csv
 
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("summary", "Summary"),
@@ -73,27 +72,6 @@ class RunInfo:
     config_text: str | None = None
     env: dict[str, Any] | None = None
     metrics_rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def read_run_info(run_dir: str | Path | None) -> RunInfo:
-    """``config.yaml``, ``env.json`` and ``metrics.csv`` of a run folder (missing files are skipped)."""
-    if run_dir is None:
-        return RunInfo()
-    run_dir = Path(run_dir)
-    cfg = run_dir / "config.yaml"
-    env_path = run_dir / "env.json"
-    env = None
-    if env_path.is_file():
-        try:
-            env = json.loads(env_path.read_text())
-        except json.JSONDecodeError:
-            env = {"error": f"{env_path} is not valid JSON"}
-    return RunInfo(
-        run_dir=run_dir,
-        config_text=cfg.read_text() if cfg.is_file() else None,
-        env=env,
-        metrics_rows=read_metrics_csv(run_dir / "metrics.csv"),
-    )
 
 
 def _img(png: bytes | None, alt: str, cls: str = "fig") -> str:

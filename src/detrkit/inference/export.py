@@ -81,7 +81,8 @@ def export_model(
     """Export ``model`` to ``out`` and compare the exported model with PyTorch on a random batch.
 
     Args:
-        model: a :class:`~detrkit.models.base.Detector` (put in eval mode, on CPU).
+        model: a :class:`~detrkit.models.base.Detector` (put in eval mode, on CPU); one with an
+            ``inference_model()`` method is exported as what that returns.
         out: output file (``.onnx`` or ``.pt``/``.ts``).
         format: ``"onnx"`` or ``"torchscript"``.
         height, width: example input size used for tracing and the check (B=2, the second padded).
@@ -94,6 +95,8 @@ def export_model(
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "inference_model"):  # drop training-only parts (Co-DETR's auxiliary heads)
+        model = model.inference_model()
     wrapper = ExportWrapper(model.eval().cpu()).eval()
     images, mask = example_inputs(2, height, width)
     if format == "torchscript":

@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from detrkit.errors import CheckpointError, DataError
+from detrkit.data.images import IMAGE_SUFFIXES
+from detrkit.errors import DataError
+from detrkit.runs.restore import Restored, restore
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 ImageSource = Image.Image | str | Path | Sequence[Image.Image | str | Path]
 
 
@@ -110,49 +111,22 @@ class Predictor:
         cls, run_dir: str | Path, *, checkpoint: str = "best", device: str | torch.device | None = None
     ) -> Predictor:
         """Load ``run_dir/checkpoints/{checkpoint}.pt`` (``best`` falls back to ``last``)."""
-        from detrkit.engine.checkpoint import resolve_checkpoint
-
-        return cls.from_checkpoint(resolve_checkpoint(run_dir, checkpoint), device=device)
+        return cls.from_restored(restore(run_dir, which=checkpoint), device=device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device | None = None) -> Predictor:
         """Rebuild the model from a detrkit checkpoint (``model_name``, ``config``, ``classes``)."""
-        from detrkit.data.transforms import build_transforms
-        from detrkit.engine.checkpoint import inference_state_dict, load_checkpoint
-        from detrkit.models.registry import build_model
+        return cls.from_restored(restore(path), device=device)
 
-        ckpt = load_checkpoint(path)
-        for key in ("model_name", "classes"):
-            if key not in ckpt:
-                raise CheckpointError(
-                    f"{path}: checkpoint has no {key!r} entry (not written by detrkit train?)"
-                )
-        names = [str(n) for n in ckpt["classes"]["names"]]
-        cat_ids = [int(c) for c in ckpt["classes"].get("category_ids", range(1, len(names) + 1))]
-        config = ckpt.get("config") or {}
-        model_cfg = config.get("model", {}) or {}
-        data_cfg = config.get("data", {}) or {}
-        try:
-            model = build_model(
-                ckpt["model_name"], num_classes=len(names), **(model_cfg.get("overrides") or {})
-            )
-        except ValueError as err:
-            raise CheckpointError(f"{path}: cannot rebuild model {ckpt['model_name']!r}: {err}") from None
-        missing, unexpected = model.load_state_dict(inference_state_dict(ckpt), strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: weights do not fit {ckpt['model_name']!r} ({len(missing)} missing, "
-                f"{len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
-            )
-        transform = build_transforms(
-            data_cfg.get("val_preset", "val"), train=False, **(data_cfg.get("transform_args") or {})
-        )
+    @classmethod
+    def from_restored(cls, restored: Restored, *, device: str | torch.device | None = None) -> Predictor:
+        """A predictor for what :func:`detrkit.runs.restore` rebuilt (the run's eval transform)."""
         return cls(
-            model=model,
-            class_names=names,
-            category_ids=cat_ids,
-            transform=transform,
-            size_divisibility=int(data_cfg.get("size_divisibility", 0) or 0),
+            model=restored.model,
+            class_names=list(restored.classes["names"]),
+            category_ids=list(restored.classes["category_ids"]),
+            transform=restored.transform,
+            size_divisibility=restored.config.data.size_divisibility,
             device=_device(device),
         )
 

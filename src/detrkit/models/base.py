@@ -41,6 +41,9 @@ class Detector(nn.Module, ABC):
 
     num_classes: int
     model_name: str
+    #: state-dict key prefixes of parts used only in training (e.g. Co-DETR's auxiliary heads):
+    #: checkpoints of the plain architecture load without them, which keep their initialisation
+    training_only_prefixes: tuple[str, ...] = ()
 
     @abstractmethod
     def forward(

@@ -1,7 +1,8 @@
 """torchvision Faster R-CNN baselines behind the :class:`~detrkit.models.base.Detector` interface.
 
-Registered names: ``fasterrcnn-r50-fpn`` (ResNet-50 + FPN) and ``fasterrcnn-vgg16`` (VGG16
-``features`` as a single stride-16 feature map, AnchorGenerator + RoIAlign). Random weights by
+Registered names: ``fasterrcnn-r50-fpn`` (ResNet-50 + FPN), ``fasterrcnn-vgg16`` and
+``fasterrcnn-vgg19`` (VGG ``features`` as a single stride-16 feature map, AnchorGenerator +
+RoIAlign). Random weights by
 default (``weights=None``, no download).
 
 Conversions done here: padded ``images`` + ``pixel_mask`` -> list of unpadded images (one host sync
@@ -32,7 +33,14 @@ from detrkit.models.backbone import load_imagenet_weights
 from detrkit.models.base import Detector, check_inputs
 from detrkit.models.registry import register_model
 
-__all__ = ["FasterRCNNDetector", "build_fasterrcnn_r50_fpn", "build_fasterrcnn_vgg16"]
+__all__ = [
+    "FasterRCNNDetector",
+    "build_fasterrcnn_r50_fpn",
+    "build_fasterrcnn_vgg16",
+    "build_fasterrcnn_vgg19",
+    "pixel_targets",
+    "unpadded_sizes",
+]
 
 
 class _NoResizeTransform(GeneralizedRCNNTransform):
@@ -86,18 +94,13 @@ class FasterRCNNDetector(Detector):
             targets: optional ``B`` dicts, ``"boxes"`` ``[N, 4]`` cxcywh normalised, ``"labels"``.
         """
         check_inputs(images, pixel_mask, targets)
-        heights = pixel_mask.any(dim=2).sum(dim=1)
-        widths = pixel_mask.any(dim=1).sum(dim=1)
-        sizes = torch.stack((heights, widths), dim=1)
-        sizes_list = sizes.tolist()  # torchvision needs Python ints: one host sync
+        sizes, sizes_list = unpadded_sizes(pixel_mask)
         image_list = [img[:, :h, :w] for img, (h, w) in zip(images, sizes_list, strict=True)]
-        tv_targets = None
-        if targets is not None:
-            tv_targets = []
-            for t, (h, w) in zip(targets, sizes_list, strict=True):
-                scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=images.device)
-                boxes = box_cxcywh_to_xyxy(t["boxes"].to(images.device, torch.float32)) * scale
-                tv_targets.append({"boxes": boxes, "labels": t["labels"].to(images.device) + 1})
+        tv_targets = (
+            None
+            if targets is None
+            else pixel_targets(targets, sizes_list, device=images.device, label_offset=1)
+        )
         batched, tv_targets = self.net.transform(image_list, tv_targets)
         features = self.net.backbone(batched.tensors)
         if isinstance(features, Tensor):
@@ -134,6 +137,34 @@ class FasterRCNNDetector(Detector):
             boxes = torch.minimum(boxes.clamp(min=0), bound)
             results.append({"boxes": boxes, "scores": d["scores"], "labels": d["labels"]})
         return results
+
+
+def unpadded_sizes(pixel_mask: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
+    """``pixel_mask bool[B, H, W]`` (each image's real region its top-left block) ->
+    ``(int64[B, 2], [(h, w), ...])`` unpadded sizes; the list costs one host sync (torchvision
+    needs Python ints)."""
+    sizes = torch.stack((pixel_mask.any(dim=2).sum(dim=1), pixel_mask.any(dim=1).sum(dim=1)), dim=1)
+    return sizes, [(int(h), int(w)) for h, w in sizes.tolist()]
+
+
+def pixel_targets(
+    targets: list[dict[str, Tensor]],
+    sizes_hw: list[tuple[int, int]],
+    *,
+    device: torch.device,
+    label_offset: int = 0,
+) -> list[dict[str, Tensor]]:
+    """Our targets (cxcywh normalised) -> torchvision's on ``device``: ``"boxes"`` float32 xyxy
+    pixels of the unpadded image ``(h, w)``, ``"labels"`` + ``label_offset`` (1: torchvision's
+    background 0)."""
+    out = []
+    for t, (h, w) in zip(targets, sizes_hw, strict=True):
+        boxes = t["boxes"].to(device, torch.float32)
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+        out.append(
+            {"boxes": box_cxcywh_to_xyxy(boxes) * scale, "labels": t["labels"].to(device) + label_offset}
+        )
+    return out
 
 
 def _transform(min_size: int, max_size: int) -> _NoResizeTransform:
@@ -196,6 +227,53 @@ def build_fasterrcnn_r50_fpn(
     return FasterRCNNDetector(net, num_classes=num_classes, model_name="fasterrcnn-r50-fpn")
 
 
+_VGG_CONFIGS = {"vgg16": "D", "vgg19": "E"}
+
+
+def _build_fasterrcnn_vgg(
+    name: str,
+    *,
+    num_classes: int,
+    backbone_weights: str | Path | None,
+    anchor_sizes: tuple[int, ...],
+    aspect_ratios: tuple[float, ...],
+    detections_per_img: int,
+    score_thresh: float,
+) -> FasterRCNNDetector:
+    """Faster R-CNN on the ``features`` of torchvision's VGG ``name`` (see :func:`build_fasterrcnn_vgg16`)."""
+    _check_common(num_classes, detections_per_img)
+    if not anchor_sizes or not aspect_ratios:
+        raise ValueError(
+            "anchor_sizes and aspect_ratios must be non-empty tuples, e.g. (32, 64, 128) and (0.5, 1.0, 2.0)"
+        )
+    # the VGG convolutions only: building torchvision's vgg16()/vgg19() would also initialise its
+    # 120M-parameter classifier, which we drop.
+    vgg = nn.Module()
+    vgg.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs[_VGG_CONFIGS[name]])
+    for m in vgg.features.modules():
+        if isinstance(m, nn.Conv2d):  # torchvision's VGG initialisation
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    if backbone_weights is not None:
+        load_imagenet_weights(vgg, name, backbone_weights)
+        for p in vgg.features[:10].parameters():  # conv1_1..conv2_2 (the same layers in VGG16 and 19)
+            p.requires_grad_(False)
+    features = vgg.features[:-1]  # drop the last max-pool: stride 16
+    features.out_channels = 512
+    anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
+    roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    net = FasterRCNN(
+        features,
+        num_classes=num_classes + 1,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        box_detections_per_img=detections_per_img,
+        box_score_thresh=score_thresh,
+    )
+    net.transform = _transform(600, 1000)
+    return FasterRCNNDetector(net, num_classes=num_classes, model_name=f"fasterrcnn-{name}")
+
+
 @register_model("fasterrcnn-vgg16", family="faster-rcnn")
 def build_fasterrcnn_vgg16(
     *,
@@ -217,34 +295,37 @@ def build_fasterrcnn_vgg16(
         detections_per_img: detections kept per image.
         score_thresh: minimum score of a detection.
     """
-    _check_common(num_classes, detections_per_img)
-    if not anchor_sizes or not aspect_ratios:
-        raise ValueError(
-            "anchor_sizes and aspect_ratios must be non-empty tuples, e.g. (32, 64, 128) and (0.5, 1.0, 2.0)"
-        )
-    # VGG16 "D" convolutions only: building torchvision's vgg16() would also initialise its
-    # 120M-parameter classifier, which we drop.
-    vgg = nn.Module()
-    vgg.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
-    for m in vgg.features.modules():
-        if isinstance(m, nn.Conv2d):  # torchvision's VGG initialisation
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-    if backbone_weights is not None:
-        load_imagenet_weights(vgg, "vgg16", backbone_weights)
-        for p in vgg.features[:10].parameters():  # conv1_1..conv2_2
-            p.requires_grad_(False)
-    features = vgg.features[:-1]  # drop the last max-pool: stride 16
-    features.out_channels = 512
-    anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
-    roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
-    net = FasterRCNN(
-        features,
-        num_classes=num_classes + 1,
-        rpn_anchor_generator=anchors,
-        box_roi_pool=roi_pool,
-        box_detections_per_img=detections_per_img,
-        box_score_thresh=score_thresh,
+    return _build_fasterrcnn_vgg(
+        "vgg16",
+        num_classes=num_classes,
+        backbone_weights=backbone_weights,
+        anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios,
+        detections_per_img=detections_per_img,
+        score_thresh=score_thresh,
     )
-    net.transform = _transform(600, 1000)
-    return FasterRCNNDetector(net, num_classes=num_classes, model_name="fasterrcnn-vgg16")
+
+
+@register_model("fasterrcnn-vgg19", family="faster-rcnn")
+def build_fasterrcnn_vgg19(
+    *,
+    num_classes: int,
+    backbone_weights: str | Path | None = None,
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+    detections_per_img: int = 100,
+    score_thresh: float = 0.0,
+) -> FasterRCNNDetector:
+    """Faster R-CNN with VGG19 features (16 convolutions, stride 16, 512 channels), one feature map.
+
+    The options of :func:`build_fasterrcnn_vgg16`; ``backbone_weights`` are ImageNet VGG19 weights.
+    """
+    return _build_fasterrcnn_vgg(
+        "vgg19",
+        num_classes=num_classes,
+        backbone_weights=backbone_weights,
+        anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios,
+        detections_per_img=detections_per_img,
+        score_thresh=score_thresh,
+    )

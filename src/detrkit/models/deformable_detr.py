@@ -199,6 +199,17 @@ class DeformableDETR(Detector):
         check_inputs(images, pixel_mask, targets)
         if targets is not None and self.criterion is None:
             raise ValueError("this model was built without a criterion; pass targets=None")
+        outputs, _ = self.forward_outputs(images, pixel_mask, targets)
+        if targets is not None:
+            outputs.update(self.criterion(outputs, targets))
+        return outputs
+
+    def forward_outputs(
+        self, images: Tensor, pixel_mask: Tensor, targets: list[dict[str, Tensor]] | None = None
+    ) -> tuple[dict[str, Any], TransformerOutput]:
+        """:meth:`forward` without the losses: ``(outputs, transformer output)`` for subclasses
+        that add training-only branches on the encoder memory (see :mod:`detrkit.models.co_detr`).
+        The inputs are not validated here."""
         features = self.backbone.forward_levels(images)
         self._check_level_sizes(images, features)
         srcs = [proj(f) for proj, f in zip(self.input_proj, features, strict=False)]
@@ -244,9 +255,7 @@ class DeformableDETR(Detector):
                 "pred_logits": self.dense_head(out.enc_features),
                 "anchors": out.enc_anchors,
             }
-        if targets is not None:
-            outputs.update(self.criterion(outputs, targets))
-        return outputs
+        return outputs, out
 
     def _heads(self, out: TransformerOutput) -> dict[str, Any]:
         """Per-layer class logits and refined boxes: the last layer's, ``"aux_outputs"`` and

@@ -108,6 +108,9 @@ class TransformerOutput:
             proposal heads read (zero at padded or border positions).
         enc_anchors: two-stage only: ``[B, S, 4]`` each position's anchor box (cxcywh: its pixel
             centre, side ``0.05 * 2**level``); padded and border positions are ``(1, 1, 1, 1)``.
+        memory: ``[B, S, D]`` the encoder output (auxiliary heads read it, see
+            :mod:`detrkit.models.co_detr`).
+        levels: the :class:`FlatLevels` geometry of ``memory``, for :meth:`DeformableTransformer.decode`.
     """
 
     hidden: Tensor
@@ -119,6 +122,8 @@ class TransformerOutput:
     denoising: TransformerOutput | None = None
     enc_features: Tensor | None = None
     enc_anchors: Tensor | None = None
+    memory: Tensor | None = None
+    levels: FlatLevels | None = None
 
 
 class DeformableTransformer(nn.Module):
@@ -355,7 +360,23 @@ class DeformableTransformer(nn.Module):
             denoising=dn_out,
             enc_features=features,
             enc_anchors=anchors,
+            memory=memory,
+            levels=levels,
         )
+
+    def decode(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        reference: Tensor,
+        memory: Tensor,
+        levels: FlatLevels,
+        bbox_heads: Sequence[nn.Module] | None,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Decode extra queries against an encoded ``memory`` (e.g. Co-DETR's positive queries);
+        the arguments and outputs of :meth:`_decode`."""
+        return self._decode(tgt, query_pos, reference, memory, levels, bbox_heads, attn_mask)
 
     def _decode(
         self,
@@ -368,7 +389,8 @@ class DeformableTransformer(nn.Module):
         attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run the decoder: ``tgt, query_pos [B, Q, D]``, ``reference [B, Q, 2 or 4]``, optional
-        ``attn_mask bool[Q, Q]`` -> ``(hidden [N, B, Q, D], references [N, B, Q, 2 or 4])``."""
+        ``attn_mask bool[Q, Q]`` (or ``[B, 1, Q, Q]``, per image; True where query ``i`` may attend
+        to ``j``) -> ``(hidden [N, B, Q, D], references [N, B, Q, 2 or 4])``."""
         ratios = levels.valid_ratios
         hidden, references = [], []
         for i, layer in enumerate(self.decoder_layers):

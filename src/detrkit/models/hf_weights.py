@@ -270,7 +270,9 @@ def load_hf_weights(
         source: folder, file, Hub id, or an in-memory state dict.
         strict: raise when keys are missing or unexpected (the class head excepted).
     Returns:
-        ``{"missing": [...], "unexpected": [...], "reinitialized": [...]}`` key lists.
+        ``{"missing": [...], "unexpected": [...], "reinitialized": [...], "fresh": [...]}`` key
+        lists; ``fresh``: the model's training-only parts (``Detector.training_only_prefixes``,
+        e.g. Co-DETR's auxiliary heads), absent from the checkpoint and left at their initialisation.
     Raises:
         CheckpointError: unreadable source, unknown keys, shape mismatches, or (strict) missing keys.
     """
@@ -297,7 +299,9 @@ def _load_state(
     if bad:
         raise CheckpointError(f"checkpoint does not fit {model.model_name}: shape mismatch for {bad[:3]}")
     result = model.load_state_dict(mapped, strict=False)
-    missing = [k for k in result.missing_keys if k not in reinitialized]
+    training_only = tuple(getattr(model, "training_only_prefixes", ()))
+    fresh = [k for k in result.missing_keys if training_only and k.startswith(training_only)]
+    missing = [k for k in result.missing_keys if k not in reinitialized and k not in fresh]
     unexpected = list(result.unexpected_keys)
     if strict and (missing or unexpected):
         raise CheckpointError(
@@ -311,7 +315,7 @@ def _load_state(
         )
         log.warning(msg)
         warnings.warn(msg, stacklevel=3)
-    return {"missing": missing, "unexpected": unexpected, "reinitialized": reinitialized}
+    return {"missing": missing, "unexpected": unexpected, "reinitialized": reinitialized, "fresh": fresh}
 
 
 _RESNET_DEPTHS = {((2, 2, 2, 2), "basic"): "resnet18", ((3, 4, 6, 3), "basic"): "resnet34",

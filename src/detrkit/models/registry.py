@@ -27,8 +27,13 @@ __all__ = ["MODEL_MODULES", "ModelInfo", "build_model", "list_models", "model_in
 
 #: Modules imported to populate the registry; ``detrkit.models.deformable_detr`` is optional
 #: (imported only when it is installed).
-MODEL_MODULES = ("detrkit.models.detr", "detrkit.models.deformable_detr", "detrkit.models.baselines")
-_OPTIONAL_MODULES = frozenset({"detrkit.models.deformable_detr"})
+MODEL_MODULES = (
+    "detrkit.models.detr",
+    "detrkit.models.deformable_detr",
+    "detrkit.models.baselines",
+    "detrkit.models.co_detr.model",
+)
+_OPTIONAL_MODULES = frozenset({"detrkit.models.deformable_detr", "detrkit.models.co_detr.model"})
 
 Builder = TypeVar("Builder", bound=Callable[..., Detector])
 

@@ -64,10 +64,14 @@ def require_diffusers() -> Any:
     return diffusers
 
 
-def load_inpaint_pipeline(model: str, *, device: str | None = None, half: bool | None = None) -> Any:
+def load_inpaint_pipeline(
+    model: str, *, device: str | None = None, half: bool | None = None, controlnet: str | None = None
+) -> Any:
     """Load ``StableDiffusionInpaintPipeline`` from a Hub id or local folder (progress bar off).
 
-    ``half`` defaults to fp16 on CUDA and fp32 elsewhere; ``device`` to CUDA when available.
+    With ``controlnet`` (a Hub id or local folder of a ``ControlNetModel``) the pipeline is
+    ``StableDiffusionControlNetInpaintPipeline`` over the same ``model``. ``half`` defaults to fp16
+    on CUDA and fp32 elsewhere; ``device`` to CUDA when available.
     """
     import torch
 
@@ -78,18 +82,27 @@ def load_inpaint_pipeline(model: str, *, device: str | None = None, half: bool |
     from diffusers.utils import deprecation_utils
 
     dtype_key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    dtype = {dtype_key: torch.float16 if half else torch.float32}
+    extra: dict[str, Any] = {}
+    cls = diffusers.StableDiffusionInpaintPipeline
+    if controlnet is not None:
+        try:
+            extra["controlnet"] = diffusers.ControlNetModel.from_pretrained(controlnet, **dtype)
+        except (OSError, ValueError) as err:
+            raise SynthError(f"{controlnet}: cannot load a ControlNet ({_first_line(err)})") from None
+        cls = diffusers.StableDiffusionControlNetInpaintPipeline
     try:
-        pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
-            model,
-            safety_checker=None,
-            requires_safety_checker=False,
-            **{dtype_key: torch.float16 if half else torch.float32},
+        pipe = cls.from_pretrained(
+            model, safety_checker=None, requires_safety_checker=False, **dtype, **extra
         )
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SynthError(f"{model}: cannot load an inpainting pipeline ({first})") from None
+        raise SynthError(f"{model}: cannot load an inpainting pipeline ({_first_line(err)})") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def context_crop(
@@ -114,10 +127,14 @@ def inpaint_box(
     *,
     params: DiffusionParams,
     seed: int,
+    control: np.ndarray | None = None,
+    conditioning_scale: float = 1.0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Repaint ``box_xyxy`` of ``uint8 [H, W, 3]``; returns the new image and the call's details.
 
-    Only the box's pixels differ from ``image`` in the result.
+    ``control``: a ``uint8 [H, W, 3]`` ControlNet condition aligned with ``image`` (a ControlNet
+    pipeline); it is cropped and resized (nearest) like the image. Only the box's pixels differ
+    from ``image`` in the result.
     """
     import torch
 
@@ -129,6 +146,11 @@ def inpaint_box(
     mask[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0] = 255
     mask_image = Image.fromarray(mask).resize((res, res), Image.NEAREST)
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    extra: dict[str, Any] = {}
+    if control is not None:
+        crop_control = control[cy0 : cy0 + side, cx0 : cx0 + side]
+        extra["control_image"] = Image.fromarray(crop_control).resize((res, res), Image.NEAREST)
+        extra["controlnet_conditioning_scale"] = conditioning_scale
     result = pipe(
         prompt=prompt,
         negative_prompt=params.negative_prompt or None,
@@ -140,6 +162,7 @@ def inpaint_box(
         guidance_scale=params.guidance,
         generator=generator,
         output_type="pil",
+        **extra,
     ).images[0]
     painted = np.asarray(result.convert("RGB").resize((side, side), Image.BICUBIC))
     out = image.copy()

@@ -48,12 +48,15 @@ class SynthSample:
         annotations: COCO annotations without ``id``/``image_id`` (``bbox`` xywh pixels).
         class_name: the rare class this image was made for.
         meta: JSON-ready method details (source image, parameters, pastes, prompt...).
+        new: indices of the annotations the method added (pasted or generated); None: those of
+            ``class_name``'s category (augment). The quality filter checks these.
     """
 
     image: np.ndarray
     annotations: list[dict[str, Any]]
     class_name: str
     meta: dict[str, Any] = field(default_factory=dict)
+    new: list[int] | None = None
 
 
 class SynthWriter:
@@ -139,8 +142,9 @@ class SynthWriter:
         canvas.paste(thumb, (0, 0))
         return canvas
 
-    def finish(self) -> dict[str, Any]:
-        """Write ``annotations.json``, ``metadata.json`` and ``samples.png``; returns a summary."""
+    def finish(self, extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``annotations.json``, ``metadata.json`` (plus ``extra_meta`` keys, e.g. the quality
+        filter's counts) and ``samples.png``; returns a summary."""
         coco = {
             "info": {"description": f"detrkit synth ({self.method})"},
             "images": self._images,
@@ -156,6 +160,7 @@ class SynthWriter:
             "method": self.method,
             "params": self.params,
             "source": str(self.source.source) if self.source.source is not None else None,
+            **(extra_meta or {}),
             "images": self._meta,
         }
         (self.out_dir / "metadata.json").write_text(json.dumps(meta, indent=1))

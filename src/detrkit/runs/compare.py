@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats as sps
 
 from detrkit.errors import ConfigError
-from detrkit.evaluation.runs import RunFolder
+from detrkit.runs.folder import RunFolder
 
 OVERALL_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 ALPHA = 0.05

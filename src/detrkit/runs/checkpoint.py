@@ -143,6 +143,16 @@ def state_dicts_equal(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return diffs
 
 
+def read_checkpoint(source: str | Path, which: str = "best") -> tuple[Path, dict[str, Any]]:
+    """A run folder (+ ``best``/``last``/``epoch_N``) or a checkpoint file -> ``(path, checkpoint)``.
+
+    The one way in for everything that reads a trained model back (restore, weight transfer,
+    export of an inference checkpoint).
+    """
+    path = resolve_checkpoint(source, which)
+    return path, load_checkpoint(path)
+
+
 def transfer_weights(model: nn.Module, source: str | Path) -> tuple[list[str], list[str]]:
     """Copy tensors from a detrkit checkpoint (file or run folder) where names and shapes match.
 
@@ -154,8 +164,8 @@ def transfer_weights(model: nn.Module, source: str | Path) -> tuple[list[str], l
     Raises:
         CheckpointError: the source is unreadable or nothing at all matched.
     """
-    path = resolve_checkpoint(source, "best")
-    state = inference_state_dict(load_checkpoint(path))
+    path, ckpt = read_checkpoint(source, "best")
+    state = inference_state_dict(ckpt)
     own = model.state_dict()
     loaded, skipped = [], []
     new_state = {}

@@ -14,8 +14,8 @@ from scipy import stats as sps
 
 from detrkit.cli.main import main
 from detrkit.errors import ConfigError
-from detrkit.evaluation.compare import compare_runs
-from detrkit.evaluation.runs import RunFolder
+from detrkit.runs.compare import compare_runs
+from detrkit.runs.folder import RunFolder
 
 CLASSES = ["person", "car", "train", "cat"]
 
@@ -141,7 +141,7 @@ def test_config_paths_resolve_against_the_training_folder(
 ) -> None:
     import json
 
-    from detrkit.evaluation.runs import resolve_config_path, run_train_cwd
+    from detrkit.runs.folder import resolve_run_path, run_train_cwd
 
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)
@@ -154,11 +154,11 @@ def test_config_paths_resolve_against_the_training_folder(
     monkeypatch.chdir(elsewhere)
     cwd = run_train_cwd(run)
     assert cwd == str(project)
-    assert resolve_config_path("data/val.json", cwd) == project / "data" / "val.json"
-    assert resolve_config_path("data/missing.json", cwd) == Path(
+    assert resolve_run_path("data/val.json", cwd) == project / "data" / "val.json"
+    assert resolve_run_path("data/missing.json", cwd) == Path(
         "data/missing.json"
     )  # error names it as written
-    assert resolve_config_path("", cwd) is None and run_train_cwd(elsewhere) is None
+    assert resolve_run_path("", cwd) is None and run_train_cwd(elsewhere) is None
     (elsewhere / "data").mkdir()
     (elsewhere / "data" / "val.json").write_text("{}")
-    assert resolve_config_path("data/val.json", cwd) == Path("data/val.json")  # found as written: used as is
+    assert resolve_run_path("data/val.json", cwd) == Path("data/val.json")  # found as written: used as is

@@ -1,4 +1,4 @@
-"""What a run writes and shows: ``log.txt``, ``metrics.csv``, TensorBoard, the rich progress bar, plots.
+"""What a run shows and logs while it trains: ``log.txt``, ``metrics.csv``, TensorBoard, the rich progress bar, plots.
 
 Only the main process creates these; other processes get a :class:`RunLogger` with ``enabled=False``
 whose methods do nothing.
@@ -6,7 +6,6 @@ whose methods do nothing.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from detrkit.runs.metrics import METRICS_CSV, read_metrics_csv, write_metrics_csv
 
 
 def _fmt(value: Any) -> str:
@@ -101,25 +102,13 @@ class RunLogger:
         """Append one row to ``metrics.csv``; a new column rewrites the file with the wider header."""
         if not self.enabled or self.run_dir is None:
             return
-        self.rewrite_csv([*read_metrics_csv(self.run_dir / "metrics.csv"), row])
+        self.rewrite_csv([*read_metrics_csv(self.run_dir / METRICS_CSV), row])
 
     def rewrite_csv(self, rows: list[dict[str, Any]]) -> None:
         """Replace ``metrics.csv`` with ``rows`` (atomically)."""
         if not self.enabled or self.run_dir is None:
             return
-        path = self.run_dir / "metrics.csv"
-        if not rows:
-            path.unlink(missing_ok=True)
-            return
-        header: list[str] = []
-        for r in rows:
-            header += [k for k in r if k not in header]
-        tmp = path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(path)
+        write_metrics_csv(self.run_dir / METRICS_CSV, rows)
 
     # -- progress ---------------------------------------------------------------------------------
     def start_epoch(self, epoch: int, epochs: int, total_steps: int, done_steps: int = 0) -> None:
@@ -182,24 +171,6 @@ class RunLogger:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-def read_metrics_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.csv`` with numbers parsed (``[]`` when the file does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    out = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            parsed: dict[str, Any] = {}
-            for k, v in row.items():
-                try:
-                    parsed[k] = int(v) if v.lstrip("-").isdigit() else float(v)
-                except (TypeError, ValueError):
-                    parsed[k] = v
-            out.append(parsed)
-    return out
 
 
 def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:

@@ -1,5 +1,8 @@
 """Reading a detrkit run folder: config, classes, final metrics, validation data, arm and seed.
 
+:class:`RunFolder` is what ``detrkit compare``, ``analyze`` and the ablation driver read;
+:func:`read_run_info` is what the HTML report shows about the run.
+
 Layout (docs/ARCHITECTURE.md): ``config.yaml`` (resolved), ``classes.json`` (``names``,
 ``category_ids``, optionally ``rare``), ``metrics.json`` (``final``: the last ``metrics.csv`` row
 with ``val/AP``...; ``per_class``), ``metrics.csv``, ``env.json``, ``checkpoints/``. An
@@ -8,7 +11,6 @@ with ``val/AP``...; ``per_class``), ``metrics.csv``, ``env.json``, ``checkpoints
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,29 +20,13 @@ import yaml
 
 from detrkit.errors import CheckpointError
 from detrkit.evaluation.coco import STAT_NAMES
+from detrkit.evaluation.report import RunInfo
+from detrkit.runs.metrics import METRICS_CSV, read_metrics_csv
 
 #: Leaf keys that never define an experimental arm: seeds (any ``*.seed``) and where outputs go.
 SEED_KEYS: frozenset[str] = frozenset({"seed"})
 OUTPUT_PREFIXES: tuple[str, ...] = ("output.",)
 STAT_KEYS: tuple[str, ...] = STAT_NAMES  # the COCO summary metrics, in pycocotools order
-
-
-def _parse(value: str) -> Any:
-    try:
-        return int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            return value
-
-
-def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a run's ``metrics.csv`` with numbers parsed; ``[]`` when absent."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        return [{k: _parse(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
 
 
 def _read_json(path: Path) -> Any:
@@ -62,7 +48,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resolve_config_path(value: str | Path | None, train_cwd: str | Path | None) -> Path | None:
+def resolve_run_path(value: str | Path | None, train_cwd: str | Path | None) -> Path | None:
     """A path from a run's config: as written when it exists (or is absolute), else relative to
     ``train_cwd``, the folder the run was trained from (``env.json`` ``cwd``), when it exists there;
     so ``detrkit val/analyze --run`` work from any folder. ``None`` for an empty value."""
@@ -120,7 +106,7 @@ class RunFolder:
             config=config,
             classes=opt("classes.json"),
             summary=opt("metrics.json"),
-            rows=read_metrics_csv(path / "metrics.csv"),
+            rows=read_metrics_csv(path / METRICS_CSV),
             env=opt("env.json"),
             analysis=opt("errors.json"),
         )
@@ -130,7 +116,7 @@ class RunFolder:
         return self.path.name
 
     def _resolve(self, value: str | None) -> Path | None:
-        return resolve_config_path(value, (self.env or {}).get("cwd"))
+        return resolve_run_path(value, (self.env or {}).get("cwd"))
 
     def val_paths(self) -> tuple[Path | None, Path | None]:
         """``(val annotation file, val image folder)`` from the config (built-in shapes included)."""
@@ -206,3 +192,24 @@ def _usable_per_class(entries: Any) -> bool:
     if isinstance(entries, dict):
         return any(isinstance(v, int | float) for v in entries.values())
     return isinstance(entries, list) and any(isinstance(e, dict) and "AP" in e for e in entries)
+
+
+def read_run_info(run_dir: str | Path | None) -> RunInfo:
+    """``config.yaml``, ``env.json`` and ``metrics.csv`` of a run folder (missing files are skipped)."""
+    if run_dir is None:
+        return RunInfo()
+    run_dir = Path(run_dir)
+    cfg = run_dir / "config.yaml"
+    env_path = run_dir / "env.json"
+    env = None
+    if env_path.is_file():
+        try:
+            env = json.loads(env_path.read_text())
+        except json.JSONDecodeError:
+            env = {"error": f"{env_path} is not valid JSON"}
+    return RunInfo(
+        run_dir=run_dir,
+        config_text=cfg.read_text() if cfg.is_file() else None,
+        env=env,
+        metrics_rows=read_metrics_csv(run_dir / METRICS_CSV),
+    )

@@ -1,0 +1,1 @@
+"""Workflows: what chains training, evaluation and reporting for a user (benchmark, ...)."""
