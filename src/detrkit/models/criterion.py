@@ -230,23 +230,26 @@ class SetCriterion(nn.Module):
 
     @staticmethod
     def loss_boxes(
-        src_boxes: Tensor, tgt_boxes: Tensor, num_boxes: Tensor, n_layers: int = 1
+        src_boxes: Tensor, tgt_boxes: Tensor, num_boxes: Tensor, n_layers: int | None = None
     ) -> tuple[Tensor, Tensor]:
-        """L1 and GIoU losses of matched pairs, per layer.
+        """L1 and GIoU losses of matched pairs (per layer with ``n_layers``).
 
         Args:
-            src_boxes: ``[L * M, 4]`` matched predictions of ``L`` layers (``M`` each), cxcywh normalised.
-            tgt_boxes: ``[L * M, 4]`` their matched targets, cxcywh normalised.
+            src_boxes: ``[M, 4]`` matched predictions, cxcywh normalised (``[L * M, 4]``: ``L``
+                layers of ``M`` matches each, with ``n_layers=L``).
+            tgt_boxes: the matched targets, cxcywh normalised, same shape.
             num_boxes: normaliser (scalar tensor).
-            n_layers: ``L``.
+            n_layers: ``None``: one scalar per loss; ``L``: one loss per layer, ``[L]``.
         Returns:
-            ``(loss_bbox [L], loss_giou [L])``: ``sum|src - tgt| / num_boxes`` and
-            ``sum(1 - GIoU) / num_boxes`` of each layer.
+            ``(loss_bbox, loss_giou)``: ``sum|src - tgt| / num_boxes`` and
+            ``sum(1 - GIoU) / num_boxes`` (scalars, or ``[L]``).
         """
         src, tgt = src_boxes.float(), tgt_boxes.float()
-        loss_bbox = (src - tgt).abs().view(n_layers, -1).sum(1) / num_boxes
+        l1 = (src - tgt).abs()
         giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))
-        return loss_bbox, (1 - giou).view(n_layers, -1).sum(1) / num_boxes
+        if n_layers is None:
+            return l1.sum() / num_boxes, (1 - giou).sum() / num_boxes
+        return l1.view(n_layers, -1).sum(1) / num_boxes, (1 - giou).view(n_layers, -1).sum(1) / num_boxes
 
     @torch.no_grad()
     def cardinality_error(self, pred_logits: Tensor, tgt_lengths: Tensor) -> Tensor:
