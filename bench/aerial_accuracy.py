@@ -4,7 +4,9 @@
 
 Generates a held-out set (seed 100; the default model was trained on seed 0), predicts every tile
 twice: with the GeoTIFF georeference (area error of the segmentation alone) and as a plain PNG
-(GSD from the model: the GSD error and the end-to-end area error). Writes a JSON report.
+(GSD from the model, calibrated when the checkpoint has a calibration: the GSD error, the share of
+tiles whose true GSD lies within the reported ± interval, and the end-to-end area error).
+Writes a JSON report.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def main() -> None:
                     "gsd_true": t["gsd_m"],
                     "gsd_model": plain["model_gsd_m"],
                     "gsd_ape_pct": 100 * abs(plain["model_gsd_m"] / t["gsd_m"] - 1),
+                    "gsd_uncertainty_pct": None
+                    if plain.get("model_gsd_uncertainty") is None
+                    else 100 * plain["model_gsd_uncertainty"],
                     "area_true_m2": t["built_area_m2"],
                     "area_pred_m2": geo["built_area_m2"],
                     "area_pred_model_gsd_m2": plain["built_area_m2"],
@@ -100,6 +105,9 @@ def main() -> None:
         "total_area_error_model_gsd_pct": 100 * (sum(r["area_pred_model_gsd_m2"] for r in rows) / a_true - 1),
         "gsd_mape_pct": float(np.mean([r["gsd_ape_pct"] for r in rows])),
         "gsd_median_ape_pct": float(np.median([r["gsd_ape_pct"] for r in rows])),
+        "gsd_interval_coverage": float(np.mean([r["gsd_ape_pct"] <= r["gsd_uncertainty_pct"] for r in rows]))
+        if all(r["gsd_uncertainty_pct"] is not None for r in rows)
+        else None,
         "pixel_iou_mean": float(np.mean([r["iou"] for r in rows])),
         "buildings_true": sum(r["count_true"] for r in rows),
         "buildings_pred": sum(r["count_pred"] for r in rows),

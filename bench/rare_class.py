@@ -143,6 +143,17 @@ def run_record(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
+def _epochs_done(run_dir: Path) -> int:
+    """Epochs in ``metrics.csv`` (a row per finished epoch), 0 when none."""
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return 0
+    with open(path) as f:
+        return len(list(csv.DictReader(f)))
+
+
 def _last_step(run_dir: Path) -> int | None:
     import csv
 
@@ -199,7 +210,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     order = {a: i for i, a in enumerate(args.arms.split(","))}
     runs.sort(key=lambda r: (order.get(r["arm"], 99), r["seed"]))
     protocol = {
-        "command": " ".join(["python", "bench/rare_class.py", *sys.argv[1:]]),
+        "command": (
+            f"python bench/rare_class.py --seeds {args.seeds} --arms {args.arms} --epochs {args.epochs} "
+            f"--out {args.out}  (PYTHONPATH=src OMP_NUM_THREADS=1, from the repository root)"
+        ),
         "config": protocol_config(args),
         "base_config": "demo (src/detrkit/configs/demo.yaml) with data.sampler=random",
         "rare_classes": list(RARE),
@@ -213,6 +227,11 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         "ap": "COCO AP on the val split, fractions; rare/frequent = mean over the classes",
     }
     extras = [{"arm": r["arm"], "seed": r["seed"], **r.pop("_extra")} for r in runs]
+    protocol["unfinished"] = [
+        {"run": d.name, "epochs_done": _epochs_done(d), "of": args.epochs}
+        for d in sorted(root.glob("*-*"))
+        if not (d / "metrics.json").is_file()
+    ]
     result = {"protocol": protocol, "runs": runs}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1) + "\n")

@@ -6,7 +6,8 @@ with ``_base_: [a.yaml, b.yaml]`` (paths relative to the file; later bases and t
 override earlier ones, dictionaries merge key by key, as in RT-DETR). Overrides on the command line
 use dotted keys: ``optim.lr=1e-4 train.epochs=5 model.freeze=[backbone]``.
 
-Every value is type-checked against the dataclass field; a wrong key or value raises
+Every value is type-checked against the dataclass field, and numbers against the field's
+:class:`Range` (``epochs: Annotated[int, Range(ge=1)]``); a wrong key or value raises
 :class:`~detrkit.errors.ConfigError` naming the file and the key. ``--config demo`` (a bare name)
 resolves to the configs shipped inside the package (``detrkit/configs/demo.yaml``).
 """
@@ -20,13 +21,54 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
 from detrkit.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed interval of a numeric config value, attached as ``Annotated[int, Range(ge=1)]``.
+
+    Checked by the loader after the type, so ``train.batch_size=0`` fails with one line naming the
+    key and the interval instead of a ``ValueError`` inside the DataLoader.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        """``>= 1``, ``in [0, 1]``, ``> 0 and < 1`` ..."""
+        if self.ge is not None and self.le is not None:
+            return f"in [{self.ge:g}, {self.le:g}]"
+        low = f">= {self.ge:g}" if self.ge is not None else (f"> {self.gt:g}" if self.gt is not None else "")
+        high = f"<= {self.le:g}" if self.le is not None else (f"< {self.lt:g}" if self.lt is not None else "")
+        return " and ".join(part for part in (low, high) if part)
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies inside (NaN never does)."""
+        if value != value:  # NaN
+            return False
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+
+#: shorthands of the ranges used below
+PosInt = Annotated[int, Range(ge=1)]
+NonNegInt = Annotated[int, Range(ge=0)]
+PosFloat = Annotated[float, Range(gt=0)]
+NonNegFloat = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]
 
 
 @dataclass
@@ -43,7 +85,7 @@ class ModelConfig:
     #: parameter-name keywords to freeze, e.g. ``[backbone]`` (matches names containing the word).
     freeze: list[str] = field(default_factory=list)
     #: freeze the backbone stem and its first k residual stages (0 = none, 4 = whole ResNet).
-    freeze_backbone_stages: int = 0
+    freeze_backbone_stages: Annotated[int, Range(ge=0, le=4)] = 0
     #: keep every BatchNorm layer in eval mode with frozen affine parameters.
     freeze_bn: bool = False
 
@@ -53,9 +95,9 @@ class ShapesConfig:
     """The built-in synthetic dataset, generated on first use when ``data.shapes`` is set."""
 
     out: str = "data/shapes"
-    train: int = 400
-    val: int = 100
-    size: int = 160
+    train: PosInt = 400
+    val: PosInt = 100
+    size: Annotated[int, Range(ge=64)] = 160
     seed: int = 0
     #: long-tailed variant: exactly this many train instances of the named classes (``{star: 30}``).
     class_counts: dict[str, int] | None = None
@@ -79,18 +121,18 @@ class CopyPasteConfig:
     """Online copy-paste (:func:`detrkit.synth.online.build_online_copy_paste`), training only."""
 
     #: probability that a training sample gets pastes.
-    prob: float = 0.5
+    prob: Fraction = 0.5
     #: class names to paste; ``null``: the run's rare classes (``data.rare_classes`` or computed).
     classes: list[str] | None = None
     #: pastes per sample, uniform in 1..max_instances.
-    max_instances: int = 2
+    max_instances: PosInt = 2
     #: scale jitter of a pasted instance, uniform in ``[lo, hi]`` times its source size (Simple
     #: Copy-Paste's large scale jitter is ``[0.1, 2.0]``); capped at 0.6 of the image side.
-    scale: list[float] = field(default_factory=lambda: [0.6, 1.4])
+    scale: list[PosFloat] = field(default_factory=lambda: [0.6, 1.4])
     #: instances smaller than this many pixels do not enter the bank.
-    min_area: int = 64
+    min_area: NonNegInt = 64
     #: at most this many instances per class in the bank (``null``: all).
-    max_bank_per_class: int | None = 500
+    max_bank_per_class: PosInt | None = 500
     #: seed of the bank's instance selection; ``null``: ``train.seed``.
     seed: int | None = None
 
@@ -110,7 +152,7 @@ class DataConfig:
     val_preset: str = "val"
     transform_args: dict[str, Any] = field(default_factory=dict)
     #: pad batches to a multiple of this many pixels (0: to the largest image only).
-    size_divisibility: int = 0
+    size_divisibility: NonNegInt = 0
     #: extra training files ``[{ann, images}]``; their class names must be among the training file's.
     extra: list[ExtraDataConfig] = field(default_factory=list)
     #: online copy-paste of rare-class instances before the training transforms (``null``: off).
@@ -118,12 +160,12 @@ class DataConfig:
     #: ``random`` (each image once per epoch) or ``repeat_factor`` (LVIS repeat-factor sampling).
     sampler: Literal["random", "repeat_factor"] = "random"
     #: repeat-factor threshold t: a class in a fraction f < t of the images repeats them sqrt(t/f) times.
-    rfs_threshold: float = 0.001
+    rfs_threshold: Annotated[float, Range(gt=0, le=1)] = 0.001
     #: the rare class names (recorded in ``classes.json``); ``null``: those ``detrkit data stats``
     #: marks (shown in fewer than ``rare_fraction`` x the images of the most frequent class).
     rare_classes: list[str] | None = None
-    rare_fraction: float = 0.05
-    num_workers: int = 2
+    rare_fraction: Fraction = 0.05
+    num_workers: NonNegInt = 2
     pin_memory: bool = True
     #: what to do with a degenerate box: ``drop`` it or ``error``.
     on_bad_box: str = "drop"
@@ -133,31 +175,31 @@ class DataConfig:
 class TrainConfig:
     """The loop: epochs, batch, precision, checkpoints, faults."""
 
-    epochs: int = 10
+    epochs: PosInt = 10
     #: images per process per step, or ``auto`` (largest that fits; a fixed choice on CPU).
-    batch_size: int | Literal["auto"] = 4
-    grad_accum: int = 1
+    batch_size: PosInt | Literal["auto"] = 4
+    grad_accum: PosInt = 1
     #: clip the global gradient norm (DETR uses 0.1); ``null`` disables clipping.
-    clip_grad_norm: float | None = 0.1
+    clip_grad_norm: PosFloat | None = 0.1
     precision: Precision = "fp32"
     seed: int = 42
     ema: bool = False
-    ema_decay: float = 0.9998
+    ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.9998
     #: EMA warm-up: the decay ramps up as ``decay * (1 - exp(-updates / ema_warmup))``.
-    ema_warmup: int = 2000
+    ema_warmup: NonNegInt = 2000
     #: save ``epoch_N.pt`` every N epochs (0 = only ``last`` and ``best``).
-    checkpoint_every: int = 1
+    checkpoint_every: NonNegInt = 1
     #: also save ``last.pt`` every N optimizer steps inside an epoch (0 = only at epoch ends).
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: NonNegInt = 0
     #: abort after this many consecutive non-finite losses.
-    max_nonfinite: int = 5
+    max_nonfinite: PosInt = 5
     #: early stopping: stop after this many validations in a row without an improvement of
     #: ``eval.best_metric`` by more than ``min_delta`` (0 = off). Only trained epochs are
     #: validated, so the starting (pretrained) weights never count as "best".
-    patience: int = 0
-    min_delta: float = 0.0
+    patience: NonNegInt = 0
+    min_delta: NonNegFloat = 0.0
     #: stop each epoch after this many steps (0 = whole epoch); for smoke runs.
-    max_steps_per_epoch: int = 0
+    max_steps_per_epoch: NonNegInt = 0
     #: run on the CPU even when a GPU is present.
     cpu: bool = False
     #: ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (``detrkit train --device``); null: the best present.
@@ -167,7 +209,7 @@ class TrainConfig:
     channels_last: bool = False
     #: write a torch.profiler trace of a few steps of the first epoch to ``profile/``.
     profile: bool = False
-    profile_steps: int = 5
+    profile_steps: PosInt = 5
     #: skip the preflight checks (not recommended).
     preflight: bool = True
 
@@ -176,23 +218,23 @@ class TrainConfig:
 class OptimConfig:
     """AdamW, parameter groups and the learning-rate schedule."""
 
-    lr: float = 1e-4
+    lr: NonNegFloat = 1e-4
     #: learning rate of parameters whose name contains ``backbone``.
-    backbone_lr: float = 1e-5
-    weight_decay: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    backbone_lr: NonNegFloat = 1e-5
+    weight_decay: NonNegFloat = 1e-4
+    betas: list[Annotated[float, Range(ge=0, lt=1)]] = field(default_factory=lambda: [0.9, 0.999])
+    eps: PosFloat = 1e-8
     #: no weight decay on norms, biases and embeddings.
     no_decay_norm_bias: bool = True
     schedule: Literal["step", "cosine", "constant"] = "step"
     #: step schedule: multiply by ``gamma`` at these epochs.
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
+    milestones: list[PosInt] = field(default_factory=list)
+    gamma: PosFloat = 0.1
     #: cosine schedule: final lr as a fraction of the initial lr.
-    min_lr_ratio: float = 0.01
+    min_lr_ratio: Fraction = 0.01
     #: linear warm-up length in optimizer steps.
-    warmup_steps: int = 0
-    warmup_start_factor: float = 0.001
+    warmup_steps: NonNegInt = 0
+    warmup_start_factor: Annotated[float, Range(gt=0, le=1)] = 0.001
     #: fused/foreach AdamW: ``auto`` picks fused on CUDA and CPU, foreach otherwise (e.g. MPS).
     impl: Literal["auto", "fused", "foreach", "loop"] = "auto"
 
@@ -201,12 +243,12 @@ class OptimConfig:
 class EvalConfig:
     """Validation during training."""
 
-    every: int = 1
-    batch_size: int | None = None
+    every: NonNegInt = 1
+    batch_size: PosInt | None = None
     #: metric of ``best.pt`` (a CocoMetrics stat name).
     best_metric: str = "AP"
     #: keep detections scoring at least this (0 keeps the model's top-k).
-    score_threshold: float = 0.0
+    score_threshold: Fraction = 0.0
 
 
 @dataclass
@@ -350,8 +392,16 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _deep_merge(merged, data)
 
 
+def _matched(err: ConfigError) -> ConfigError:
+    """Mark an error raised after the value was recognised as the annotation's kind (see unions)."""
+    err.matched = True  # type: ignore[attr-defined]
+    return err
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _type_name(typing.get_args(tp)[0])
     if origin is Literal:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
@@ -364,13 +414,23 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; convert strings from the command line."""
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        inner, *extras = typing.get_args(tp)
+        value = _coerce(value, inner, where)
+        for rng in (e for e in extras if isinstance(e, Range)):
+            if not rng.contains(value):
+                raise _matched(ConfigError(f"{where}: must be {rng.describe()}, got {value!r}"))
+        return value
     if origin in (Union, types.UnionType):
-        errors = []
+        matched = []  # errors of arms whose kind the value has (a mapping for a section, a number)
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, where)
             except ConfigError as err:
-                errors.append(err)
+                if getattr(err, "matched", False):
+                    matched.append(err)
+        if matched:  # e.g. data.shapes.trian=64: "unknown key ... did you mean", not "expected X or null"
+            raise matched[0]
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in typing.get_args(tp):
@@ -387,7 +447,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
-        return _build_dataclass(tp, value, where)
+        try:
+            return _build_dataclass(tp, value, where)
+        except ConfigError as err:
+            raise _matched(err) from None
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
@@ -443,7 +506,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
     kwargs: dict[str, Any] = {}
     prefix = where if where.endswith(": ") else f"{where}."

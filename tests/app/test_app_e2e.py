@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .test_app_process import _processes_serving
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 CHROME_FLAGS = [
     "--headless",
@@ -157,3 +159,5 @@ def test_upload_in_headless_chromium(app_checkpoint: Path, tmp_path: Path) -> No
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+    time.sleep(1.0)
+    assert _processes_serving(port) == [], "a process of the app survived SIGTERM"

@@ -44,7 +44,7 @@ def test_byte_identical_across_runs_and_workers(small_set, tmp_path: Path) -> No
     again = generate_shapes(tmp_path / "b", train=24, val=8, seed=3, workers=1)
     parallel = generate_shapes(tmp_path / "c", train=24, val=8, seed=3, workers=2)
     reference = _all_bytes(small_set.root)
-    assert len(reference) == 24 + 8 + 2
+    assert len(reference) == 24 + 8 + 2 + 1  # images, two annotation files, shapes.json
     assert _all_bytes(again.root) == reference
     assert _all_bytes(parallel.root) == reference
     other_seed = generate_shapes(tmp_path / "d", train=2, val=0, seed=4)
@@ -214,3 +214,39 @@ def test_class_counts_are_deterministic_and_leave_plain_images_alone(tmp_path: P
 def test_bad_class_counts_raise_data_error(tmp_path: Path, counts: dict, match: str) -> None:
     with pytest.raises(DataError, match=match):
         generate_shapes(tmp_path / "x", train=2, val=0, size=64, class_counts=counts)
+
+
+def test_generating_into_an_old_dataset_leaves_no_old_images(tmp_path: Path) -> None:
+    from detrkit.data.shapes import read_shapes_params
+
+    root = tmp_path / "shapes"
+    generate_shapes(root, train=6, val=2, size=64, seed=0)
+    generate_shapes(root, train=3, val=1, size=64, seed=5)  # fewer images: the old ones must go
+    assert len(list((root / "train").iterdir())) == 3 and len(list((root / "val").iterdir())) == 1
+    assert len(json.loads((root / "annotations" / "train.json").read_text())["images"]) == 3
+    assert read_shapes_params(root) == {"train": 3, "val": 1, "size": 64, "seed": 5, "class_counts": {},
+                                        "val_class_counts": {}}  # fmt: skip
+
+
+def test_generating_into_a_folder_with_other_files_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"not empty and not a shapes dataset \(notes.txt\)"):
+        generate_shapes(tmp_path, train=2, val=1, size=64, seed=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_data_shapes_config_regenerates_when_the_parameters_differ(tmp_path: Path) -> None:
+    from detrkit.config import load_config
+    from detrkit.engine.builders import ensure_shapes
+
+    root = tmp_path / "shapes"
+    first = ensure_shapes(
+        load_config(None, [f"data.shapes={{out: {root}, train: 4, val: 2, size: 64}}"]).data
+    )
+    assert len(json.loads(Path(first.train_ann).read_text())["images"]) == 4
+    stamp = (root / "annotations" / "train.json").stat().st_mtime_ns
+    ensure_shapes(load_config(None, [f"data.shapes={{out: {root}, train: 4, val: 2, size: 64}}"]).data)
+    assert (root / "annotations" / "train.json").stat().st_mtime_ns == stamp  # same parameters: reused
+    ensure_shapes(load_config(None, [f"data.shapes={{out: {root}, train: 7, val: 2, size: 64}}"]).data)
+    coco = json.loads((root / "annotations" / "train.json").read_text())
+    assert len(coco["images"]) == 7 == len(list((root / "train").iterdir()))  # config.yaml tells the truth

@@ -94,7 +94,7 @@ def test_train_cli_uses_the_command_line_data(tmp_path: Path, monkeypatch: pytes
         f"data.val_ann={val_ann}", f"data.val_images={val_images}",
         "model.name=detr-tiny", "model.overrides.num_queries=10", "data.transform_args.size=64",
         "train.batch_size=2", "eval.batch_size=2", f"output.dir={tmp_path / 'run'}", "data.sampler=random",
-        "--dry-run", "--json",
+        "train.epochs=1", "--json",  # a real (one-epoch) run: a dry run leaves no run folder behind
     ]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output[-2000:]

@@ -153,17 +153,15 @@ def test_repeat_factor_sampler_config_gives_the_hand_computed_factors() -> None:
     ds = _Labels([[0], [0, 0], [1, 0], []])
     assert repeat_factors_for(cfg.data, ds, "t") == pytest.approx([1.0, 1.0, math.sqrt(2), 1.0])
     assert repeat_factors_for(load_config("demo", ["data.sampler=random"]).data, ds, "t") is None
-    with pytest.raises(ConfigError, match="rfs_threshold must be > 0"):
-        repeat_factors_for(
-            load_config("demo", ["data.sampler=repeat_factor", "data.rfs_threshold=0"]).data, ds, "t"
-        )
+    with pytest.raises(ConfigError, match=r"rfs_threshold: must be > 0 and <= 1, got 0"):
+        load_config("demo", ["data.sampler=repeat_factor", "data.rfs_threshold=0"])
     old = load_config("demo", ["data.repeat_factor_threshold=0.3"]).data  # configs of older runs
     assert (old.sampler, old.rfs_threshold) == ("repeat_factor", 0.3)
     assert config_from_dict({"data": {"repeat_factor_threshold": 0}}, "old").data.sampler == "random"
 
 
 def test_repeat_factor_run_resumes_exactly_mid_epoch(conf, tmp_path: Path, monkeypatch) -> None:
-    from detrkit.engine.loop import StepRunner
+    from detrkit.engine.step import TrainStep
     from detrkit.runs.checkpoint import load_checkpoint
 
     class LabelledSquares(conf.SquaresDataset):
@@ -188,18 +186,18 @@ def test_repeat_factor_run_resumes_exactly_mid_epoch(conf, tmp_path: Path, monke
     stop_at = ref.steps_per_epoch + 2  # inside the second epoch
     assert ref.steps_per_epoch > 16 // 4  # repeats made the epoch longer
     calls = {"n": 0}
-    original = StepRunner.train_step
+    original = TrainStep.train_step
 
-    def stop_after(self, micro):
+    def stop_after(self, micro, **kwargs):
         calls["n"] += 1
         if calls["n"] == stop_at:  # Ctrl-C: this step runs, then last.pt is saved
-            self.t.stop_requested = True
-        return original(self, micro)
+            self.stop.set()
+        return original(self, micro, **kwargs)
 
-    monkeypatch.setattr(StepRunner, "train_step", stop_after)
+    monkeypatch.setattr(TrainStep, "train_step", stop_after)
     with pytest.raises(KeyboardInterrupt):
         trainer(tmp_path / "run").fit()
-    monkeypatch.setattr(StepRunner, "train_step", original)
+    monkeypatch.setattr(TrainStep, "train_step", original)
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert saved["epoch"] == 1 and saved["epoch_step"] > 0
     trainer(tmp_path / "run", resume=tmp_path / "run").fit()

@@ -91,7 +91,7 @@ def test_nonfinite_steps_are_skipped_then_abort(
     cfg = conf.double_config(tmp_path / "a", train={"epochs": 1, "preflight": False})
     trainer = conf.make_trainer(cfg, val=False)
     trainer._setup()
-    trainer.runner.run_epoch  # noqa: B018 - built
+    trainer.loop.run_epoch  # noqa: B018 - built
     before = _weights(trainer)
     batch = next(iter(trainer.train_loader))
     res = trainer.runner.train_step([batch])  # forward call 1 -> NaN

@@ -99,6 +99,8 @@ def test_every_consumer_scores_one(tmp_path: Path) -> None:
     assert metrics_from_coco(gt_path, preds)["AP"] == 1.0
     result = run_analysis(gt_path, pred_path)
     assert result.coco is not None and result.coco.stats["AP"] == 1.0
+    tide = result.errors.to_dict()  # TIDE matches by index, not id: every GT a true positive
+    assert tide["ap"] == 100.0 and tide["num_tp"] == tide["num_gt"] == 6
     runner = CliRunner()
     res = runner.invoke(app, ["eval", "--gt", str(gt_path), "--pred", str(pred_path), "--json"])
     assert res.exit_code == 0, res.output

@@ -162,3 +162,32 @@ def test_config_paths_resolve_against_the_training_folder(
     (elsewhere / "data").mkdir()
     (elsewhere / "data" / "val.json").write_text("{}")
     assert resolve_run_path("data/val.json", cwd) == Path("data/val.json")  # found as written: used as is
+
+
+def test_compare_skips_a_crashed_run_and_warns_on_other_val_sets(tmp_path: Path, capsys) -> None:
+    pcs = {"person": 0.5, "car": 0.4}
+    a = make_run(tmp_path, "a", seed=1, synth=False, ap=0.40, per_class=pcs)
+    b = make_run(tmp_path, "b", seed=2, synth=False, ap=0.42, per_class=pcs)
+    crashed = make_run(tmp_path, "crashed", seed=3, synth=True, ap=0.1, per_class=pcs)
+    (crashed / "metrics.json").unlink()  # died before the first evaluation
+    empty = tmp_path / "empty"  # died before writing config.yaml
+    empty.mkdir()
+    with pytest.raises(SystemExit) as info:
+        main(["compare", str(a), str(crashed), str(empty), str(b), "--json"])
+    assert info.value.code in (0, None)
+    captured = capsys.readouterr()
+    arms = json.loads(captured.out)["arms"]
+    assert [r for arm in arms for r in arm["runs"]] == [str(a), str(b)]
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and str(crashed) in warnings[0] and str(empty) in warnings[1]
+    assert "val sets" not in captured.err  # both runs: the same (default) val set
+
+    for run, val in ((a, "val_a.json"), (b, "val_b.json")):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["data"]["val_ann"] = str(tmp_path / val)
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit):
+        main(["compare", str(a), str(b), "--json"])
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "different val sets" in line)
+    assert "val_a.json (a)" in line and "val_b.json (b)" in line

@@ -1,24 +1,20 @@
-"""Random crops from Inria-layout aerial tiles, read window by window with rasterio.
-
-Layout (the Inria Aerial Image Labeling dataset and ``detrkit aerial synth`` output)::
-
-    root/train/images/<city><n>.tif   RGB GeoTIFF tiles (Inria: 5000x5000 px, 0.3 m)
-    root/train/gt/<city><n>.tif       building masks, 0/255
-
-Split: the official validation set is tiles 1-5 of every city; the rest is training.
+"""Random crops from aerial tiles of any layout (see :mod:`detrkit.aerial.sources`), read window by window.
 
 ``AerialCrops[i] -> {"image": float32[C,S,S] (ImageNet-normalised), "mask": float32[1,S,S] in {0,1},
-"sdm": float32[1,S,S] (signed distance map, see losses), "log_gsd": float32 scalar, "scale": float}``.
-Scale augmentation: a window of ``S * s`` pixels (``s`` log-uniform in ``scale_range``) is read and
-resampled to ``S`` (rasterio decimated/oversampled read, bilinear image, nearest mask), so the crop's
-GSD is ``tile_gsd * s``. Only the window is read, never the whole tile.
+"sdm": float32[1,S,S] (signed distance map, see losses), "log_gsd": float32 scalar (NaN when the
+tile's GSD is only an estimate), "scale": float}``.
+Scale augmentation: a window of ``S * s`` pixels (``s`` log-uniform in the source's scale range) is
+read and resampled to ``S`` (rasterio decimated/oversampled read, bilinear image, nearest mask), so
+the crop's GSD is ``tile_gsd * s``. Only the window is read, never the whole tile; a window larger
+than the tile (small tiles rescaled to a coarse GSD) takes the whole tile and reflects it to ``S``.
+Training crops also get :func:`detrkit.aerial.augment.augment_crop` (colour, blur, JPEG, rotation,
+shadows, one-band, percentile stretch). Bands are scaled to 0..255 by
+:func:`detrkit.aerial.sources.band_scale` (percentiles for 16-bit and float data, never /255).
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +24,21 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from detrkit.aerial.gsd import gsd_from_georeference
+from detrkit.aerial.augment import AugmentSpec, augment_crop
 from detrkit.aerial.losses import signed_distance_map
+from detrkit.aerial.sources import (
+    VAL_TILE_NUMBERS,
+    SourceSpec,
+    Tile,
+    list_source_tiles,
+    open_quiet,
+    to_uint8,
+)
 from detrkit.errors import DataError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-_TILE_NAME = re.compile(r"^(?P<city>.*?)(?P<n>\d+)$")
-VAL_TILE_NUMBERS = range(1, 6)
+__all__ = ["VAL_TILE_NUMBERS", "AerialCrops", "Tile", "list_tiles", "normalize_image"]
 
 
 def normalize_image(image: np.ndarray, in_channels: int = 3) -> np.ndarray:
@@ -55,72 +58,35 @@ def normalize_image(image: np.ndarray, in_channels: int = 3) -> np.ndarray:
     return x
 
 
-@dataclass(frozen=True)
-class Tile:
-    """One image tile and its mask: paths, size, GSD (m/pixel) and city."""
-
-    image: Path
-    mask: Path
-    width: int
-    height: int
-    gsd: float
-    city: str
-    number: int
-
-
 def list_tiles(root: str | Path, split: str = "train", *, default_gsd: float = 0.3) -> list[Tile]:
-    """Tiles of ``root`` for ``split`` in ``{"train", "val", "all"}`` (val = tiles 1-5 of each city)."""
-    root = Path(root)
-    img_dir, gt_dir = root / "train" / "images", root / "train" / "gt"
-    if not img_dir.is_dir() or not gt_dir.is_dir():
-        raise DataError("not an Inria-layout dataset: expected train/images/ and train/gt/", path=root)
-    if split not in ("train", "val", "all"):
-        raise DataError(f"unknown split {split!r}: use train, val or all", path=root)
-    tiles = []
-    for path in sorted(img_dir.glob("*.tif")):
-        match = _TILE_NAME.match(path.stem)
-        city, number = (match["city"], int(match["n"])) if match else (path.stem, 0)
-        is_val = number in VAL_TILE_NUMBERS
-        if (split == "val" and not is_val) or (split == "train" and is_val):
-            continue
-        mask = gt_dir / path.name
-        if not mask.is_file():
-            raise DataError("image tile has no mask in train/gt/", path=path)
-        try:
-            with rasterio.open(path) as src:
-                est = gsd_from_georeference(src.crs, src.transform, src.width, src.height)
-                tiles.append(
-                    Tile(
-                        path,
-                        mask,
-                        src.width,
-                        src.height,
-                        est.metres_per_pixel if est else default_gsd,
-                        city,
-                        number,
-                    )
-                )
-        except rasterio.errors.RasterioIOError as err:
-            raise DataError(f"cannot read tile ({err})", path=path) from err
-    if not tiles:
-        raise DataError(f"no {split} tiles found in train/images/", path=root)
-    return tiles
+    """Tiles of one dataset root for ``split`` in ``{"train", "val", "all"}`` (any layout)."""
+    return list_source_tiles(SourceSpec(str(root)), split, default_gsd=default_gsd)
+
+
+def _reflect_to(x: np.ndarray, size: int) -> np.ndarray:
+    """Pad ``x[..., h, w]`` to ``size x size`` at the bottom/right by reflection (edge for 1-pixel sides)."""
+    pad = [(0, 0)] * (x.ndim - 2) + [(0, max(0, size - x.shape[-2])), (0, max(0, size - x.shape[-1]))]
+    return np.pad(x, pad, mode="reflect" if min(x.shape[-2:]) > 1 else "edge")[..., :size, :size]
 
 
 class AerialCrops(Dataset):
     """Random (train) or fixed (val) square crops with scale augmentation; see the module docstring.
 
     Args:
-        root: dataset root; split: ``train``/``val``/``all``; crop: output size S (multiple of 32).
-        samples_per_tile: crops drawn from each tile per epoch (the dataset length is tiles x this).
-        scale_range: (min, max) resampling factor s; ``(1, 1)`` disables scale augmentation.
-        train: random positions, flips and 90° rotations that change each epoch (:meth:`set_epoch`);
-            otherwise positions and scales depend only on the index (a fixed validation set).
+        root: a dataset root, or a list of roots / :class:`SourceSpec` (mixed in one dataset: each
+            training source contributes its own ``samples_per_tile`` crops per tile and epoch).
+        split: ``train``/``val``/``all``; crop: output size S (multiple of 32).
+        samples_per_tile: crops drawn from each tile per epoch (training sources may override it).
+        scale_range: (min, max) resampling factor s, unless a source overrides it; ``(1, 1)``
+            disables scale augmentation.
+        train: random positions, flips, 90° rotations and ``augment`` that change each epoch
+            (:meth:`set_epoch`); otherwise positions and scales depend only on the index.
+        augment: the photometric/rotation augmentations of training crops (None: none).
     """
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | SourceSpec | list[str | Path | SourceSpec],
         *,
         split: str = "train",
         crop: int = 512,
@@ -130,45 +96,68 @@ class AerialCrops(Dataset):
         in_channels: int = 3,
         seed: int = 0,
         default_gsd: float = 0.3,
+        augment: AugmentSpec | None = None,
     ) -> None:
+        roots = root if isinstance(root, list) else [root]
+        specs = [r if isinstance(r, SourceSpec) else SourceSpec(str(r)) for r in roots]
         if crop % 32:
-            raise DataError(f"crop {crop} must be a multiple of 32", path=root)
-        self.tiles = list_tiles(root, split, default_gsd=default_gsd)
-        self.crop, self.samples_per_tile, self.train = crop, samples_per_tile, train
-        self.scale_range, self.in_channels, self.seed, self.epoch = scale_range, in_channels, seed, 0
+            raise DataError(f"crop {crop} must be a multiple of 32", path=specs[0].path)
+        self.items: list[tuple[Tile, tuple[float, float]]] = []
+        self.tiles: list[Tile] = []
+        for spec in specs:
+            tiles = list_source_tiles(spec, split, default_gsd=default_gsd)
+            n = (spec.samples_per_tile if train else None) or samples_per_tile
+            rng = tuple(spec.scale_range or scale_range)
+            self.tiles += tiles
+            self.items += [(t, rng) for _ in range(n) for t in tiles]  # type: ignore[misc]
+        self.crop, self.train, self.augment = crop, train, augment
+        self.in_channels, self.seed, self.epoch = in_channels, seed, 0
 
     def __len__(self) -> int:
-        return len(self.tiles) * self.samples_per_tile
+        return len(self.items)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | float]:
-        tile = self.tiles[index % len(self.tiles)]
+        tile, (lo, hi) = self.items[index]
         rng = np.random.default_rng([self.seed, self.epoch if self.train else 0, index])
-        lo, hi = self.scale_range
         s = math.exp(rng.uniform(math.log(lo), math.log(hi))) if hi > lo else lo
-        win = int(round(self.crop * s))
-        win = max(8, min(win, tile.width, tile.height))
-        s = win / self.crop
-        x0, y0 = int(rng.integers(0, tile.width - win + 1)), int(rng.integers(0, tile.height - win + 1))
-        window, shape = Window(x0, y0, win, win), (self.crop, self.crop)
+        win = max(8, int(round(self.crop * s)))
+        wx, wy = min(win, tile.width), min(win, tile.height)
+        out_w = max(1, round(wx / s)) if wx < win else self.crop
+        out_h = max(1, round(wy / s)) if wy < win else self.crop
+        x0, y0 = int(rng.integers(0, tile.width - wx + 1)), int(rng.integers(0, tile.height - wy + 1))
+        window = Window(x0, y0, wx, wy)
         try:
-            with rasterio.open(tile.image) as src:
-                image = src.read(window=window, out_shape=(src.count, *shape), resampling=Resampling.bilinear)
-            with rasterio.open(tile.mask) as src:
-                mask = src.read(1, window=window, out_shape=shape, resampling=Resampling.nearest) > 127
+            with open_quiet(tile.image) as src:
+                bands = list(tile.bands)
+                image = src.read(
+                    bands, window=window, out_shape=(len(bands), out_h, out_w), resampling=Resampling.bilinear
+                )
+            with open_quiet(tile.mask) as src:
+                mask = (
+                    src.read(1, window=window, out_shape=(out_h, out_w), resampling=Resampling.nearest) > 127
+                )
         except rasterio.errors.RasterioIOError as err:
             raise DataError(f"cannot read window {window} ({err})", path=tile.image) from err
+        image = to_uint8(image, tile.band_scale)
+        if out_h < self.crop or out_w < self.crop:
+            image, mask = _reflect_to(image, self.crop), _reflect_to(mask, self.crop)
         if self.train:
             k = int(rng.integers(4))
             image, mask = np.rot90(image, k, axes=(1, 2)), np.rot90(mask, k)
             if rng.random() < 0.5:
                 image, mask = image[:, :, ::-1], mask[:, ::-1]
+            if self.augment is not None:
+                image, mask = augment_crop(
+                    np.ascontiguousarray(image), np.ascontiguousarray(mask), rng, self.augment
+                )
+        log_gsd = math.log(tile.gsd * s) if tile.gsd_known else math.nan
         return {
             "image": torch.from_numpy(normalize_image(np.ascontiguousarray(image), self.in_channels)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
             "sdm": torch.from_numpy(signed_distance_map(mask))[None],
-            "log_gsd": torch.tensor(math.log(tile.gsd * s), dtype=torch.float32),
+            "log_gsd": torch.tensor(log_gsd, dtype=torch.float32),
             "scale": s,
         }

@@ -1,14 +1,17 @@
-"""The default aerial model: a ``unet-tiny`` trained on ``detrkit aerial synth`` data.
+"""The default aerial model: a ``unet-tiny`` trained on real drone tiles (Open Cities Accra) and generated scenes.
 
 Used by ``detrkit app`` and ``detrkit aerial predict`` when no run is given, so that a fresh
 install works offline. :func:`default_model_path` returns, in order: ``$DETRKIT_AERIAL_MODEL``; the
-file shipped in the package (``detrkit/aerial/weights/unet_tiny_synth.pt``, fp16, ~4.5 MB); a
-cached copy (``~/.cache/detrkit/aerial/unet_tiny_synth.pt``); and otherwise trains one on first use
-(generated data, the ``tiny-synth`` preset, a few minutes on CPU) and caches it.
+file shipped in the package (``detrkit/aerial/weights/unet_tiny_real.pt``, fp16, ~4.5 MB, with its
+model card and GSD calibration; ``bench/aerial_default_model.py`` rebuilds it); a cached copy
+(``~/.cache/detrkit/aerial/unet_tiny_synth.pt``); and otherwise trains one on first use (generated
+data only, the ``tiny-synth`` preset, a few minutes on CPU) and caches it.
+``weights/unet_tiny_synth.pt`` (the generated-data model) is kept: the real model starts from it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -16,10 +19,11 @@ from pathlib import Path
 import torch
 
 from detrkit.aerial.config import load_aerial_config
+from detrkit.aerial.gsd import GsdCalibration
 from detrkit.errors import CheckpointError
 from detrkit.runs.checkpoint import atomic_save, read_checkpoint
 
-SHIPPED = Path(__file__).parent / "weights" / "unet_tiny_synth.pt"
+SHIPPED = Path(__file__).parent / "weights" / "unet_tiny_real.pt"
 FILE_NAME = "unet_tiny_synth.pt"
 
 
@@ -31,8 +35,15 @@ def cache_dir() -> Path:
     return Path(base) / "aerial"
 
 
-def export_inference_checkpoint(run_or_file: str | Path, dest: str | Path) -> Path:
-    """Copy the inference part of a run's best checkpoint to ``dest``, weights in fp16 (half the size)."""
+def export_inference_checkpoint(
+    run_or_file: str | Path, dest: str | Path, *, extra: dict[str, object] | None = None
+) -> Path:
+    """Copy the inference part of a run's best checkpoint to ``dest``, weights in fp16 (half the size).
+
+    ``extra`` adds keys, e.g. ``card`` (name, training data, measured accuracy: what ``aerial
+    predict``, ``summary.json`` and the app show) and ``gsd_calibration``
+    (:class:`detrkit.aerial.gsd.GsdCalibration` as a dict).
+    """
     _, ckpt = read_checkpoint(run_or_file, "best")
     keep = {
         k: ckpt[k]
@@ -46,9 +57,12 @@ def export_inference_checkpoint(run_or_file: str | Path, dest: str | Path) -> Pa
             "config",
             "metrics",
             "epoch",
+            "card",
+            "gsd_calibration",
         )
         if k in ckpt
     }
+    keep.update(extra or {})
     keep["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     return atomic_save(keep, dest)
 
@@ -83,3 +97,37 @@ def default_model_path(*, train_if_missing: bool = True) -> Path:
         raise CheckpointError(f"no default aerial model at {SHIPPED} or {cached}")
     torch.manual_seed(0)
     return train_default_model(cached)
+
+
+def calibrate_gsd(
+    model_file: str | Path, *, tiles_per_city: int = 6, size: int = 512, seed: int = 1
+) -> GsdCalibration:
+    """Fit :class:`GsdCalibration` of a model's GSD head on freshly generated tiles (3 cities).
+
+    ``seed`` must differ from the training data's (0) and from the held-out benchmark's (100).
+    Each tile is predicted like a user image (tiled, the checkpoint's tile size) and its tiles'
+    mean log-GSD is regressed on the true log-GSD.
+    """
+    import numpy as np
+    import rasterio
+
+    from detrkit.aerial.predict import AerialPredictor
+    from detrkit.aerial.synth import SynthSpec, generate_aerial
+    from detrkit.aerial.tiling import predict_array
+
+    pred = AerialPredictor.from_checkpoint(model_file, device="cpu")
+    xs, ys = [], []
+    with tempfile.TemporaryDirectory(prefix="detrkit-gsd-") as tmp:
+        truth = generate_aerial(Path(tmp), SynthSpec(tiles_per_city=tiles_per_city, size=size, seed=seed))
+        for rel, t in truth["tiles"].items():
+            with rasterio.open(Path(tmp) / rel) as src:
+                image = src.read()
+            logs: list[float] = []
+            predict_array(
+                pred.model, image, tile=pred.tile, overlap=pred.overlap, device=pred.device, tile_log_gsd=logs
+            )
+            xs.append(float(np.mean(logs)))
+            ys.append(math.log(t["gsd_m"]))
+    return GsdCalibration.fit(
+        np.array(xs), np.array(ys), data=f"detrkit aerial synth seed {seed}, {len(xs)} tiles of {size} px"
+    )

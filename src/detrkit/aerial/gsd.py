@@ -49,14 +49,25 @@ class GsdEstimate:
         metres_per_pixel: geometric mean of the x and y pixel sizes on the ground, in metres.
         source: one of ``"user"``, ``"zoom"``, ``"georeference"``, ``"model"``.
         detail: a short human-readable explanation (CRS, zoom/latitude, tile count).
+        uncertainty: for ``model`` estimates, the relative half-width of a ~68 % interval
+            (:class:`GsdCalibration`); None for the exact sources.
+        warning: set when the estimate should not be trusted (large or unknown uncertainty).
     """
 
     metres_per_pixel: float
     source: str
     detail: str = ""
+    uncertainty: float | None = None  # relative (0.2 = ±20 %), for model estimates; None: exact/unknown
+    warning: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"metres_per_pixel": self.metres_per_pixel, "source": self.source, "detail": self.detail}
+        return {
+            "metres_per_pixel": self.metres_per_pixel,
+            "source": self.source,
+            "detail": self.detail,
+            "uncertainty": self.uncertainty,
+            "warning": self.warning,
+        }
 
 
 def web_mercator_gsd(zoom: float, lat_deg: float) -> float:
@@ -219,3 +230,84 @@ def resolve_gsd(
             float(model_gsd), "model", f"predicted by the model, geometric mean over {model_tiles} tiles"
         )
     return None
+
+
+UNCERTAIN_GSD = 0.25  # a model GSD more uncertain than ±25 % (area ±56 %) comes with a warning
+
+
+@dataclass(frozen=True)
+class GsdCalibration:
+    """Linear calibration of the model's log-GSD, ``log g = slope * log g_model + intercept``.
+
+    Fitted on generated tiles the model was not trained on (:meth:`fit`); ``residual_sd`` is the
+    standard deviation of the calibrated log-errors there (per image), the part of the uncertainty
+    that the spread over one image's tiles does not show.
+    """
+
+    slope: float
+    intercept: float
+    residual_sd: float
+    images: int
+    data: str = ""
+
+    @classmethod
+    def fit(cls, pred_log: np.ndarray, true_log: np.ndarray, *, data: str = "") -> GsdCalibration:
+        """Least squares of ``true_log[N]`` on ``pred_log[N]`` (natural logs of m/pixel), N >= 3."""
+        x, y = np.asarray(pred_log, np.float64), np.asarray(true_log, np.float64)
+        if x.size < 3:
+            raise GsdError(f"a GSD calibration needs at least 3 images, got {x.size}")
+        slope, intercept = np.polyfit(x, y, 1) if np.ptp(x) > 1e-9 else (0.0, float(y.mean()))
+        resid = y - (slope * x + intercept)
+        sd = float(np.sqrt((resid**2).sum() / max(1, x.size - 2)))
+        return cls(float(slope), float(intercept), sd, int(x.size), data)
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+    def estimate(self, tile_log_gsd: list[float] | np.ndarray) -> GsdEstimate:
+        """Calibrated GSD of one image from its tiles' predicted log-GSDs, with its uncertainty.
+
+        ``sigma = sqrt(residual_sd² + (slope * sd_tiles)² / n)`` in log space; the uncertainty is
+        ``exp(sigma) - 1`` and a warning is set above :data:`UNCERTAIN_GSD`.
+        """
+        t = np.asarray(tile_log_gsd, np.float64)
+        n = max(1, t.size)
+        spread = float(t.std(ddof=1)) if t.size > 1 else 0.0
+        log_g = self.slope * float(t.mean()) + self.intercept
+        sigma = math.sqrt(self.residual_sd**2 + (self.slope * spread) ** 2 / n)
+        rel = math.exp(sigma) - 1.0
+        warning = None
+        if rel > UNCERTAIN_GSD:
+            warning = (
+                f"the GSD is an estimate of the model, uncertain by ±{100 * rel:.0f}% (areas ±"
+                f"{100 * (math.exp(2 * sigma) - 1):.0f}%): give --gsd or --zoom/--lat for exact areas"
+            )
+        return GsdEstimate(
+            math.exp(log_g),
+            "model",
+            f"predicted by the model over {n} tiles, calibrated on {self.images} generated images",
+            uncertainty=rel,
+            warning=warning,
+        )
+
+
+def uncalibrated_estimate(tile_log_gsd: list[float] | np.ndarray) -> GsdEstimate:
+    """The model's raw GSD (geometric mean over tiles) when its checkpoint carries no calibration."""
+    t = np.asarray(tile_log_gsd, np.float64)
+    return GsdEstimate(
+        math.exp(float(t.mean())) if t.size else math.nan,
+        "model",
+        f"predicted by the model, geometric mean over {t.size} tiles (not calibrated)",
+        warning="the model's GSD is not calibrated and may be far off: give --gsd or --zoom/--lat",
+    )
+
+
+def describe_area(area_m2: float | None, gsd: GsdEstimate | None) -> str:
+    """``'area 12,300 m² (GSD estimated 0.31 m, ±20%)'``; exact sources name themselves instead."""
+    if area_m2 is None or gsd is None:
+        return "area unknown (no GSD: give --gsd or --zoom/--lat)"
+    g = f"{gsd.metres_per_pixel:.2f} m"
+    if gsd.source == "model":
+        unc = f", ±{100 * gsd.uncertainty:.0f}%" if gsd.uncertainty is not None else ", uncalibrated"
+        return f"area {area_m2:,.0f} m² (GSD estimated {g}{unc})"
+    return f"area {area_m2:,.0f} m² (GSD {g} from {gsd.source})"

@@ -71,8 +71,13 @@ def boundary_loss(logits: Tensor, sdm: Tensor) -> Tensor:
 
 
 def gsd_loss(pred_log_gsd: Tensor, target_log_gsd: Tensor) -> Tensor:
-    """L1 loss between predicted and true natural-log GSDs. Both [B]."""
-    return F.l1_loss(pred_log_gsd.float(), target_log_gsd.float())
+    """L1 loss between predicted and true natural-log GSDs. Both [B]; NaN targets (unknown GSD) are left out.
+
+    Returns 0 (with a gradient path) when no target in the batch is known.
+    """
+    known = torch.isfinite(target_log_gsd)
+    diff = (pred_log_gsd.float() - torch.nan_to_num(target_log_gsd.float())).abs()
+    return (diff * known).sum() / known.sum().clamp(min=1)
 
 
 class DiceLoss(nn.Module):
@@ -138,9 +143,11 @@ class AerialLoss(nn.Module):
         focal_weight: float = 10.0,
         boundary: BoundaryWeightSchedule | None = None,
         gsd_weight: float = 0.5,
+        focal_alpha: float = 0.25,
     ) -> None:
         super().__init__()
         self.dice_weight, self.focal_weight, self.gsd_weight = dice_weight, focal_weight, gsd_weight
+        self.focal_alpha = focal_alpha
         self.schedule = boundary or BoundaryWeightSchedule()
         self.boundary_weight = self.schedule(0)
 
@@ -151,7 +158,7 @@ class AerialLoss(nn.Module):
         logits = outputs["logits"]
         parts = {
             "loss_dice": dice_loss(logits, batch["mask"]),
-            "loss_focal": focal_loss(logits, batch["mask"]),
+            "loss_focal": focal_loss(logits, batch["mask"], alpha=self.focal_alpha),
             "loss_boundary": boundary_loss(logits, batch["sdm"]),
             "loss_gsd": gsd_loss(outputs["log_gsd"], batch["log_gsd"]),
         }

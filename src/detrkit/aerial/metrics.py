@@ -29,7 +29,7 @@ class SegmentationMeter:
         *,
         threshold: float = 0.5,
     ) -> None:
-        """prob, target: [B,1,H,W] (probabilities, {0,1}); log-GSDs: [B]."""
+        """prob, target: [B,1,H,W] (probabilities, {0,1}); log-GSDs: [B] (NaN true values are skipped)."""
         pred = prob >= threshold
         true = target >= 0.5
         self.tp += int((pred & true).sum())
@@ -37,7 +37,8 @@ class SegmentationMeter:
         self.fn += int((~pred & true).sum())
         self.tn += int((~pred & ~true).sum())
         if pred_log_gsd is not None and true_log_gsd is not None:
-            ape = (torch.exp(pred_log_gsd.float() - true_log_gsd.float()) - 1).abs()
+            known = torch.isfinite(true_log_gsd)  # NaN: the tile's GSD is not known
+            ape = (torch.exp(pred_log_gsd.float()[known] - true_log_gsd.float()[known]) - 1).abs()
             self.ape_sum += float(ape.sum())
             self.n_gsd += int(ape.numel())
 

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock
 
 from detrkit.errors import CheckpointError
+from detrkit.models.backbone import imagenet_state_dict
 from detrkit.runs.restore import CheckpointKind
 
 #: the ``kind`` entry of checkpoints written by ``detrkit aerial train``.
@@ -195,31 +195,13 @@ ARCHITECTURES: dict[str, dict[str, object]] = {
         "aspp_channels": 96,
     },
 }
-_TORCHVISION = {
-    "unet-r34-aspp": ("resnet34", "ResNet34_Weights"),
-    "unet-r18-aspp": ("resnet18", "ResNet18_Weights"),
-}
+#: the torchvision classification model whose ImageNet weights fit each encoder.
+_TORCHVISION = {"unet-r34-aspp": "resnet34", "unet-r18-aspp": "resnet18"}
 
 
 def list_aerial_models() -> list[str]:
     """Names accepted by :func:`build_aerial_model`."""
     return sorted(ARCHITECTURES)
-
-
-def _imagenet_state_dict(name: str) -> dict[str, Tensor]:
-    if name not in _TORCHVISION:
-        raise CheckpointError(
-            f"model {name!r} has no ImageNet encoder weights; use one of {sorted(_TORCHVISION)}"
-        )
-    fn_name, enum_name = _TORCHVISION[name]
-    weights = getattr(resnet, enum_name).IMAGENET1K_V1
-    try:
-        return getattr(resnet, fn_name)(weights=weights).state_dict()
-    except Exception as err:  # noqa: BLE001 - offline or blocked download: one clear line
-        raise CheckpointError(
-            f"could not download {enum_name}.IMAGENET1K_V1 ({type(err).__name__}); pass a local file with "
-            "encoder_weights=PATH or use encoder_weights=null for random weights"
-        ) from err
 
 
 def load_encoder_weights(model: AerialUNet, name: str, source: str | Path) -> None:
@@ -228,18 +210,12 @@ def load_encoder_weights(model: AerialUNet, name: str, source: str | Path) -> No
     When ``model.in_channels != 3`` the first convolution is patched as in segmentation-models-pytorch:
     one band gets the sum of the RGB filters; more bands repeat RGB cyclically, scaled by 3/C.
     """
-    if str(source) == "imagenet":
-        state = _imagenet_state_dict(name)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError("encoder weights file not found", path=path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"cannot read encoder weights ({type(err).__name__})", path=path) from err
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if str(source) == "imagenet" and name not in _TORCHVISION:
+        raise CheckpointError(
+            f"model {name!r} has no ImageNet encoder weights; use one of {sorted(_TORCHVISION)}"
+        )
+    # a local file loads into any encoder; only the download needs the torchvision name
+    state = imagenet_state_dict(_TORCHVISION.get(name, "resnet18"), source)
     conv = state.get("conv1.weight")
     if conv is not None and conv.shape[1] != model.in_channels:
         c = model.in_channels

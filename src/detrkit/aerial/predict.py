@@ -11,8 +11,8 @@ existing mask.
 from __future__ import annotations
 
 import json
-import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import torch
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
@@ -30,15 +29,20 @@ from rasterio.windows import Window
 
 from detrkit.aerial.area import AreaReport, StripMeasurer
 from detrkit.aerial.gsd import (
+    GsdCalibration,
     GsdEstimate,
+    describe_area,
     gsd_from_georeference,
     is_georeferenced,
     pixel_area_rows,
     resolve_gsd,
+    uncalibrated_estimate,
 )
 from detrkit.aerial.model import AERIAL, AerialUNet
+from detrkit.aerial.sources import band_scale, to_uint8
 from detrkit.aerial.tiling import predict_stream
 from detrkit.aerial.vector import write_vectors
+from detrkit.devices import resolve_device
 from detrkit.errors import ImageError
 from detrkit.runs.restore import restore
 
@@ -60,6 +64,17 @@ def open_raster(path: str | Path) -> rasterio.io.DatasetReader:
         raise ImageError(f"not a readable raster image ({str(err).splitlines()[0]})", path=path) from None
 
 
+def read_raster(ds: Any, path: str | Path, *args: Any, **kwargs: Any) -> np.ndarray:
+    """``ds.read(*args, **kwargs)``; a truncated or corrupt file raises one-line :class:`ImageError`."""
+    try:
+        return ds.read(*args, **kwargs)
+    except RasterioIOError as err:
+        detail = str(err.__cause__ or err).splitlines()[0]
+        raise ImageError(
+            f"{path}: cannot read the pixels, truncated or corrupt? ({detail})", path=path
+        ) from None
+
+
 @dataclass
 class RasterSource:
     """An open input raster with what the pipeline needs: size, georeference, band scaling."""
@@ -73,15 +88,8 @@ class RasterSource:
     def open(cls, path: str | Path) -> RasterSource:
         ds = open_raster(path)
         geo = is_georeferenced(ds.crs, ds.transform)
-        if ds.dtypes[0] == "uint8":
-            scale = (0.0, 255.0)
-        else:  # 16-bit or float imagery: stretch the 0.5-99.5 percentiles of a small overview to 0..255
-            f = max(1, math.ceil(max(ds.width, ds.height) / 1024))
-            ov = ds.read(out_shape=(ds.count, max(1, ds.height // f), max(1, ds.width // f))).astype(
-                np.float64
-            )
-            lo, hi = np.percentile(ov, [0.5, 99.5])
-            scale = (float(lo), float(max(hi, lo + 1e-6)))
+        # uint8 as is; 16-bit and float: 0.5-99.5 percentiles to 0..255 (read errors name the file)
+        scale = band_scale(ds, read=lambda **kw: read_raster(ds, path, **kw))
         return cls(Path(path), ds, geo, scale)
 
     def bands(self) -> list[int]:
@@ -92,11 +100,7 @@ class RasterSource:
         kw: dict[str, Any] = {"window": window}
         if out_shape is not None:
             kw.update(out_shape=(len(self.bands()), *out_shape), resampling=Resampling.average)
-        data = self.ds.read(self.bands(), **kw)
-        if self.scale == (0.0, 255.0) and data.dtype == np.uint8:
-            return data
-        lo, hi = self.scale
-        return np.clip((data.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+        return to_uint8(read_raster(self.ds, self.path, self.bands(), **kw), self.scale)
 
 
 def _preview_shape(h: int, w: int) -> tuple[int, int]:
@@ -157,8 +161,27 @@ def measure_mask_file(
     with ds:
         for r0 in range(0, ds.height, strip_rows):
             h = min(strip_rows, ds.height - r0)
-            measurer.add(ds.read(1, window=Window(0, r0, ds.width, h)) > 0)
+            measurer.add(read_raster(ds, path, 1, window=Window(0, r0, ds.width, h)) > 0)
     return measurer.finish()
+
+
+def model_card(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What a model is: ``ckpt["card"]`` (name, training data, measured accuracy) when the file has
+    one (:func:`detrkit.aerial.default_model.export_inference_checkpoint`), else what the checkpoint
+    itself says (architecture, training data folders, validation IoU)."""
+    if isinstance(ckpt.get("card"), dict):
+        return dict(ckpt["card"])
+    cfg = ckpt.get("config") or {}
+    metrics = ckpt.get("metrics") or {}
+    data = cfg.get("data", "unknown")
+    items = data if isinstance(data, list) else [data]
+    names = [str(d.get("path") if isinstance(d, dict) else d) for d in items]
+    acc = {k: v for k, v in metrics.items() if k in ("val/IoU", "val/gsd_mape")}
+    return {
+        "name": f"{ckpt.get('model_name', 'model')} ({path.name})",
+        "trained_on": ", ".join(names),
+        "accuracy": acc,
+    }
 
 
 class AerialPredictor:
@@ -175,15 +198,15 @@ class AerialPredictor:
         threshold: float = 0.5,
         amp: bool = True,
         name: str = "model",
+        card: dict[str, Any] | None = None,
+        calibration: GsdCalibration | None = None,
     ) -> None:
-        dev = torch.device(
-            "cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else ("cpu" if device == "auto" else device)
-        )
+        dev = resolve_device(device)
         self.model, self.device = model.to(dev).eval(), dev
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.threshold, self.amp, self.name = threshold, amp, name
+        self.card = card or {"name": Path(name).stem, "trained_on": "unknown", "accuracy": {}}
+        self.calibration = calibration
 
     @classmethod
     def from_checkpoint(cls, source: str | Path, **kwargs: Any) -> AerialPredictor:
@@ -192,11 +215,18 @@ class AerialPredictor:
         model, ckpt = restored.model, restored.checkpoint
         kwargs.setdefault("tile", max(256, int(ckpt.get("tile", 512))))
         kwargs.setdefault("overlap", kwargs["tile"] // 4)
-        return cls(model, name=str(restored.path), **kwargs)
+        cal = ckpt.get("gsd_calibration")
+        return cls(
+            model,
+            name=str(restored.path),
+            card=model_card(ckpt, restored.path),
+            calibration=GsdCalibration(**cal) if cal else None,
+            **kwargs,
+        )
 
     @classmethod
     def default(cls, **kwargs: Any) -> AerialPredictor:
-        """The small model trained on the generated data (:func:`detrkit.aerial.default_model.default_model_path`)."""
+        """The shipped default model (:func:`detrkit.aerial.default_model.default_model_path`)."""
         from detrkit.aerial.default_model import default_model_path
 
         return cls.from_checkpoint(default_model_path(), **kwargs)
@@ -215,10 +245,31 @@ class AerialPredictor:
         """Predict one image and write the outputs listed in the module docstring; returns the summary dict."""
         # GDAL's block cache defaults to 5 % of RAM and would hold every block read and written:
         # capping it keeps the memory of a streamed 20000 x 20000 raster independent of its height.
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-            return self._predict_file(
-                source, out_dir, user_gsd=user_gsd, zoom=zoom, lat=lat, progress=progress, **measure_kwargs
-            )
+        # The outputs are written into a hidden sibling folder and moved into ``out_dir`` at the end:
+        # a file that fails half-way (truncated GeoTIFF, Ctrl-C) leaves no partial output behind.
+        out = Path(out_dir)
+        partial = out.parent / f".{out.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+                summary = self._predict_file(
+                    source,
+                    partial,
+                    user_gsd=user_gsd,
+                    zoom=zoom,
+                    lat=lat,
+                    progress=progress,
+                    **measure_kwargs,
+                )
+            out.mkdir(parents=True, exist_ok=True)
+            for f in partial.iterdir():
+                os.replace(f, out / f.name)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        summary["files"] = {k: str(out / Path(v).name) for k, v in summary["files"].items()}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
 
     def _predict_file(
         self,
@@ -235,7 +286,6 @@ class AerialPredictor:
         src = RasterSource.open(source)
         ds = src.ds
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         georef = gsd_from_georeference(ds.crs, ds.transform, ds.width, ds.height)
         upfront = resolve_gsd(user_gsd=user_gsd, zoom=zoom, lat=lat, georeference=georef)
         measurer = StripMeasurer(
@@ -276,7 +326,8 @@ class AerialPredictor:
                 mask_dst.write((mask * 255).astype(np.uint8)[None], window=win)
                 measurer.add(mask)
 
-            log_gsd, n_tiles = predict_stream(
+            tile_log_gsd: list[float] = []
+            _, n_tiles = predict_stream(
                 self.model,
                 read_rows,
                 write_rows,
@@ -289,12 +340,15 @@ class AerialPredictor:
                 in_channels=self.model.in_channels,
                 amp=self.amp,
                 progress=progress,
+                tile_log_gsd=tile_log_gsd,
             )
         finally:
             mask_dst.close()
             prob_dst.close()
-        model_gsd = GsdEstimate(
-            math.exp(log_gsd), "model", f"predicted by the model, geometric mean over {n_tiles} tiles"
+        model_gsd = (
+            self.calibration.estimate(tile_log_gsd)
+            if self.calibration is not None
+            else uncalibrated_estimate(tile_log_gsd)
         )
         gsd = upfront or model_gsd
         if upfront is None:
@@ -306,12 +360,16 @@ class AerialPredictor:
         summary = {
             "source": str(source),
             "model": self.name,
+            "model_card": self.card,
             "width": report.width,
             "height": report.height,
             "gsd": gsd.to_dict(),
             "model_gsd_m": model_gsd.metres_per_pixel,
+            "model_gsd_uncertainty": model_gsd.uncertainty,
+            "gsd_warning": gsd.warning,
             "tiles": n_tiles,
             **report.to_dict(with_buildings=False),
+            "area_text": describe_area(report.to_dict(with_buildings=False).get("built_area_m2"), gsd),
             "threshold": self.threshold,
             "seconds": round(time.perf_counter() - t0, 3),
             "files": {
@@ -325,9 +383,6 @@ class AerialPredictor:
                 }.items()
             },
         }
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out / "summary.json")
         return summary
 
     def _previews(self, src: RasterSource, out: Path) -> None:

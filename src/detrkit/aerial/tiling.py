@@ -93,6 +93,7 @@ def predict_stream(
     in_channels: int = 3,
     amp: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    tile_log_gsd: list[float] | None = None,
 ) -> tuple[float, int]:
     """Stream a tiled prediction over an image of ``height x width`` pixels.
 
@@ -102,6 +103,8 @@ def predict_stream(
         tile: tile size (rounded up to a multiple of 32, shrunk for small images); overlap: pixels
             shared by neighbouring tiles (0 <= overlap < tile).
         progress: optional ``(tiles_done, tiles_total)`` callback.
+        tile_log_gsd: when a list is given, every tile's predicted log-GSD is appended to it (the
+            spread over tiles is one part of the GSD uncertainty).
     Returns:
         (mean predicted log-GSD over tiles, number of tiles).
     """
@@ -125,6 +128,8 @@ def predict_stream(
             batch = np.stack([rows[:, :, x : x + tw] for x in bx])
             prob, log_gsd = run_tiles(model, batch, device, amp)
             log_gsd_sum += float(log_gsd.sum())
+            if tile_log_gsd is not None:
+                tile_log_gsd.extend(float(v) for v in log_gsd)
             for p, x in zip(prob.numpy(), bx, strict=True):
                 acc[:, x : x + tw] += p * weight
                 wsum[:, x : x + tw] += weight

@@ -18,22 +18,19 @@ import yaml
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from detrkit.aerial.augment import AugmentSpec
 from detrkit.aerial.config import AerialTrainConfig
 from detrkit.aerial.data import AerialCrops
 from detrkit.aerial.losses import AerialLoss, BoundaryWeightSchedule
 from detrkit.aerial.metrics import SegmentationMeter
-from detrkit.aerial.model import CHECKPOINT_KIND, AerialUNet, build_aerial_model
-from detrkit.errors import TrainingError
+from detrkit.aerial.model import AERIAL, CHECKPOINT_KIND, AerialUNet, build_aerial_model
+from detrkit.aerial.sources import SourceSpec
+from detrkit.devices import resolve_device
+from detrkit.errors import CheckpointError, TrainingError
 from detrkit.runs.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from detrkit.runs.layout import check_resumable, environment, make_run_dir, write_json
 from detrkit.runs.logger import RunLogger
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from detrkit.runs.restore import restore
 
 
 def model_checkpoint(model: AerialUNet, cfg: AerialTrainConfig, metrics: dict[str, float]) -> dict[str, Any]:
@@ -49,6 +46,28 @@ def model_checkpoint(model: AerialUNet, cfg: AerialTrainConfig, metrics: dict[st
         "config": cfg.to_dict(),
         "metrics": metrics,
     }
+
+
+def data_sources(cfg: AerialTrainConfig) -> list[SourceSpec]:
+    """The config's ``data`` (a root, or a list of roots / mappings) as :class:`SourceSpec` objects."""
+    items = cfg.data if isinstance(cfg.data, list) else [cfg.data]
+    return [SourceSpec.parse(item, label="aerial config data") for item in items]
+
+
+def load_init_weights(model: AerialUNet, source: str) -> None:
+    """Copy the weights of an aerial checkpoint (run folder, ``.pt``, or a file name in the package's
+    ``weights/`` folder) into ``model``; raises :class:`CheckpointError` when they do not fit."""
+    path = Path(source)
+    packaged = Path(__file__).parent / "weights" / source
+    if not path.exists() and packaged.is_file():
+        path = packaged
+    state = restore(path, kind=AERIAL).model.state_dict()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path}: init_weights do not fit the model ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def _batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -81,7 +100,9 @@ def train_aerial(
     console: Console | None = None,
 ) -> Path:
     """Train (or resume) a run; returns the run folder."""
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device, option="device")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if resume is not None:
         last = check_resumable(resume)
@@ -103,16 +124,18 @@ def train_aerial(
         "default_gsd": cfg.default_gsd,
         "seed": cfg.seed,
     }
+    sources = data_sources(cfg)
     train_ds = AerialCrops(
-        cfg.data,
+        sources,
         split="train",
         samples_per_tile=cfg.samples_per_tile,
         scale_range=tuple(cfg.scale_range),
         train=True,
+        augment=AugmentSpec() if cfg.augment else None,
         **common,
     )
     val_ds = AerialCrops(
-        cfg.data,
+        sources,
         split="val",
         samples_per_tile=cfg.val_samples_per_tile,
         scale_range=tuple(cfg.scale_range),
@@ -129,7 +152,10 @@ def train_aerial(
     val_dl = DataLoader(val_ds, shuffle=False, **loader_kw)
 
     weights = None if ckpt is not None else cfg.encoder_weights
-    model = build_aerial_model(cfg.model, in_channels=cfg.in_channels, encoder_weights=weights).to(device)
+    model = build_aerial_model(cfg.model, in_channels=cfg.in_channels, encoder_weights=weights)
+    if ckpt is None and cfg.init_weights:
+        load_init_weights(model, cfg.init_weights)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * len(train_dl)
 
@@ -144,6 +170,7 @@ def train_aerial(
         dice_weight=cfg.dice_weight,
         focal_weight=cfg.focal_weight,
         gsd_weight=cfg.gsd_weight,
+        focal_alpha=cfg.focal_alpha,
         boundary=BoundaryWeightSchedule(cfg.boundary_weight, cfg.boundary_start, cfg.boundary_ramp),
     )
     start_epoch, step, best = 0, 0, -1.0

@@ -113,3 +113,17 @@ def format_area_short(m2: float | None) -> str:
     if m2 is None:
         return "-"
     return f"{m2:,.0f} m²" if m2 < 1e6 else f"{m2 / 1e6:,.2f} km²"
+
+
+def model_accuracy_text(card: dict[str, Any]) -> str:
+    """One line of a model card's measured accuracy, e.g. ``'Measured: accra_heldout at 0.3 m: IoU 0.61, area -8%'``."""
+    parts = []
+    for source, rows in (card.get("accuracy") or {}).items():
+        if not isinstance(rows, list) or source.endswith("_gsd"):
+            continue
+        for r in rows:
+            at = f" at {r['gsd_m']:g} m" if r.get("gsd_m") else ""
+            parts.append(f"{source}{at}: IoU {r['iou_mean']:.2f}, area {r['total_area_error_pct']:+.0f}%")
+    return (
+        ("Measured: " + "; ".join(parts) + ".") if parts else "No measured accuracy recorded for this model."
+    )

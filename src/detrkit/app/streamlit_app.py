@@ -1,7 +1,8 @@
 """detrkit web app: buildings, GSD and built-up area of an uploaded aerial or satellite image.
 
 Run with ``detrkit app [--port P] [--model RUN]``. The model is the ``--model`` argument, else
-``$DETRKIT_APP_MODEL``, else the built-in tiny model trained on generated data.
+``$DETRKIT_APP_MODEL``, else the shipped default model (trained on real Accra drone tiles and
+generated scenes). The page names the model, its training data and measured accuracy under the result.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from pathlib import Path
 import streamlit as st
 
 from detrkit.aerial.predict import AerialPredictor
-from detrkit.app.logic import UPLOAD_TYPES, analyse, format_area, format_area_short, save_upload
+from detrkit.app.logic import (
+    UPLOAD_TYPES,
+    analyse,
+    format_area,
+    format_area_short,
+    model_accuracy_text,
+    save_upload,
+)
 from detrkit.errors import DetrkitError
 
 st.set_page_config(page_title="detrkit · built-up area", page_icon="🏠", layout="wide")
@@ -42,12 +50,14 @@ with st.sidebar:
     model = st.text_input(
         "Model run folder or checkpoint",
         value=model_default,
-        help="Leave empty for the built-in small model trained on generated data.",
+        help="Leave empty for the shipped default model (real Accra tiles + generated scenes).",
     )
     mode = st.radio(
         "Ground sample distance (GSD)",
         ["Auto-detect", "Metres per pixel", "Web Mercator zoom + latitude"],
-        help="Auto: from the GeoTIFF georeference, else predicted by the model.",
+        help="Give the GSD if you know it (metres per pixel, or the Web Mercator zoom of a map tile): "
+        "areas are then exact. Auto: from the GeoTIFF georeference, else estimated by the model "
+        "(with an uncertainty).",
     )
     gsd = zoom = lat = None
     if mode == "Metres per pixel":
@@ -63,7 +73,11 @@ with st.sidebar:
 
 uploaded = st.file_uploader("Image (PNG, JPEG or GeoTIFF)", type=UPLOAD_TYPES)
 if uploaded is None:
-    st.info("Upload an image to start. No image at hand? `detrkit aerial synth --out DIR` generates some.")
+    st.info(
+        "Upload an image to start. If you know its ground sample distance (metres per pixel, or the "
+        "zoom level of a map tile), set it first in the sidebar: the model's own GSD estimate is "
+        "uncertain. No image at hand? `detrkit aerial synth --out DIR` generates some."
+    )
     st.stop()
 
 try:
@@ -89,8 +103,13 @@ c3.metric("Buildings", f"{s['building_count']}")
 c4.metric("GSD", f"{g['metres_per_pixel']:.3f} m/px", help=g["detail"])
 st.caption(
     f"GSD source: **{g['source']}** ({g['detail']}); model estimate {s['model_gsd_m']:.3f} m/px; "
-    f"{s['tiles']} tiles in {s['seconds']:.1f} s; image area {format_area(s['image_area_m2'])}."
+    f"{s['tiles']} tiles in {s['seconds']:.1f} s; image area {format_area(s['image_area_m2'])}; "
+    f"{s['area_text']}."
 )
+if s.get("gsd_warning"):
+    st.warning(s["gsd_warning"])
+card = s["model_card"]
+st.caption(f"Model: **{card['name']}**, trained on {card['trained_on']}. {model_accuracy_text(card)}")
 
 left, right = st.columns(2)
 left.image(result.overlay(opacity), caption="Buildings (cyan) over the image", width="stretch")

@@ -56,23 +56,31 @@ def ablate_cmd(
         Path("runs/ablation"), "--out", help="Folder for runs, synthetic data and the comparison."
     ),
     rare: str | None = typer.Option(None, "--rare", help="Rare classes, comma list (e.g. star,cross)."),
-    rare_k: int | None = typer.Option(None, "--rare-k", help="Or: the k rarest classes."),
+    rare_k: int | None = typer.Option(None, "--rare-k", min=1, help="Or: the k rarest classes."),
     rare_fraction: float | None = typer.Option(
-        None, "--rare-fraction", help="Or: classes rarer than this (as `detrkit data stats`)."
+        None,
+        "--rare-fraction",
+        min=0.0,
+        max=1.0,
+        help="Or: classes rarer than this (as `detrkit data stats`).",
     ),
     per_class: int = typer.Option(
-        100, "--per-class", help="Synthetic images per rare class (copy-paste, augment)."
+        100, "--per-class", min=1, help="Synthetic images per rare class (copy-paste, augment)."
     ),
-    online_p: float = typer.Option(0.5, "--online-p", help="Online copy-paste probability per sample."),
+    online_p: float = typer.Option(
+        0.5, "--online-p", min=0.0, max=1.0, help="Online copy-paste probability per sample."
+    ),
+    rfs_threshold: float = typer.Option(
+        0.3, "--rfs-threshold", min=0.0, max=1.0, help="Repeat-factor threshold t (rfs arm)."
+    ),
     online_scale: str = typer.Option(
         "0.1,2.0", "--online-scale", help="Scale jitter lo,hi of online pastes (Simple Copy-Paste: 0.1,2.0)."
     ),
-    rfs_threshold: float = typer.Option(0.3, "--rfs-threshold", help="Repeat-factor threshold t (rfs arm)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the table."),
 ) -> None:
     """Train each arm x seed with one budget, then write per-class and rare-class AP (mean ± std)."""
     from detrkit.config import load_config
-    from detrkit.engine.ablate import AblationSettings, run_ablation
+    from detrkit.workflows.ablate import AblationSettings, run_ablation
 
     cfg = load_config(config, list(overrides or []))
     console = Console(stderr=True)

@@ -40,7 +40,7 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (arms and rows) instead of Markdown."),
 ) -> None:
     """Compare runs: overall metrics, per-class AP, rare-class mAP, deltas and seed spread."""
-    from detrkit.runs.compare import compare_runs
+    from detrkit.runs.compare import compare_runs, load_comparable_runs
     from detrkit.runs.folder import RunFolder
     from detrkit.runs.predictions import predictions_run
 
@@ -49,7 +49,10 @@ def compare_cmd(
             return predictions_run(p, gt, fmt=pred_format)
         return RunFolder.load(p)
 
-    comparison = compare_runs([load(p) for p in runs], rare=rare or None, per_class=per_class)
+    folders, warnings = load_comparable_runs(runs, load=load)
+    for line in warnings:
+        typer.secho(f"warning: {line}", err=True, fg=typer.colors.YELLOW)
+    comparison = compare_runs(folders, rare=rare or None, per_class=per_class)
     markdown, table_csv = comparison.to_markdown(), comparison.to_csv()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

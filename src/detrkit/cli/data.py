@@ -12,9 +12,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from detrkit.cli.data_convert import convert_cmd
+from detrkit.cli.tables import titled_table
 from detrkit.errors import ConfigError, DataError
 
 data_app = typer.Typer(help="Check, describe, subset, merge and split COCO datasets.", no_args_is_help=True)
@@ -66,8 +66,8 @@ def check_cmd(
     decode: bool = typer.Option(
         True, "--decode/--no-decode", help="Fully decode images (slower, finds truncation)."
     ),
-    workers: int = typer.Option(0, "--workers", help="Decoding threads (0: automatic)."),
-    max_examples: int = typer.Option(5, "--max-examples", help="Offending ids listed per problem."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Decoding threads (0: automatic)."),
+    max_examples: int = typer.Option(5, "--max-examples", min=0, help="Offending ids listed per problem."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Validate annotations (and image files with --images or --data); exit 1 when problems are found.
@@ -100,7 +100,7 @@ def check_cmd(
     for title, report in [] if as_json else reports:
         found = [(k, p) for k, p in report.problems.items() if p.count]
         if found:
-            table = Table(title=f"data check: {title}")
+            table = titled_table(f"data check: {title}")
             for col in ("problem", "count", "first ids", "description"):
                 table.add_column(col, overflow="fold")
             for kind, p in found:
@@ -132,7 +132,11 @@ def stats_cmd(
     images: Path | None = typer.Option(None, "--images", help="Image folder of a plain COCO --data file."),
     plots: Path | None = typer.Option(None, "--plots", help="Folder for PNG plots."),
     rare_fraction: float = typer.Option(
-        0.05, "--rare-fraction", help="Rare: image count below this fraction of the most frequent class."
+        0.05,
+        "--rare-fraction",
+        min=0.0,
+        max=1.0,
+        help="Rare: image count below this fraction of the most frequent class.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -159,7 +163,7 @@ def _stats_one(
         d = stats.to_dict()
         d["plots"] = [str(p) for p in written]
         return d
-    table = Table(title=f"data stats: {title}")
+    table = titled_table(f"data stats: {title}")
     for col in ("id", "class", "instances", "images", "small", "medium", "large", "rare"):
         table.add_column(col, justify="right" if col not in ("class", "rare") else "left")
     for c in stats.classes:
@@ -207,8 +211,10 @@ def subset_cmd(
         ..., "--classes", help="Class names to keep, in order: --classes person car dog"
     ),
     more_classes: list[str] | None = typer.Argument(None, hidden=True),
-    max_images: int | None = typer.Option(None, "--max-images", help="Keep at most this many images."),
-    negatives: float = typer.Option(0.0, "--negatives", help="Fraction of output images without kept boxes."),
+    max_images: int | None = typer.Option(None, "--max-images", min=1, help="Keep at most this many images."),
+    negatives: float = typer.Option(
+        0.0, "--negatives", min=0.0, max=1.0, help="Fraction of output images without kept boxes."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: Path = typer.Option(..., "--out", help="Output JSON."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
@@ -235,7 +241,7 @@ def subset_cmd(
 
 def _print_written_classes(command: str, out: Path, summary: dict[str, Any]) -> None:
     """The per-class table and the one-line total that subset and merge print."""
-    table = Table(title=f"{command} -> {out}")
+    table = titled_table(f"{command} -> {out}")
     for col in ("id", "class", "images"):
         table.add_column(col)
     for c in summary["classes"]:
@@ -319,7 +325,9 @@ def merge_cmd(
 @data_app.command("split")
 def split_cmd(
     ann: Path = typer.Option(..., "--ann", help="COCO instances JSON."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of images for validation."),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", min=0.0, max=1.0, help="Fraction of images for validation."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out_dir: Path = typer.Option(..., "--out-dir", help="Writes train.json and val.json here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -343,7 +351,7 @@ def split_cmd(
     if as_json:
         _echo_json(summary)
         return
-    table = Table(title=f"data split: {ann}")
+    table = titled_table(f"data split: {ann}")
     for col in ("class", "train images", "val images"):
         table.add_column(col)
     for c in summary["classes"]:
@@ -375,9 +383,9 @@ def _class_counts(values: list[str], option: str) -> dict[str, int] | None:
 @data_app.command("shapes")
 def shapes_cmd(
     out: Path = typer.Option(Path("data/shapes"), "--out", help="Output folder."),
-    train: int = typer.Option(2000, "--train", help="Training images."),
-    val: int = typer.Option(300, "--val", help="Validation images."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels."),
+    train: int = typer.Option(2000, "--train", min=1, help="Training images."),
+    val: int = typer.Option(300, "--val", min=1, help="Validation images."),
+    size: int = typer.Option(256, "--size", min=64, help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     rare: list[str] = typer.Option(
         [],

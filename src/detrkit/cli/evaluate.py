@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from detrkit.cli.tables import titled_table
 
 
 def register(app: typer.Typer) -> None:
@@ -36,10 +37,12 @@ def eval_cmd(
     class_base: int = typer.Option(
         1,
         "--class-base",
+        min=0,
+        max=1,
         help="Ultralytics JSON: category_id minus this is the class index (0: old versions).",
     ),
     iou_type: str = typer.Option("bbox", "--iou-type", help="bbox or segm."),
-    max_dets: int = typer.Option(100, "--max-dets", help="Detections per image for AP and AR100."),
+    max_dets: int = typer.Option(100, "--max-dets", min=10, help="Detections per image for AP and AR100."),
     per_class: bool = typer.Option(True, "--per-class/--no-per-class", help="Also show per-class metrics."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
@@ -49,8 +52,6 @@ def eval_cmd(
 
     if iou_type not in ("bbox", "segm"):
         raise ConfigError(f"--iou-type must be bbox or segm, got {iou_type!r}")
-    if max_dets < 10:
-        raise ConfigError(f"--max-dets must be >= 10, got {max_dets}")
     out = Console()  # created per call: honours the terminal width (and COLUMNS) at run time
     from detrkit.data.formats import predictions_source
     from detrkit.data.formats.coco import load_coco
@@ -66,14 +67,14 @@ def eval_cmd(
             d.pop("per_class")
         typer.echo(json.dumps(d, indent=2))
         return
-    table = Table(title=f"COCO {iou_type} metrics: {pred.name} vs {gt.name}")
+    table = titled_table(f"COCO {iou_type} metrics: {pred.name} vs {gt.name}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.stats.items():
         table.add_row(name, _fmt(value))
     out.print(table)
     if per_class:
-        pc = Table(title="per class (- : no ground truth of that kind)")
+        pc = titled_table("per class (- : no ground truth of that kind)")
         for col in ("id", "class", "GT", "pred", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
             pc.add_column(col, justify="left" if col == "class" else "right")
         for c in metrics.per_class:

@@ -19,9 +19,9 @@ def export_cmd(
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
     out: Path | None = typer.Option(None, "--out", help="Output file (default: RUN/export/model.onnx|.ts)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or epoch_N."),
-    height: int = typer.Option(256, "--height", help="Input height the model is traced at."),
-    width: int = typer.Option(256, "--width", help="Input width the model is traced at."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    height: int = typer.Option(256, "--height", min=32, help="Input height the model is traced at."),
+    width: int = typer.Option(256, "--width", min=32, help="Input width the model is traced at."),
+    opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Export the model (images + pixel_mask -> logits, boxes) and report the max abs difference

@@ -8,10 +8,12 @@ one line on stderr, without a traceback, and the process exits with status 2.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from importlib import import_module
 
+import click
 import typer
 
 from detrkit import __version__
@@ -71,6 +73,26 @@ def _register_all() -> None:
 _register_all()
 
 
+@functools.cache
+def build_command() -> typer.core.TyperGroup:
+    """The click command of the app, with on/off flags shown without a value placeholder.
+
+    typer prints ``<bool>`` beside every flag although ``--json true`` is not accepted; a flag's
+    help shows its name (and ``--no-...``) only. Built once per process (it takes ~0.2 s).
+    """
+    command = typer.main.get_command(app)
+    help_names = command.context_settings.get("help_option_names", ["--help"])
+    stack = [command]
+    while stack:
+        cmd = stack.pop()
+        stack.extend(getattr(cmd, "commands", {}).values())
+        help_option = cmd.get_help_option(click.Context(cmd, help_option_names=help_names))
+        for param in [*cmd.params, *([help_option] if help_option is not None else [])]:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+    return command  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``detrkit`` script.
 
@@ -79,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     Set ``DETRKIT_DEBUG=1`` to see the traceback of a user error.
     """
     try:
-        app(args=argv, standalone_mode=True)
+        build_command().main(args=argv, prog_name="detrkit", standalone_mode=True)
     except DetrkitError as err:
         if os.environ.get("DETRKIT_DEBUG"):
             raise

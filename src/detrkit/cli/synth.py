@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from detrkit.cli.tables import titled_table
 from detrkit.errors import DataError
 
 _out = Console()
@@ -57,13 +57,15 @@ def synth_cmd(
     classes: list[str] = typer.Option(
         None, "--classes", help="Classes to synthesize: --classes train,cat or --classes train cat."
     ),
-    rare_k: int | None = typer.Option(None, "--rare-k", help="Synthesize the k rarest classes."),
+    rare_k: int | None = typer.Option(None, "--rare-k", min=1, help="Synthesize the k rarest classes."),
     rare_fraction: float | None = typer.Option(
         None,
         "--rare-fraction",
+        min=0.0,
+        max=1.0,
         help="Synthesize classes rarer than this (as `detrkit data stats` marks them).",
     ),
-    per_class: int = typer.Option(100, "--per-class", help="Images per class."),
+    per_class: int = typer.Option(100, "--per-class", min=1, help="Images per class."),
     method: str = typer.Option(
         "copy-paste", "--method", help="copy-paste | augment | diffusion | controlnet."
     ),
@@ -73,12 +75,18 @@ def synth_cmd(
         "1,3", "--instances", help="copy-paste: instances pasted per image, MIN,MAX."
     ),
     scale: str = typer.Option("0.6,1.4", "--scale", help="copy-paste: scale jitter, LOW,HIGH."),
-    feather: int = typer.Option(2, "--feather", help="copy-paste: edge blending width in pixels (0: hard)."),
+    feather: int = typer.Option(
+        2, "--feather", min=0, help="copy-paste: edge blending width in pixels (0: hard)."
+    ),
     max_cover: float = typer.Option(
-        0.3, "--max-cover", help="Paste where it hides at most this fraction of any object."
+        0.3, "--max-cover", min=0.0, max=1.0, help="Paste where it hides at most this fraction of any object."
     ),
     drop_occluded: float = typer.Option(
-        0.7, "--drop-occluded", help="Drop objects hidden over this fraction; shrink the others."
+        0.7,
+        "--drop-occluded",
+        min=0.0,
+        max=1.0,
+        help="Drop objects hidden over this fraction; shrink the others.",
     ),
     model: str | None = typer.Option(
         None, "--model", help="diffusion, controlnet: inpainting model, Hub id or local folder."
@@ -93,13 +101,17 @@ def synth_cmd(
         "--control",
         help="controlnet: condition on the placed instance's edges | mask, or the scene layout.",
     ),
-    control_scale: float = typer.Option(1.0, "--control-scale", help="controlnet: conditioning scale."),
+    control_scale: float = typer.Option(
+        1.0, "--control-scale", min=0.0, help="controlnet: conditioning scale."
+    ),
     prompt: str = typer.Option(
         "a photo of a {class}", "--prompt", help="diffusion: prompt; {class} is the class name."
     ),
-    steps: int = typer.Option(30, "--steps", help="diffusion: denoising steps."),
-    guidance: float = typer.Option(7.5, "--guidance", help="diffusion: guidance scale."),
-    resolution: int = typer.Option(512, "--resolution", help="diffusion: model resolution (multiple of 8)."),
+    steps: int = typer.Option(30, "--steps", min=1, help="diffusion: denoising steps."),
+    guidance: float = typer.Option(7.5, "--guidance", min=0.0, help="diffusion: guidance scale."),
+    resolution: int = typer.Option(
+        512, "--resolution", min=8, help="diffusion: model resolution (multiple of 8)."
+    ),
     device: str | None = typer.Option(
         None, "--device", help="diffusion: cuda | cpu (default: cuda when available)."
     ),
@@ -109,8 +121,12 @@ def synth_cmd(
         help="Quality filter: keep an image only if this detector (run folder or checkpoint) finds "
         "the class in every new instance's box.",
     ),
-    filter_score: float = typer.Option(0.3, "--filter-score", help="Quality filter: minimum score."),
-    filter_iou: float = typer.Option(0.5, "--filter-iou", help="Quality filter: minimum IoU with the box."),
+    filter_score: float = typer.Option(
+        0.3, "--filter-score", min=0.0, max=1.0, help="Quality filter: minimum score."
+    ),
+    filter_iou: float = typer.Option(
+        0.5, "--filter-iou", min=0.0, max=1.0, help="Quality filter: minimum IoU with the box."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Write synthetic images of rare classes as a COCO dataset to train on next to the real one."""
@@ -185,7 +201,7 @@ def synth_cmd(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    table = Table(title=f"synth {method}: {out}")
+    table = titled_table(f"synth {method}: {out}")
     table.add_column("class")
     table.add_column("images", justify="right")
     for name in chosen:

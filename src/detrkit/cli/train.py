@@ -8,13 +8,14 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from detrkit.cli.tables import titled_table
 
 
 def _print_per_class(console: Console, per_class: list[dict[str, Any]] | None, title: str) -> None:
     if not per_class:
         return
-    table = Table(title=title)
+    table = titled_table(title)
     for col in ("class", "gt", "pred", "AP", "AP50", "AP75", "AR100"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c in per_class:
@@ -40,6 +41,11 @@ def train(
     ),
     resume: Path = typer.Option(
         None, "--resume", help="continue the run in this folder from checkpoints/last.pt"
+    ),
+    fallback: bool = typer.Option(
+        False,
+        "--fallback",
+        help="with --resume: an unreadable last.pt falls back to the newest intact checkpoint",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="stop after the preflight (one step, one val batch, checkpoint round trip)"
@@ -91,13 +97,15 @@ def train(
         extra += [f"train.device={device}"] if device is not None else []
         overrides = [*extra, *(overrides or [])]
     summary = train_from_config(
-        source, list(overrides or []), resume=resume, dry_run=dry_run, console=console
+        source, list(overrides or []), resume=resume, fallback=fallback, dry_run=dry_run, console=console
     )
     if as_json:
         typer.echo(summary_json({k: v for k, v in summary.items()}))
         return
     if dry_run:
-        console.print(f"dry run ok: {summary['run_dir']} (preflight: {summary['preflight']})")
+        console.print(
+            f"dry run ok, nothing kept (a run would write {summary['run_dir']}; preflight: {summary['preflight']})"
+        )
         return
     _print_per_class(console, summary.get("per_class"), "per-class metrics (last validation)")
     console.print(f"run folder: {summary['run_dir']}")
@@ -108,7 +116,7 @@ def val(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, epoch_N or a checkpoint file"),
     data: Path = typer.Option(None, "--data", help="COCO annotation file (default: the run's val set)"),
     images: Path = typer.Option(None, "--images", help="image folder of --data"),
-    batch_size: int = typer.Option(None, "--batch-size", help="images per batch"),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="images per batch"),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: GPU when present)"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
@@ -123,8 +131,8 @@ def val(
         return
     console = Console()
     m = result["metrics"]
-    table = Table(
-        title=f"{result['checkpoint']} on {result['ann']} ({result['num_images']} images)", show_header=False
+    table = titled_table(
+        f"{result['checkpoint']} on {result['ann']} ({result['num_images']} images)", show_header=False
     )
     for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         table.add_row(k, f"{m[k]:.4f}")

@@ -143,12 +143,23 @@ def classify_boxes(
     return degenerate, outside & ~degenerate
 
 
+#: the kinds only dataset readers report (:mod:`detrkit.data.formats`; ``data check`` has
+#: :data:`PROBLEM_KINDS`); kept here, below the readers, so that :func:`describe` needs no import.
+READER_KINDS: dict[str, str] = {
+    "unknown_class_index": "label lines whose class index is not in the names (line left out)",
+    "malformed_label_line": "label lines that are not 'class cx cy w h' or a polygon (line left out)",
+    "label_without_image": "label/XML files whose image does not exist (left out)",
+    "empty_label_file": "empty label files: negative images, kept (notice)",
+    "no_label_file": "images without a label file: negative images, kept (notice)",
+    "missing_annotation_file": "images listed in a split file without their annotation file (left out)",
+    "unknown_class_name": "objects whose class name is not in the given names (left out)",
+}
+
+
 def describe(kind: str) -> str:
     """One-line description of a problem kind (of :data:`PROBLEM_KINDS` or a dataset reader's)."""
     if kind in PROBLEM_KINDS:
         return PROBLEM_KINDS[kind]
-    from detrkit.data.formats.report import READER_KINDS
-
     return READER_KINDS.get(kind, kind)
 
 

@@ -76,6 +76,28 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+_INT64 = 2**63
+
+
+def _check_int64(
+    images: list[ImageInfo], annotations: list[Annotation], categories: list[Category], fail: Any
+) -> None:
+    """Ids and image sizes must fit int64 (they become NumPy/PyTorch arrays); one line names one."""
+    columns = (
+        ("image", "id", [im.id for im in images]),
+        ("image", "width", [im.width for im in images]),
+        ("image", "height", [im.height for im in images]),
+        ("annotation", "id", [a.id for a in annotations]),
+        ("annotation", "image_id", [a.image_id for a in annotations]),
+        ("annotation", "category_id", [a.category_id for a in annotations]),
+        ("category", "id", [c.id for c in categories]),
+    )
+    for what, key, values in columns:
+        if values and (max(values) >= _INT64 or min(values) < -_INT64):
+            bad = next(v for v in values if not -_INT64 <= v < _INT64)
+            raise fail(f"{what} field '{key}' = {bad} does not fit a 64-bit integer")
+
+
 class CocoIndex:
     """Images, annotations and categories of one COCO instances file.
 
@@ -214,6 +236,7 @@ class CocoIndex:
             extra = {k: v for k, v in c.items() if k not in _CAT_KEYS}
             categories.append(Category(int(cid), name, str(c.get("supercategory", "") or ""), extra))
 
+        _check_int64(images, annotations, categories, fail)
         rest = {k: v for k, v in d.items() if k not in ("images", "annotations", "categories")}
         return cls(images=images, annotations=annotations, categories=categories, source=source, extra=rest)
 

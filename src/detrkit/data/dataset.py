@@ -173,7 +173,7 @@ class CocoDetection(Dataset):
         img_keep = img_ids[keep]
         order = np.argsort(img_keep, kind="stable")
         uniq, starts = np.unique(img_keep[order], return_index=True)
-        ends = np.append(starts[1:], len(order))
+        ends = np.append(starts[1:], len(order)) if len(starts) else starts  # no box kept at all
         span = {int(u): (s, e) for u, s, e in zip(uniq, starts, ends, strict=True)}
         root = str(images_dir)
         for im in index.images:

@@ -47,6 +47,7 @@ import io
 import json
 import math
 import multiprocessing as mp
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -139,6 +140,15 @@ def generate_shapes(
         val_ann=root / "annotations" / "val.json",
         class_names=CLASS_NAMES,
     )
+    params = shapes_params(
+        train=train,
+        val=val,
+        size=size,
+        seed=seed,
+        class_counts=class_counts,
+        val_class_counts=val_class_counts,
+    )
+    _clear_owned(root)
     paths.train_ann.parent.mkdir(parents=True, exist_ok=True)
     for split, count, img_dir, ann_path, counts in (
         ("train", train, paths.train_images, paths.train_ann, class_counts),
@@ -151,7 +161,63 @@ def generate_shapes(
         records = list(_run_jobs(jobs, workers))
         coco = _assemble_coco(split, size, records)
         ann_path.write_text(json.dumps(coco, separators=(",", ":")) + "\n")
+    (root / PARAMS_FILE).write_text(json.dumps(params, indent=1) + "\n")  # last: marks a complete set
     return paths
+
+
+#: the generation parameters, written next to the dataset (what ``data.shapes`` compares against)
+PARAMS_FILE = "shapes.json"
+_OWNED = ("train", "val", "annotations", PARAMS_FILE)
+
+
+def shapes_params(
+    *,
+    train: int,
+    val: int,
+    size: int,
+    seed: int,
+    class_counts: dict[str, int] | None = None,
+    val_class_counts: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The parameters that determine the generated files (the same ones give the same bytes)."""
+    return {
+        "train": train,
+        "val": val,
+        "size": size,
+        "seed": seed,
+        "class_counts": dict(class_counts or {}),
+        "val_class_counts": dict(val_class_counts or {}),
+    }
+
+
+def read_shapes_params(root: str | Path) -> dict[str, Any] | None:
+    """The parameters a shapes folder was generated with (``None``: none recorded or unreadable)."""
+    try:
+        data = json.loads((Path(root) / PARAMS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _clear_owned(root: Path) -> None:
+    """Before generating into ``root``: remove what an earlier generation wrote; refuse other files."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DataError("exists and is not a folder", path=root)
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in _OWNED)
+    if foreign:
+        raise DataError(
+            f"{root}: not empty and not a shapes dataset ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new folder",
+            path=root,
+        )
+    for name in _OWNED:
+        p = root / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
 
 
 def plan_class_counts(

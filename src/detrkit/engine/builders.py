@@ -1,7 +1,9 @@
-"""The only place where the engine reads the config to build data and models (``build_*``)."""
+"""The only place where the engine reads the config: data, model, accelerator and the settings of
+the training step and the epoch loop (``build_*``, ``*_settings``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from detrkit.config import DataConfig, ModelConfig, RunConfig
+from detrkit.engine.loop import LoopSettings
+from detrkit.engine.step import StepSettings
 from detrkit.errors import ConfigError, DataError
 
 
@@ -50,7 +54,7 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
         return data
     from dataclasses import replace
 
-    from detrkit.data.shapes import generate_shapes
+    from detrkit.data.shapes import generate_shapes, read_shapes_params, shapes_params
 
     s = data.shapes
     root = Path(s.out)
@@ -69,7 +73,14 @@ def ensure_shapes(data: DataConfig, *, main_process: bool = True) -> DataConfig:
         raise ConfigError(
             f"data.shapes and {', '.join(conflicts)} are both set: give either data.shapes or the data paths"
         )
-    if main_process and not (paths["train_ann"].is_file() and paths["val_ann"].is_file()):
+    wanted = shapes_params(
+        train=s.train, val=s.val, size=s.size, seed=s.seed,
+        class_counts=s.class_counts, val_class_counts=s.val_class_counts,
+    )  # fmt: skip
+    complete = paths["train_ann"].is_file() and paths["val_ann"].is_file()
+    if main_process and (not complete or read_shapes_params(root) != wanted):
+        # missing, or generated with other parameters (or before they were recorded): regenerate, so
+        # that the run's config.yaml describes the data it trained on
         generate_shapes(
             root,
             train=s.train,
@@ -252,6 +263,40 @@ def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log
     return model
 
 
+def step_settings(cfg: RunConfig, *, where: str) -> StepSettings:
+    """The training step's settings from ``train.*`` and ``model.freeze_bn``."""
+    if cfg.train.grad_accum < 1:
+        raise ConfigError(f"{cfg.source}: train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
+    t = cfg.train
+    return StepSettings(
+        grad_accum=t.grad_accum,
+        clip_grad_norm=t.clip_grad_norm,
+        max_nonfinite=t.max_nonfinite,
+        channels_last=t.channels_last,
+        freeze_bn=cfg.model.freeze_bn,
+        where=where,
+    )
+
+
+def loop_settings(cfg: RunConfig, *, batches_per_epoch: int, profile_dir: Path | None) -> LoopSettings:
+    """The epoch loop's settings; ``steps_per_epoch`` = ceil(batches / grad_accum), capped by
+    ``train.max_steps_per_epoch``."""
+    t = cfg.train
+    steps = math.ceil(batches_per_epoch / t.grad_accum)
+    if t.max_steps_per_epoch:
+        steps = min(steps, t.max_steps_per_epoch)
+    return LoopSettings(
+        epochs=t.epochs,
+        steps_per_epoch=steps,
+        grad_accum=t.grad_accum,
+        checkpoint_every_steps=t.checkpoint_every_steps,
+        profile=t.profile,
+        profile_steps=t.profile_steps,
+        profile_dir=profile_dir,
+        train_images=str(cfg.data.train_images),
+    )
+
+
 def build_accelerator(cfg: RunConfig) -> Any:
     """The Accelerator for ``train.precision``/``train.cpu``/``train.device`` (fp16 needs CUDA)."""
     from accelerate import Accelerator
@@ -292,11 +337,7 @@ def repeat_factors_for(data: DataConfig, dataset: Any, source: str, log: Any = N
     """
     if data.sampler == "random":
         return None
-    threshold = data.rfs_threshold
-    if threshold <= 0:
-        raise ConfigError(
-            f"{source}: data.rfs_threshold must be > 0 for data.sampler=repeat_factor, got {threshold}"
-        )
+    threshold = data.rfs_threshold  # > 0: checked by the config's Range
     labels = getattr(dataset, "labels_per_image", None)
     if labels is None:
         raise ConfigError(f"{source}: data.sampler=repeat_factor needs a dataset with labels_per_image()")

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from detrkit.devices import resolve_device
 from detrkit.engine.sampling import EvalBatchSampler
 from detrkit.engine.validate import validate
 from detrkit.errors import CheckpointError, ConfigError, DataError
@@ -36,6 +37,7 @@ def evaluate_run(
     from detrkit.data.collate import DetectionCollator
     from detrkit.data.dataset import CocoDetection
 
+    requested_device = resolve_device(device) if device is not None else None  # fails before loading
     restored = restore(run, which=checkpoint)
     model, classes, transform, cfg = restored
     path, ckpt = restored.path, restored.checkpoint
@@ -67,7 +69,7 @@ def evaluate_run(
         raise DataError(
             f"{ann}: categories differ from the run's classes ({hint}); remap with `detrkit data merge`"
         )
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"))
+    dev = requested_device or (torch.device("cpu") if cfg.train.cpu else resolve_device(None))
     model.to(dev)
     bs = batch_size or cfg.eval.batch_size or (cfg.train.batch_size if cfg.train.batch_size != "auto" else 4)
     loader = torch.utils.data.DataLoader(

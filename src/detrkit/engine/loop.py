@@ -1,175 +1,163 @@
-"""One optimizer step and one epoch of the training loop (used by the trainer and the preflight).
+"""One epoch of the training loop: micro-batches from the loader into :class:`TrainStep`.
 
-A step runs ``grad_accum`` micro-batches (DDP gradient sync only on the last), checks the loss for
-non-finite values across processes, then clips, steps AdamW and the schedule, and updates the EMA.
-A step with a non-finite loss is skipped: gradients are zeroed, nothing is updated, the step is
-counted; ``train.max_nonfinite`` in a row raise :class:`~detrkit.errors.TrainingError`. The only host
-sync of a step is one ``tolist()`` of the loss, its components, the gradient norm and the flags.
+:class:`EpochLoop` groups the loader's batches into ``grad_accum`` micro-batches, skips batches of
+unreadable images, runs the step, keeps the epoch's loss sums and its position (micro-batches
+consumed, for exact mid-epoch resume), logs, saves ``last.pt`` every ``checkpoint_every_steps`` and
+on a stop, and returns the epoch's ``metrics.csv`` row. It is built from :class:`LoopSettings` and
+explicit components; it never sees the trainer or the config.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from detrkit.engine.optim import set_bn_eval, trainable_parameters
-from detrkit.errors import TrainingError
-
-if TYPE_CHECKING:
-    from detrkit.engine.trainer import Trainer
+from detrkit.engine.memory import current_rss_mb, peak_memory_mb, reset_peak
+from detrkit.engine.step import TrainStep
+from detrkit.errors import DataError, TrainingError
 
 
-class StepRunner:
-    """Training steps and epochs for a :class:`~detrkit.engine.trainer.Trainer`."""
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the epoch loop needs to know (``train.*``, ``data.train_images``).
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.t = trainer
-        self.global_step = 0
-        self.nonfinite_total = 0
-        self.consecutive_nonfinite = 0
+    Attributes:
+        epochs: epochs of the run (for the progress bar).
+        steps_per_epoch: optimizer steps per epoch.
+        grad_accum: micro-batches per optimizer step.
+        checkpoint_every_steps: save ``last.pt`` every N steps inside an epoch (0: never).
+        profile: trace ``profile_steps`` steps of the first epoch into ``profile_dir``.
+        profile_dir: where the trace goes (``None``: no trace, e.g. on non-main processes).
+        train_images: how errors name the training images.
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    grad_accum: int = 1
+    checkpoint_every_steps: int = 0
+    profile: bool = False
+    profile_steps: int = 5
+    profile_dir: Path | None = None
+    train_images: str = "training images"
+
+
+class EpochLoop:
+    """Epochs of training steps.
+
+    Args:
+        settings: :class:`LoopSettings`.
+        step: the :class:`TrainStep` (its optimizer's param groups give the logged rates).
+        loader, sampler: the training ``DataLoader`` and its
+            :class:`~detrkit.engine.sampling.ResumableBatchSampler`.
+        log: the :class:`~detrkit.runs.logger.RunLogger`.
+        save_last: writes ``checkpoints/last.pt`` (collective: every process calls it).
+        run_dir: named in the interruption message.
+    """
+
+    def __init__(
+        self,
+        settings: LoopSettings,
+        *,
+        step: TrainStep,
+        loader: Any,
+        sampler: Any,
+        log: Any,
+        save_last: Callable[[], None],
+        run_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.step = step
+        self.loader = loader
+        self.sampler = sampler
+        self.log = log
+        self.save_last = save_last
+        self.run_dir = run_dir
+        self.epoch_batches = 0  # micro-batches of the current epoch already consumed
         self.sums: dict[str, float] = {}
         self.steps = 0
         self.epoch_nonfinite = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "global_step": self.global_step,
-            "nonfinite_total": self.nonfinite_total,
-            "consecutive_nonfinite": self.consecutive_nonfinite,
-            "sums": dict(self.sums),
-            "steps": self.steps,
-            "epoch_nonfinite": self.epoch_nonfinite,
-        }
+        return {"sums": dict(self.sums), "steps": self.steps, "epoch_nonfinite": self.epoch_nonfinite}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.global_step = int(state["global_step"])
-        self.nonfinite_total = int(state["nonfinite_total"])
-        self.consecutive_nonfinite = int(state["consecutive_nonfinite"])
         self.sums = dict(state["sums"])
         self.steps = int(state["steps"])
         self.epoch_nonfinite = int(state["epoch_nonfinite"])
 
-    def train_step(self, micro_batches: list[Any]) -> dict[str, float]:
-        """Forward/backward over the micro-batches and one optimizer step (or a skip).
-
-        Returns the step's host values: ``loss``, components (``loss_ce``...), ``grad_norm``,
-        ``nonfinite`` (1.0 when skipped) and ``stop`` (1.0 when any process asked to stop).
-        """
-        t = self.t
-        acc, model, cfg = t.acc, t.model, t.cfg
-        model.train()
-        if cfg.model.freeze_bn:
-            set_bn_eval(t.unwrapped)
-        n = len(micro_batches)
-        device = t.device
-        bad = torch.zeros((), device=device)
-        total = torch.zeros((), device=device)
-        comps: dict[str, torch.Tensor] = {}
-        for i, batch in enumerate(micro_batches):
-            batch = batch.to(device)
-            sync_now = i == n - 1 or acc.num_processes == 1
-            with contextlib.nullcontext() if sync_now else acc.no_sync(model):
-                images = batch.normalized()
-                if cfg.train.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                out = model(images, batch.pixel_mask, batch.targets)
-                loss = out["loss"]
-                acc.backward(loss / n)
-            detached = loss.detach().float()
-            bad = torch.maximum(bad, (~torch.isfinite(detached)).float())
-            total = total + detached / n
-            for key, value in out.items():
-                if (
-                    key != "loss"
-                    and key.startswith("loss")
-                    and isinstance(value, torch.Tensor)
-                    and value.ndim == 0
-                ):
-                    comps[key] = comps.get(key, 0.0) + value.detach().float() / n
-        flags = torch.stack([bad, torch.tensor(float(t.stop_requested), device=device)])
-        if acc.num_processes > 1:
-            flags = acc.reduce(flags, reduction="sum")
-        grad_norm = torch.zeros((), device=device)
-        skipped = False
-        # One host sync decides the step: a non-finite loss anywhere skips it everywhere.
-        if float(flags[0].item()) > 0:
-            skipped = True
-        else:
-            clip = cfg.train.clip_grad_norm
-            if clip is not None and clip > 0:
-                grad_norm = acc.clip_grad_norm_(list(trainable_parameters(model)), clip)
-            t.optimizer.step()
-            if not getattr(t.optimizer, "step_was_skipped", False):
-                t.scheduler.step()
-            if t.ema is not None:
-                t.ema.update(t.unwrapped)
-        t.optimizer.zero_grad(set_to_none=True)
-        keys = list(comps)
-        values = torch.stack([total, grad_norm.float(), flags[1], *[comps[k] for k in keys]]).tolist()
-        result = {"loss": values[0], "grad_norm": values[1], "stop": values[2], "nonfinite": float(skipped)}
-        result.update(zip(keys, values[3:], strict=False))
-        self.global_step += 1
+    def first_batch(self, epoch: int) -> Any:
+        """The first batch with a readable image the next step of ``epoch`` would use (for the
+        preflight); batches of unreadable images are passed over, and none at all is one line."""
+        self.sampler.set_epoch(epoch, start_batch=self.epoch_batches)
+        skipped = 0
+        for batch in self.loader:
+            if len(batch.targets) > 0:
+                return batch
+            skipped += getattr(batch, "skipped", 0)
         if skipped:
-            self.nonfinite_total += 1
-            self.epoch_nonfinite += 1
-            self.consecutive_nonfinite += 1
-            if self.consecutive_nonfinite >= cfg.train.max_nonfinite:
-                raise TrainingError(
-                    f"{t.run_dir}: {self.consecutive_nonfinite} non-finite losses in a row (epoch {t.epoch + 1}, "
-                    f"step {self.global_step}); lower optim.lr, set train.clip_grad_norm, use fp32 or check the data"
-                )
-        else:
-            self.consecutive_nonfinite = 0
-        return result
+            raise DataError(
+                f"{self.settings.train_images}: no training image could be read ({skipped} tried); "
+                "run `detrkit data check` on the folder"
+            )
+        raise TrainingError(
+            f"{self.run_dir}: the training loader yields no batch (check data and batch size)"
+        )
 
     def _drop_empty(self, micro: list[Any]) -> list[Any]:
         """Batches whose every image was unreadable are skipped (one process) or fatal (several)."""
         kept = [b for b in micro if len(b.targets) > 0]
         if len(kept) < len(micro):
-            if self.t.acc.num_processes > 1:
+            acc = self.step.acc
+            if acc.num_processes > 1:
                 raise TrainingError(
-                    f"{self.t.cfg.data.train_images}: a whole batch of unreadable images on process "
-                    f"{self.t.acc.process_index}; run `detrkit data check` and fix or remove them"
+                    f"{self.settings.train_images}: a whole batch of unreadable images on process "
+                    f"{acc.process_index}; run `detrkit data check` and fix or remove them"
                 )
-            self.t.log.warn(
+            self.log.warn(
                 f"skipped a batch of {sum(getattr(b, 'skipped', 0) for b in micro)} unreadable images"
             )
         return kept
 
     def _profiler(self, epoch: int) -> contextlib.AbstractContextManager[Any]:
-        t = self.t
-        if not (t.cfg.train.profile and epoch == 0 and t.acc.is_main_process and t.run_dir is not None):
+        s = self.settings
+        if not (s.profile and epoch == 0 and s.profile_dir is not None):
             return contextlib.nullcontext(None)
         from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if t.device.type == "cuda" else [])
+        cuda = self.step.acc.device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         return profile(
             activities=activities,
-            schedule=schedule(wait=1, warmup=1, active=max(t.cfg.train.profile_steps, 1), repeat=1),
-            on_trace_ready=tensorboard_trace_handler(str(t.run_dir / "profile")),
+            schedule=schedule(wait=1, warmup=1, active=max(s.profile_steps, 1), repeat=1),
+            on_trace_ready=tensorboard_trace_handler(str(s.profile_dir)),
             record_shapes=True,
             profile_memory=True,
         )
 
     def run_epoch(self, epoch: int) -> dict[str, Any] | None:
-        """Train one epoch from ``trainer.epoch_batches``; returns the ``metrics.csv`` row, or
-        ``None`` when a stop (Ctrl-C) was requested (``last.pt`` is then saved)."""
-        t = self.t
-        cfg, acc = t.cfg, t.acc
-        accum = cfg.train.grad_accum
-        if t.epoch_batches == 0:
+        """Train epoch ``epoch`` (0-based) from :attr:`epoch_batches` on; returns the
+        ``metrics.csv`` row, or ``None`` when a stop (Ctrl-C) was requested (``last.pt`` is then
+        saved)."""
+        s, step, log = self.settings, self.step, self.log
+        acc, optimizer = step.acc, step.optimizer
+        accum = s.grad_accum
+        if self.epoch_batches == 0:
             self.sums, self.steps, self.epoch_nonfinite = {}, 0, 0
-        t.train_sampler.set_epoch(epoch, start_batch=t.epoch_batches)
-        steps_done = -(-t.epoch_batches // accum)
-        t.log.start_epoch(epoch, cfg.train.epochs, t.steps_per_epoch, steps_done)
+        self.sampler.set_epoch(epoch, start_batch=self.epoch_batches)
+        steps_done = -(-self.epoch_batches // accum)
+        log.start_epoch(epoch, s.epochs, s.steps_per_epoch, steps_done)
         t0 = time.perf_counter()
-        images = 0
-        iterator = iter(t.train_loader)
+        images = skipped_images = 0
+        reset_peak(acc.device)
+        iterator = iter(self.loader)
         with self._profiler(epoch) as prof:
-            while steps_done < t.steps_per_epoch:
+            while steps_done < s.steps_per_epoch:
                 micro = []
                 for batch in iterator:
                     micro.append(batch)
@@ -178,49 +166,60 @@ class StepRunner:
                 if not micro:
                     break
                 consumed = len(micro)
+                skipped_images += sum(getattr(b, "skipped", 0) for b in micro)
                 micro = self._drop_empty(micro)
                 if not micro:
-                    t.epoch_batches += consumed
+                    self.epoch_batches += consumed
                     continue
-                res = self.train_step(micro)
-                t.epoch_batches += consumed
+                res = step.train_step(micro, epoch=epoch)
+                self.epoch_batches += consumed
                 steps_done += 1
                 self.steps += 1
+                if res["nonfinite"]:
+                    self.epoch_nonfinite += 1
                 n_img = sum(len(b.targets) for b in micro) * acc.num_processes
                 images += n_img
                 for k, v in res.items():
                     if k.startswith("loss") and res["nonfinite"] == 0:
                         self.sums[k] = self.sums.get(k, 0.0) + v
-                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(t.optimizer.param_groups)}
-                t.log.advance(n_img, loss=res["loss"], lr=max(lrs.values()))
-                t.log.scalars(
+                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+                log.advance(n_img, loss=res["loss"], lr=max(lrs.values()))
+                log.scalars(
                     {k: v for k, v in res.items() if k.startswith("loss") or k == "grad_norm"},
-                    self.global_step,
+                    step.global_step,
                     "train",
                 )
-                t.log.scalars(lrs, self.global_step, "lr")
+                log.scalars(lrs, step.global_step, "lr")
                 if prof is not None:
                     prof.step()
                 if res["stop"] > 0:
-                    t.log.end_epoch()
-                    t.save(["last"])
-                    t.log.info(
-                        f"interrupted: saved {t.run_dir}/checkpoints/last.pt (epoch {epoch + 1}, batch {t.epoch_batches}); resume with --resume {t.run_dir}"
+                    log.end_epoch()
+                    self.save_last()
+                    log.info(
+                        f"interrupted: saved {self.run_dir}/checkpoints/last.pt (epoch {epoch + 1}, batch {self.epoch_batches}); resume with --resume {self.run_dir}"
                     )
                     return None
-                every = cfg.train.checkpoint_every_steps
-                if every and steps_done % every == 0 and steps_done < t.steps_per_epoch:
-                    t.save(["last"])
-        rate = t.log.end_epoch()
+                every = s.checkpoint_every_steps
+                if every and steps_done % every == 0 and steps_done < s.steps_per_epoch:
+                    self.save_last()
+        rate = log.end_epoch()
+        if images == 0 and skipped_images > 0:
+            raise DataError(
+                f"{s.train_images}: none of the training images of epoch {epoch + 1} could be read "
+                f"({skipped_images} skipped); run `detrkit data check` on the folder"
+            )
         good = max(self.steps - self.epoch_nonfinite, 1)
         if acc.num_processes > 1 and self.sums:  # mean of the per-process losses
             keys = sorted(self.sums)
-            mean = acc.reduce(torch.tensor([self.sums[k] for k in keys], device=t.device), reduction="mean")
+            mean = acc.reduce(torch.tensor([self.sums[k] for k in keys], device=acc.device), reduction="mean")
             self.sums = dict(zip(keys, mean.tolist(), strict=False))
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.global_step}
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step.global_step}
         row.update({f"train/{k}": v / good for k, v in sorted(self.sums.items())})
-        row.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(t.optimizer.param_groups)})
+        row.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)})
         row["train/images_per_s"] = images / max(time.perf_counter() - t0, 1e-9) if images else rate
         row["time_s"] = time.perf_counter() - t0
         row["nonfinite"] = self.epoch_nonfinite
+        row["skipped_images"] = skipped_images
+        row["memory_mb"] = round(peak_memory_mb(acc.device), 1)  # CUDA peak of the epoch, or peak RSS
+        row["rss_mb"] = round(current_rss_mb(), 1)
         return row

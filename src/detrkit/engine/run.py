@@ -8,6 +8,8 @@ from typing import Any
 
 from detrkit.config import RunConfig, load_config
 from detrkit.engine.trainer import Trainer
+from detrkit.errors import ConfigError
+from detrkit.runs.checkpoint import ensure_resumable_last
 from detrkit.runs.layout import check_resumable
 
 
@@ -16,14 +18,29 @@ def train_from_config(
     overrides: list[str] | None = None,
     *,
     resume: str | Path | None = None,
+    fallback: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load a config (or the resumed run's ``config.yaml``; a ``RunConfig`` is used as is), train,
     return the summary."""
     if isinstance(config, RunConfig):
         cfg = config
+    elif resume is not None and config is not None:
+        raise ConfigError(
+            f"--config {config} with --resume {resume}: a resumed run continues with its own "
+            f"{Path(resume) / 'config.yaml'}; drop --config (key=value overrides still apply), "
+            "or start a new run without --resume"
+        )
     elif resume is not None:
         check_resumable(resume)
+        used = ensure_resumable_last(resume, fallback=fallback)
+        console = kwargs.get("console")
+        if used is not None and console is not None:
+            console.print(
+                f"warning: {Path(resume) / 'checkpoints' / 'last.pt'} was unreadable (kept as last.pt.corrupt); "
+                f"resuming from {used.name}",
+                highlight=False,
+            )
         cfg = load_config(Path(resume) / "config.yaml", overrides or [])
     else:
         cfg = load_config(config, overrides or [])

@@ -11,9 +11,9 @@ use and tests.
 
 from __future__ import annotations
 
-import math
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,12 +32,16 @@ from detrkit.engine.builders import (
     build_data,
     build_detector,
     ensure_shapes,
+    loop_settings,
     repeat_factors_for,
+    step_settings,
 )
 from detrkit.engine.ema import ModelEMA
-from detrkit.engine.loop import StepRunner
-from detrkit.engine.optim import apply_freezing, build_optimizer, build_scheduler, set_bn_eval
+from detrkit.engine.loop import EpochLoop
+from detrkit.engine.optim import apply_freezing, build_optimizer, build_scheduler
+from detrkit.engine.preflight import auto_batch_size, run_preflight
 from detrkit.engine.sampling import EvalBatchSampler, ResumableBatchSampler, SeededDataset
+from detrkit.engine.step import TrainStep
 from detrkit.engine.validate import validate
 from detrkit.errors import ConfigError
 from detrkit.runs import checkpoint as ckpt_io
@@ -85,7 +89,11 @@ class Trainer:
         self.console = console or Console()
         self.quiet = quiet
         self.run_dir: Path | None = None
-        self.stop_requested = False
+        self.stop = threading.Event()  # set by Ctrl-C; the training step shares it across processes
+        self.created_run_dir = False  # removed again when the start fails or on a dry run
+        self.wall_before = 0.0  # seconds trained in earlier segments of a resumed run
+        self.segments = 1
+        self.t_segment = time.perf_counter()
 
     # ----------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -128,9 +136,25 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer.optimizer, cfg.optim, steps_per_epoch=self.steps_per_epoch, epochs=cfg.train.epochs
         )
-        self.runner = StepRunner(self)
+        self.runner = TrainStep(
+            step_settings(cfg, where=str(self.run_dir)),
+            accelerator=acc,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            ema=self.ema,
+            stop=self.stop,
+        )
+        self.loop = EpochLoop(
+            self._loop_settings,
+            step=self.runner,
+            loader=self.train_loader,
+            sampler=self.train_sampler,
+            log=self.log,
+            save_last=lambda: self.save(["last"]),
+            run_dir=self.run_dir,
+        )
         self.epoch = 0
-        self.epoch_batches = 0  # micro-batches of ``epoch`` already consumed
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.stale_evals = 0  # validations in a row without an improvement > train.min_delta
@@ -167,6 +191,7 @@ class Trainer:
         if self.acc.is_main_process:
             name = out.name or Path(self.cfg.source).stem.replace("<", "").replace(">", "") or "run"
             path = make_run_dir(root=out.root, name=name, explicit=out.dir, source=self.cfg.source)
+            self.created_run_dir = True
         from accelerate.utils import broadcast_object_list
 
         return Path(broadcast_object_list([str(path) if path else None])[0])
@@ -175,9 +200,14 @@ class Trainer:
         bs = self.cfg.train.batch_size
         if bs != "auto":
             return int(bs)
-        from detrkit.engine.preflight import auto_batch_size
-
-        return auto_batch_size(self)
+        return auto_batch_size(
+            model=self.model,
+            dataset=self.data.train,
+            acc=self.acc,
+            log=self.log,
+            collate=self._collate,
+            where=self.cfg.source,
+        )
 
     def _build_loaders(self) -> None:
         cfg, acc = self.cfg, self.acc
@@ -219,22 +249,28 @@ class Trainer:
             self.val_loader = DataLoader(
                 self.data.val, batch_sampler=sampler, generator=torch.Generator().manual_seed(0), **common
             )
-        accum = cfg.train.grad_accum
-        if accum < 1:
-            raise ConfigError(f"{cfg.source}: train.grad_accum must be >= 1, got {accum}")
+        step_settings(cfg, where=str(self.run_dir))  # train.grad_accum >= 1
         if cfg.train.patience < 0 or cfg.train.min_delta < 0:
             raise ConfigError(
                 f"{cfg.source}: train.patience and train.min_delta must be >= 0 (0: no early stopping), got "
                 f"{cfg.train.patience} and {cfg.train.min_delta}"
             )
-        self.steps_per_epoch = math.ceil(self.train_sampler.batches_per_epoch() / accum)
-        if cfg.train.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
+        main = acc.is_main_process and self.run_dir is not None
+        self._loop_settings = loop_settings(
+            cfg,
+            batches_per_epoch=self.train_sampler.batches_per_epoch(),
+            profile_dir=self.run_dir / "profile" if main else None,
+        )
+        self.steps_per_epoch = self._loop_settings.steps_per_epoch
 
     # ------------------------------------------------------------------------------ checkpoints
     @property
     def unwrapped(self) -> nn.Module:
         return self.acc.unwrap_model(self.model)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop.is_set()
 
     def state(self) -> dict[str, Any]:
         """The checkpoint dict (collective: every process must call it)."""
@@ -253,7 +289,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "step": self.runner.global_step,
-            "epoch_step": self.epoch_batches,
+            "epoch_step": self.loop.epoch_batches,
             "rng": rng,
             "config": self.cfg.to_dict(),
             "classes": self.data.classes,
@@ -262,7 +298,9 @@ class Trainer:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "stale_evals": self.stale_evals,
-            "runner": self.runner.state_dict(),
+            "wall_s": self.wall_before + (time.perf_counter() - self.t_segment),
+            "segments": self.segments,
+            "runner": {**self.runner.state_dict(), **self.loop.state_dict()},
             "world_size": self.acc.num_processes,
         }
 
@@ -276,12 +314,13 @@ class Trainer:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.epoch = int(state["epoch"])
-        self.epoch_batches = int(state["epoch_step"])
+        self.loop.epoch_batches = int(state["epoch_step"])
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
         self.stale_evals = int(state.get("stale_evals") or 0)
         self.last_metrics = state.get("metrics") or {}
         self.runner.load_state_dict(state["runner"])
+        self.loop.load_state_dict(state["runner"])
         rngs = state["rng"]
         if len(rngs) != self.acc.num_processes:
             self.log.warn(
@@ -297,22 +336,60 @@ class Trainer:
         folder = self.run_dir / "checkpoints"
         first = ckpt_io.atomic_save(state, folder / f"{names[0]}.pt")
         for name in names[1:]:
-            tmp = folder / f".{name}.pt.copy"
-            shutil.copyfile(first, tmp)
-            tmp.replace(folder / f"{name}.pt")
+            ckpt_io.atomic_copy(first, folder / f"{name}.pt")
 
     # ------------------------------------------------------------------------------ the run
     def fit(self, *, dry_run: bool = False) -> dict[str, Any]:
-        """Preflight, then train (unless ``dry_run``); returns the final summary."""
+        """Preflight, then train (unless ``dry_run``); returns the final summary.
+
+        A start that fails (model, weights, data, preflight) removes the run folder it created, and
+        a dry run keeps none: ``runs/NAME2``, ``NAME3``... appear only for runs that trained.
+        """
+        keep = False
+        try:
+            summary = self._fit(dry_run=dry_run)
+            keep = not dry_run
+            return summary
+        finally:
+            if not keep:
+                self._remove_created_run_dir(always=dry_run)
+
+    def _remove_created_run_dir(self, *, always: bool) -> None:
+        """Remove the folder this run created unless it holds a ``last.pt`` to resume from."""
+        acc = getattr(self, "acc", None)
+        if not self.created_run_dir or self.run_dir is None or acc is None or not acc.is_main_process:
+            return
+        log = getattr(self, "log", None)
+        if log is not None:
+            log.close()
+        if always or not (self.run_dir / "checkpoints" / "last.pt").is_file():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _fit(self, *, dry_run: bool) -> dict[str, Any]:
         self._setup()
         acc, cfg = self.acc, self.cfg
         if self.resume_dir is not None:
-            self.load_state(ckpt_io.load_checkpoint(check_resumable(self.resume_dir)))
+            stale = ckpt_io.remove_stale_temp_files(self.run_dir / "checkpoints")
+            if stale:
+                self.log.info(
+                    f"removed {len(stale)} temp file(s) of an interrupted save: {', '.join(p.name for p in stale)}"
+                )
+            state = ckpt_io.load_checkpoint(check_resumable(self.resume_dir))
+            self.load_state(state)
+            self.wall_before = float(state.get("wall_s") or 0.0)  # earlier segments, summed
+            self.segments = int(state.get("segments") or 1) + 1
             self.history = read_metrics_csv(self.run_dir / "metrics.csv")
             self.history = [r for r in self.history if int(r["epoch"]) <= self.epoch]
             self.log.rewrite_csv(self.history)
             self.log.purge_step = self.runner.global_step + 1
-            self.log.info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.epoch_batches}")
+            where = (
+                f"epoch {self.epoch + 1} was interrupted after batch {self.loop.epoch_batches}; continuing it"
+                if self.loop.epoch_batches
+                else f"continuing at the start of epoch {self.epoch + 1}"
+            )
+            self.log.info(
+                f"resuming {self.run_dir} (segment {self.segments}, {self.wall_before:.1f} s trained before): {where}"
+            )
         elif acc.is_main_process:
             cfg.save(self.run_dir / "config.yaml")
             write_json(self.run_dir / "classes.json", self.data.classes)
@@ -328,9 +405,17 @@ class Trainer:
         )
         preflight = None
         if cfg.train.preflight or dry_run:
-            from detrkit.engine.preflight import run_preflight
-
-            preflight = run_preflight(self)
+            preflight = run_preflight(
+                run_dir=self.run_dir,
+                state=self.state,
+                load_state=self.load_state,
+                step=self.runner,
+                loop=self.loop,
+                epoch=self.epoch,
+                evaluate=self.evaluate if self.val_loader is not None else None,
+                log=self.log,
+                batch_size=self.batch_size,
+            )
         if dry_run:
             self.log.close()
             return {"run_dir": str(self.run_dir), "preflight": preflight, "dry_run": True}
@@ -349,19 +434,19 @@ class Trainer:
         return summary
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.stop_requested:  # second Ctrl-C: stop now
+        if self.stop.is_set():  # second Ctrl-C: stop now
             raise KeyboardInterrupt
-        self.stop_requested = True
+        self.stop.set()
 
     def _train(self) -> dict[str, Any]:
         cfg, acc = self.cfg, self.acc
-        t_start = time.perf_counter()
+        self.t_segment = time.perf_counter()  # the wall time counts training, not setup/preflight
         for epoch in range(self.epoch, cfg.train.epochs):
             self.epoch = epoch
-            row = self.runner.run_epoch(epoch)
+            row = self.loop.run_epoch(epoch)
             if row is None:  # interrupted: last.pt already saved
                 raise KeyboardInterrupt
-            self.epoch, self.epoch_batches = epoch + 1, 0
+            self.epoch, self.loop.epoch_batches = epoch + 1, 0
             is_last = epoch + 1 == cfg.train.epochs
             if self.val_loader is not None and ((epoch + 1) % max(cfg.eval.every, 1) == 0 or is_last):
                 metrics, losses = self.evaluate()
@@ -380,12 +465,12 @@ class Trainer:
                 names.append(f"epoch_{epoch + 1}")
             self.history.append(row)
             self.log.csv_row(row)  # before the checkpoint: a resume drops rows past its epoch
+            self.log.info(epoch_line(row, cfg.train.epochs))  # before it too: a kill while saving keeps it
             self.save(names)
             self.log.scalars(
                 {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("val/")}, epoch + 1, "val"
             )
             self.log.scalars({"images_per_s": row["train/images_per_s"]}, epoch + 1, "train")
-            self.log.info(epoch_line(row, cfg.train.epochs))
             if self.on_epoch_end is not None and not self.on_epoch_end(epoch + 1, row) and not is_last:
                 self.stopped_early_at = epoch + 1
                 self.log.info(f"stopped at epoch {epoch + 1} by the caller (e.g. a sweep's pruner)")
@@ -398,18 +483,20 @@ class Trainer:
                     f"{self.best_epoch})"
                 )
                 break
-        wall = time.perf_counter() - t_start
+        wall = self.wall_before + (time.perf_counter() - self.t_segment)
         final = {k: v for k, v in (self.history[-1] if self.history else {}).items()}
         summary = {
             "run_dir": str(self.run_dir),
             "epochs": cfg.train.epochs,
             "wall_s": round(wall, 1),
+            "segments": self.segments,
             "best": self.best,
             "best_metric": cfg.eval.best_metric,
             "best_epoch": self.best_epoch,
             "stopped_early_at_epoch": self.stopped_early_at,
             "patience": cfg.train.patience,
             "nonfinite_steps": self.runner.nonfinite_total,
+            "skipped_images": int(sum(int(r.get("skipped_images") or 0) for r in self.history)),
             "final": final,
             "per_class": self.last_metrics.get("per_class"),
         }
@@ -462,6 +549,4 @@ class Trainer:
             keys = sorted(losses)
             t = self.acc.reduce(torch.tensor([losses[k] for k in keys], device=self.device), reduction="mean")
             losses = dict(zip(keys, t.tolist(), strict=False))
-        if self.cfg.model.freeze_bn:
-            set_bn_eval(self.unwrapped)
         return metrics, losses

@@ -9,10 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from detrkit.boxes import box_xyxy_to_xywh
-
-#: names of the 12 COCO summary numbers, in ``CocoMetrics.stats`` order.
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+from detrkit.evaluation.coco import STAT_NAMES
+from detrkit.evaluation.results import coco_results
 
 
 def detections_to_coco(
@@ -22,37 +20,23 @@ def detections_to_coco(
     *,
     score_threshold: float = 0.0,
 ) -> list[tuple[int, list[dict[str, Any]]]]:
-    """Postprocessed detections -> ``(image_id, COCO result dicts)`` per image.
-
-    Args:
-        detections: per image ``boxes [N, 4]`` xyxy pixels, ``scores [N]``, ``labels [N]`` contiguous.
-        image_ids: COCO image id of each image.
-        label_to_cat_id: COCO category id of each contiguous label.
-        score_threshold: drop detections scoring below it.
-    Returns:
-        One ``(image_id, [{"image_id", "category_id", "bbox": xywh pixels, "score"}])`` per image.
-    """
-    out = []
-    for det, image_id in zip(detections, image_ids, strict=False):
-        keep = det["scores"] >= score_threshold
-        boxes = box_xyxy_to_xywh(det["boxes"][keep].float()).cpu().tolist()
-        scores = det["scores"][keep].float().cpu().tolist()
-        labels = det["labels"][keep].cpu().tolist()
-        out.append(
-            (
-                int(image_id),
-                [
-                    {
-                        "image_id": int(image_id),
-                        "category_id": int(label_to_cat_id[label]),
-                        "bbox": [round(v, 3) for v in box],
-                        "score": round(score, 5),
-                    }
-                    for box, score, label in zip(boxes, scores, labels, strict=False)
-                ],
-            )
+    """Postprocessed detections (per image ``boxes [N, 4]`` xyxy pixels, ``scores [N]``,
+    ``labels [N]`` contiguous) -> one ``(image_id, COCO results entries)`` per image
+    (:func:`detrkit.evaluation.results.coco_results`)."""
+    return [
+        (
+            int(image_id),
+            coco_results(
+                image_id,
+                det["boxes"],
+                det["scores"],
+                det["labels"],
+                label_to_cat_id,
+                score_threshold=score_threshold,
+            ),
         )
-    return out
+        for det, image_id in zip(detections, image_ids, strict=False)
+    ]
 
 
 def metrics_from_coco(gt: Any, results: list[dict[str, Any]]) -> dict[str, Any]:

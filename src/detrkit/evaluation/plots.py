@@ -198,8 +198,14 @@ def size_bars(size_ap: dict[str, dict[str, float | None]]) -> bytes:
     return _png(fig)
 
 
-def training_curves(rows: Sequence[dict[str, Any]]) -> bytes | None:
-    """Total losses, loss components and AP per epoch from ``metrics.csv`` rows (None: nothing to plot)."""
+#: the panels of :func:`training_curves`, in drawing order.
+CURVE_PANELS: tuple[str, ...] = ("loss", "loss components", "COCO AP")
+
+
+def training_curves(rows: Sequence[dict[str, Any]], *, panels: Sequence[str] = CURVE_PANELS) -> bytes | None:
+    """Total losses, loss components and AP per epoch from ``metrics.csv`` rows, one panel each of
+    ``panels`` (names from :data:`CURVE_PANELS`) that has data (None: nothing to plot). The HTML
+    report shows all three; a run folder keeps ``plots/loss.png`` and ``plots/ap.png``."""
     if not rows:
         return None
     plt = _plt()
@@ -209,13 +215,12 @@ def training_curves(rows: Sequence[dict[str, Any]]) -> bytes | None:
     totals = [k for k in ("train/loss", "val/loss") if k in keys]
     parts = [k for k in keys if k.startswith(("train/loss_", "val/loss_")) and not k[-1].isdigit()]
     aps = [k for k in ("val/AP", "val/AP50", "val/AP75") if k in keys]
-    panels = [
-        (g, label) for g, label in ((totals, "loss"), (parts, "loss components"), (aps, "COCO AP")) if g
-    ]
-    if not panels:
+    groups = dict(zip(CURVE_PANELS, (totals, parts, aps), strict=True))
+    chosen = [(groups[label], label) for label in panels if groups[label]]
+    if not chosen:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
-    for ax, (group, label) in zip(axes[0], panels, strict=True):
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 3.4), squeeze=False)
+    for ax, (group, label) in zip(axes[0], chosen, strict=True):
         for key in group:
             pts = [(r.get("epoch"), r.get(key)) for r in rows if isinstance(r.get(key), int | float)]
             if pts:

@@ -103,10 +103,14 @@ def export_model(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
             traced = torch.jit.trace(wrapper, (images, mask), check_trace=False)
-        traced.save(str(out))
-        if not check:
-            return ExportResult(out, format, None, None, None)
-        loaded = torch.jit.load(str(out))
+        with warnings.catch_warnings():
+            # torch >= 2.9 deprecates TorchScript in favour of torch.export: the format still works
+            # and is what `--format torchscript` asks for; ONNX is the recommended format.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+            traced.save(str(out))
+            if not check:
+                return ExportResult(out, format, None, None, None)
+            loaded = torch.jit.load(str(out))
         check_images, check_mask = example_inputs(2, height, width, seed=1)
         with torch.no_grad():
             want = wrapper(check_images, check_mask)

@@ -11,7 +11,7 @@ images. Detections below ``threshold`` are dropped.
 from __future__ import annotations
 
 import glob as globlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from detrkit.data.images import IMAGE_SUFFIXES
-from detrkit.errors import DataError
+from detrkit.data.images import IMAGE_SUFFIXES, load_image_rgb
+from detrkit.devices import resolve_device
+from detrkit.errors import DataError, ImageError
+from detrkit.evaluation.results import coco_results
 from detrkit.runs.restore import Restored, restore
 
 ImageSource = Image.Image | str | Path | Sequence[Image.Image | str | Path]
@@ -63,19 +65,7 @@ class Detections:
             image_id: the COCO image id.
             category_ids: COCO category id of each contiguous label (``len == K``).
         """
-        out = []
-        for (x0, y0, x1, y1), score, label in zip(
-            self.boxes_xyxy.tolist(), self.scores.tolist(), self.labels.tolist(), strict=True
-        ):
-            out.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(category_ids[label]),
-                    "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
-                    "score": round(float(score), 6),
-                }
-            )
-        return out
+        return coco_results(image_id, self.boxes_xyxy, self.scores, self.labels, category_ids, score_digits=6)
 
 
 @dataclass
@@ -127,7 +117,7 @@ class Predictor:
             category_ids=list(restored.classes["category_ids"]),
             transform=restored.transform,
             size_divisibility=restored.config.data.size_divisibility,
-            device=_device(device),
+            device=resolve_device(device),
         )
 
     @classmethod
@@ -153,12 +143,11 @@ class Predictor:
             class_names=names,
             category_ids=list(range(model.num_classes)),
             transform=build_transforms("val", train=False, size=size),
-            device=_device(device),
+            device=resolve_device(device),
         )
 
     # ------------------------------------------------------------------------------ prediction
 
-    @torch.inference_mode()
     def predict(
         self, images: ImageSource, *, threshold: float = 0.5, batch_size: int = 8
     ) -> list[Detections]:
@@ -171,17 +160,53 @@ class Predictor:
         Returns:
             One :class:`Detections` per image, in input order (folders: sorted file names).
         """
+        return [det for _, _, det in self.iter_predict(images, threshold=threshold, batch_size=batch_size)]
+
+    def iter_predict(
+        self,
+        images: ImageSource,
+        *,
+        threshold: float = 0.5,
+        batch_size: int = 8,
+        skip_unreadable: bool = False,
+    ) -> Iterator[tuple[Path | None, Image.Image | None, Detections | ImageError]]:
+        """:meth:`predict` one batch at a time: yields ``(file or None, the RGB image as loaded,
+        its Detections)`` in input order, so callers that draw or save need not load it again.
+
+        With ``skip_unreadable``, a missing, corrupt or truncated file does not cost the others: it
+        is yielded as ``(file, None, ImageError)`` and the rest of its batch runs as usual.
+        """
         items = resolve_images(images)
-        out: list[Detections] = []
         for start in range(0, len(items), max(1, batch_size)):
-            out.extend(self._predict_batch(items[start : start + batch_size], threshold))
-        return out
+            chunk = items[start : start + batch_size]
+            loaded: list[tuple[Image.Image | Path, Image.Image]] = []
+            errors: dict[int, ImageError] = {}
+            for k, item in enumerate(chunk):
+                try:
+                    loaded.append(
+                        (item, load_image_rgb(item) if isinstance(item, Path) else item.convert("RGB"))
+                    )
+                except ImageError as err:
+                    if not skip_unreadable:
+                        raise
+                    errors[k] = err
+            good = [i for i, _ in loaded]
+            pils = [im for _, im in loaded]
+            dets = iter(zip(pils, self._predict_batch(good, pils, threshold), strict=True) if loaded else [])
+            for k, item in enumerate(chunk):
+                path = item if isinstance(item, Path) else None
+                if k in errors:
+                    yield path, None, errors[k]
+                else:
+                    im, det = next(dets)
+                    yield path, im, det
 
-    def _predict_batch(self, items: list[Image.Image | Path], threshold: float) -> list[Detections]:
+    @torch.inference_mode()
+    def _predict_batch(
+        self, items: list[Image.Image | Path], pils: list[Image.Image], threshold: float
+    ) -> list[Detections]:
         from detrkit.data.collate import collate_detection
-        from detrkit.data.images import load_image_rgb
 
-        pils = [load_image_rgb(i) if isinstance(i, Path) else i.convert("RGB") for i in items]
         batch = collate_detection(
             [self.preprocess(im) for im in pils], size_divisibility=self.size_divisibility
         )
@@ -251,9 +276,3 @@ def _expand(source: str | Path) -> list[Image.Image | Path]:
             raise DataError(f"{source}: the pattern matches no image file")
         return list(files)
     raise DataError(f"{p}: no such image file or folder")
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -284,27 +284,41 @@ def _set_width(net: torchvision.models.ResNet, width: int, norm_layer: Callable[
 def imagenet_state_dict(name: str, weights: str | Path) -> dict[str, Tensor]:
     """ImageNet weights of a torchvision classification model, without its ``fc``/``classifier`` head.
 
+    The one loader of ImageNet weights: detector backbones and the aerial U-Net encoder use it.
+
     Args:
         name: torchvision model name (``"resnet50"``, ``"vgg16"``...).
-        weights: path to a state dict file, or a torchvision weight name (``"IMAGENET1K_V1"``).
+        weights: path to a state dict file (a bare one, or under ``state_dict``/``model``), a
+            torchvision weight name (``"IMAGENET1K_V1"``), or ``"imagenet"`` (= ``IMAGENET1K_V1``).
     Raises:
-        CheckpointError: the file is missing. ValueError: unknown weight name.
+        CheckpointError: the file is missing or unreadable, or the download failed (offline).
+        ValueError: unknown weight name.
     """
     path = Path(weights)
     if path.suffix in (".pth", ".pt", ".bin") or path.exists():
         if not path.is_file():
-            raise CheckpointError("backbone weights file not found", path=path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            raise CheckpointError("weights file not found", path=path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+            raise CheckpointError(f"cannot read weights ({type(err).__name__})", path=path) from err
         state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     else:
         enum = torchvision.models.get_model_weights(name)
+        key = "IMAGENET1K_V1" if str(weights) == "imagenet" else str(weights)
         try:
-            state = enum[str(weights)].get_state_dict(progress=False)
+            entry = enum[key]
         except KeyError:
             names = [w.name for w in enum]
             raise ValueError(
                 f"unknown {name} weights {weights!r}; give a .pth path or one of {names}"
             ) from None
+        try:
+            state = entry.get_state_dict(progress=False)
+        except Exception as err:  # noqa: BLE001 - offline or blocked download: one clear line
+            raise CheckpointError(
+                f"could not download {enum.__name__}.{key} ({type(err).__name__}); pass a local weights file"
+            ) from err
     return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
 
 

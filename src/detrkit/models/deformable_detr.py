@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detrkit.models.backbone import Backbone, Norm, downsample_mask
@@ -30,6 +29,7 @@ from detrkit.models.criterion import SetCriterion
 from detrkit.models.deformable_hf import deformable_state_dict_from_hf
 from detrkit.models.deformable_transformer import DeformableTransformer, TransformerOutput, refine_reference
 from detrkit.models.denoising import make_denoising_queries
+from detrkit.models.detr import MLP
 from detrkit.models.matcher import HungarianMatcher, one_to_many_options
 from detrkit.models.position import PositionEmbeddingSine
 from detrkit.models.registry import register_model
@@ -37,20 +37,6 @@ from detrkit.models.registry import register_model
 __all__ = ["MLP", "DeformableDETR", "build_deformable_detr", "deformable_state_dict_from_hf"]
 
 _BACKBONE_STAGES = ("layer2", "layer3", "layer4")  # C3, C4, C5
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU between them: ``[..., in_dim] -> [..., out_dim]``."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [out_dim], strict=True))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
 
 
 class DeformableDETR(Detector):

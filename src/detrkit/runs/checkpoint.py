@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,19 +23,45 @@ from torch import nn
 from detrkit.errors import CheckpointError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _save_error(path: Path, err: OSError) -> CheckpointError:
+    what = err.strerror or type(err).__name__
+    keep = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+    return CheckpointError(f"{path}: cannot save the checkpoint ({what}); {keep}")
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file in the same folder + fsync + os.replace)."""
+    """``torch.save`` to ``path`` atomically (temp file in the same folder + fsync + os.replace).
+
+    The file gets the permissions of any file the user creates (``0666 & ~umask``, as
+    ``best.pt`` copies do), not ``mkstemp``'s 0600. A full disk, a file-size limit or an unwritable
+    folder raises :class:`CheckpointError` (one line) and leaves the previous file as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _save_error(path, err) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause: BaseException | None = err  # torch's zip writer turns ENOSPC/EFBIG into a RuntimeError
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if isinstance(cause, OSError):
+            raise _save_error(path, cause) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -45,6 +72,32 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     except OSError:
         pass
     return path
+
+
+def atomic_copy(src: str | Path, dest: str | Path) -> Path:
+    """Copy a checkpoint to ``dest`` atomically (``best.pt``, ``epoch_N.pt`` from ``last.pt``)."""
+    src, dest = Path(src), Path(dest)
+    tmp = dest.with_name(f".{dest.name}.copy")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _save_error(dest, err) from None
+    return dest
+
+
+#: what an interrupted save can leave in ``checkpoints/`` (atomic_save's and atomic_copy's temp files)
+STALE_PATTERNS = (".*.pt.*.tmp", ".*.pt.copy", ".preflight.pt")
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files of saves killed half-way (``kill -9``); returns what was removed."""
+    folder = Path(folder)
+    removed = sorted({p for pattern in STALE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -180,3 +233,47 @@ def transfer_weights(model: nn.Module, source: str | Path) -> tuple[list[str], l
         raise CheckpointError(f"{path}: no tensor matches the model by name and shape; cannot init_from it")
     model.load_state_dict(new_state, strict=False)
     return loaded, skipped
+
+
+def _epoch_of(path: Path) -> int:
+    stem = path.stem
+    return int(stem.split("_", 1)[1]) if stem.startswith("epoch_") and stem[6:].isdigit() else -1
+
+
+def ensure_resumable_last(run_dir: str | Path, *, fallback: bool = False) -> Path | None:
+    """Check that ``run_dir/checkpoints/last.pt`` loads; else fall back or say how.
+
+    With ``fallback``, an unreadable ``last.pt`` is moved aside to ``last.pt.corrupt`` and the
+    newest readable ``epoch_N.pt`` (else ``best.pt``) is copied in its place; returns the file used
+    (``None`` when ``last.pt`` was fine). Without it, raises one line naming the file and the
+    newest intact checkpoint to fall back to.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    last = folder / "last.pt"
+    try:
+        load_checkpoint(last)
+        return None
+    except CheckpointError as err:
+        problem = str(err)
+    candidates = sorted(folder.glob("epoch_*.pt"), key=_epoch_of, reverse=True) + [folder / "best.pt"]
+    intact = None
+    for candidate in (c for c in candidates if c.is_file()):
+        try:
+            load_checkpoint(candidate)
+        except CheckpointError:
+            continue
+        intact = candidate
+        break
+    if not fallback:
+        hint = (
+            f"; add --fallback to resume from {intact.name}"
+            if intact
+            else "; no intact checkpoint to fall back to"
+        )
+        raise CheckpointError(problem + hint)
+    if intact is None:
+        raise CheckpointError(problem + "; no intact epoch_N.pt or best.pt to fall back to")
+    if last.exists():
+        os.replace(last, folder / "last.pt.corrupt")
+    atomic_copy(intact, last)
+    return intact

@@ -18,8 +18,9 @@ import csv
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import stats as sps
@@ -189,6 +190,40 @@ def _cell(values: list[float], base: Cell | None) -> Cell:
     return Cell(
         values=list(arr), mean=mean, std=std, delta=delta, rel=rel, test=test, p_value=p, significant=sig
     )
+
+
+def load_comparable_runs(
+    paths: Sequence[str | os.PathLike[str]], *, load: Callable[[Path], RunFolder] = RunFolder.load
+) -> tuple[list[RunFolder], list[str]]:
+    """The run folders of ``paths`` that can be compared, and one warning line per problem.
+
+    A folder that is not a readable run, or a run that crashed before writing validation metrics,
+    is left out with a warning (``detrkit compare runs/*`` over a glob with one failed run); runs
+    evaluated on different validation files get a warning too (their numbers do not compare).
+    """
+    from detrkit.errors import DetrkitError
+
+    runs: list[RunFolder] = []
+    warnings: list[str] = []
+    for path in paths:
+        try:
+            run = load(Path(path))
+        except DetrkitError as err:
+            warnings.append(f"skipping {err}")
+            continue
+        if not run.final_metrics():
+            warnings.append(f"skipping {run.path}: no validation metrics (crashed or still running?)")
+            continue
+        runs.append(run)
+    val_sets: dict[str, list[str]] = {}
+    for run in runs:
+        ann = run.val_paths()[0]
+        if ann is not None:  # predictions of another tool: scored on --gt, no val set recorded
+            val_sets.setdefault(str(ann.resolve()), []).append(run.name)
+    if len(val_sets) > 1:
+        groups = "; ".join(f"{k} ({', '.join(v)})" for k, v in val_sets.items())
+        warnings.append(f"the runs were evaluated on different val sets, metrics do not compare: {groups}")
+    return runs, warnings
 
 
 def compare_runs(

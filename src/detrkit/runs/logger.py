@@ -174,37 +174,17 @@ class RunLogger:
 
 
 def plot_curves(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """``loss.png`` (train/val loss and components per epoch) and ``ap.png`` (AP, AP50, AP75)."""
-    if not rows:
-        return []
-    import matplotlib
+    """``loss.png`` (train/val loss and its components per epoch) and ``ap.png`` (AP, AP50, AP75),
+    drawn by :func:`detrkit.evaluation.plots.training_curves`; returns the files written."""
+    from detrkit.evaluation.plots import training_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    epochs = [r["epoch"] for r in rows]
     written = []
-    groups = {
-        "loss.png": [k for k in rows[-1] if k.startswith(("train/loss", "val/loss")) and k.count("_") <= 1],
-        "ap.png": [k for k in ("val/AP", "val/AP50", "val/AP75") if k in rows[-1]],
-    }
-    for name, keys in groups.items():
-        if not keys:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            xs = [e for e, r in zip(epochs, rows, strict=False) if isinstance(r.get(key), (int, float))]
-            ys = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-            ax.plot(xs, ys, marker="o", label=key)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss" if name == "loss.png" else "COCO AP")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
-        plt.close(fig)
-        written.append(out_dir / name)
+    for name, panels in (("loss.png", ("loss", "loss components")), ("ap.png", ("COCO AP",))):
+        png = training_curves(rows, panels=panels)
+        if png is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / name).write_bytes(png)
+            written.append(out_dir / name)
     return written
 
 
@@ -217,6 +197,10 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
         if f"val/{k}" in row:
             parts.append(f"{k} {row[f'val/{k}']:.3f}")
     parts += [f"{row['train/images_per_s']:.1f} img/s", f"{row['time_s']:.0f}s"]
+    if row.get("memory_mb") is not None:
+        parts.append(f"mem {row['memory_mb']:.0f} MB")
     if row.get("nonfinite"):
         parts.append(f"{row['nonfinite']} non-finite steps skipped")
+    if row.get("skipped_images"):
+        parts.append(f"{row['skipped_images']} unreadable images skipped")
     return "  ".join(parts)

@@ -11,7 +11,7 @@
 - :mod:`~detrkit.synth.online`: copy-paste as a training-time transform (``data.copy_paste``).
 
 The package imports only ``detrkit.data`` (and leaf modules), so the engine may use it; the
-ablation driver, which trains runs, is :mod:`detrkit.engine.ablate`.
+ablation driver, which trains runs, is :mod:`detrkit.workflows.ablate`.
 
 See ``docs/synth.md``.
 """

@@ -75,8 +75,10 @@ def load_inpaint_pipeline(
     """
     import torch
 
+    from detrkit.devices import resolve_device
+
     diffusers = require_diffusers()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(device))
     half = device.startswith("cuda") if half is None else half
     # diffusers renamed `torch_dtype` to `dtype` (the old name warns); pass the one it knows.
     from diffusers.utils import deprecation_utils

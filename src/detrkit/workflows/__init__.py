@@ -1,1 +1,5 @@
-"""Workflows: what chains training, evaluation and reporting for a user (benchmark, ...)."""
+"""What chains the library for a user: the demo, analysing a run, predicting a folder, ablations,
+sweeps and the detector benchmark.
+
+Above ``engine``, ``inference`` and ``runs``; below ``cli`` (which parses, calls these and prints).
+"""

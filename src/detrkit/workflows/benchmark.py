@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from detrkit.devices import resolve_device
 from detrkit.errors import ConfigError, DataError
 from detrkit.workflows.benchmark_report import write_report
 
@@ -62,7 +63,7 @@ def measure_latency(
     model, _, transform, _ = restore(run)
     if hasattr(model, "inference_model"):
         model = model.inference_model()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     model = model.to(dev).eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     ds = CocoDetection(ann, images, transforms=transform)

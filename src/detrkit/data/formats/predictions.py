@@ -10,7 +10,8 @@ Formats (:data:`PREDICTION_FORMATS`; ``auto`` picks by content):
 - ``ultralytics``: Ultralytics ``save_json`` output: ``image_id`` is the image file's stem (an int
   when it is numeric), ``bbox`` is ``[x, y, w, h]`` pixels, ``category_id`` is the class index + 1
   (Ultralytics' ``class_map`` for any non-COCO dataset); ``auto`` takes a list as Ultralytics when
-  an ``image_id`` is a string or an entry has ``file_name``, or when the ids are not the GT's.
+  an ``image_id`` is a string or an entry has ``file_name``, or when an id the GT lacks is the
+  stem of a GT image.
 - ``roboflow``: Roboflow inference responses ``{"predictions": [{"x", "y", "width", "height",
   "confidence", "class"}]}`` (``x``/``y`` the box centre, pixels), as a JSON object ``{file name:
   response}`` or a list of responses with ``image_path``/``file_name``; classes by name.
@@ -93,11 +94,20 @@ def read_yolo_txt(folder: Path, gt: CocoIndex) -> list[dict[str, Any]]:
 
 
 def _is_ultralytics(rows: list[Any], gt: CocoIndex) -> bool:
+    """Ultralytics when an entry has ``file_name`` or a string ``image_id``, or when an int
+    ``image_id`` the GT lacks is the stem of a GT image (numeric file names); otherwise COCO
+    results (whose unknown ids :func:`~detrkit.evaluation.coco.validate_predictions` reports)."""
     ids = {im.id for im in gt.images}
+    stems = {Path(im.file_name).stem for im in gt.images}
     for r in rows:
         if not isinstance(r, Mapping):
             return False
-        if "file_name" in r or isinstance(r.get("image_id"), str) or r.get("image_id") not in ids:
+        image_id = r.get("image_id")
+        if not isinstance(image_id, int | float | str | None):
+            return False  # a list or mapping: the COCO reader names the bad entry
+        if "file_name" in r or isinstance(image_id, str):
+            return True
+        if image_id not in ids and str(image_id) in stems:
             return True
     return False
 

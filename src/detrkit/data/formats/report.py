@@ -10,18 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from detrkit.data.check import Problem
+from detrkit.data.check import READER_KINDS, Problem
 
-#: the kinds only readers report (``data check`` adds its own, :data:`detrkit.data.check.PROBLEM_KINDS`).
-READER_KINDS: dict[str, str] = {
-    "unknown_class_index": "label lines whose class index is not in the names (line left out)",
-    "malformed_label_line": "label lines that are not 'class cx cy w h' or a polygon (line left out)",
-    "label_without_image": "label/XML files whose image does not exist (left out)",
-    "empty_label_file": "empty label files: negative images, kept (notice)",
-    "no_label_file": "images without a label file: negative images, kept (notice)",
-    "missing_annotation_file": "images listed in a split file without their annotation file (left out)",
-    "unknown_class_name": "objects whose class name is not in the given names (left out)",
-}
+__all__ = ["READER_KINDS", "ReadReport"]
 
 
 @dataclass

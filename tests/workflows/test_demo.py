@@ -24,7 +24,7 @@ TINY = [
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    from detrkit.demo import run_demo
+    from detrkit.workflows.demo import run_demo
 
     result = run_demo(str(tmp_path / "runs"), str(tmp_path / "shapes"), TINY)
     run = Path(result["run_dir"])

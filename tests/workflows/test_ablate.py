@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from detrkit.config import load_config
-from detrkit.engine.ablate import AblationSettings, arm_overrides, run_ablation, steps_per_epoch
 from detrkit.errors import ConfigError
 from detrkit.synth.rare import SynthError
+from detrkit.workflows.ablate import AblationSettings, arm_overrides, run_ablation, steps_per_epoch
 
 TINY = [
     "data.shapes.train=24",
