@@ -10,7 +10,7 @@ import yaml
 from detrkit.config import RunConfig, config_from_dict, load_config, packaged_config_names, parse_overrides
 from detrkit.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_and_overrides_are_typed() -> None:
