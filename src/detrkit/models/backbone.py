@@ -17,7 +17,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops import misc as tv_misc
 
 from detrkit.errors import CheckpointError
 
@@ -46,6 +46,45 @@ NORMS = ("frozen_bn", "bn", "gn")
 Norm = Literal["frozen_bn", "bn", "gn"]
 _STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class FrozenBatchNorm2d(tv_misc.FrozenBatchNorm2d):
+    """BatchNorm with fixed statistics and affine parameters, folded into one per-channel
+    ``scale = weight / sqrt(running_var + eps)`` and ``shift = bias - running_mean * scale``.
+
+    Same buffers (and state-dict keys) as torchvision's ``FrozenBatchNorm2d``, which recomputes
+    the fold at every call (six small ops, and their backward); here it is computed once, again
+    after ``load_state_dict`` or an in-place change of a buffer, and the forward is one
+    ``addcmul``: ``x [B, C, H, W] -> shift + x * scale``, any memory format.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__(num_features, eps)
+        self.register_buffer("scale", torch.ones(num_features, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.zeros(num_features, 1, 1), persistent=False)
+        self._versions: tuple[int, ...] = ()
+        self.refold()
+
+    def _buffer_versions(self) -> tuple[int, ...]:
+        bufs = (self.weight, self.bias, self.running_mean, self.running_var)
+        return tuple(b._version for b in bufs) + tuple(b.data_ptr() for b in bufs)
+
+    @torch.no_grad()
+    def refold(self) -> None:
+        """Recompute ``scale`` and ``shift`` from the four buffers."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        self.scale.copy_(scale.view(-1, 1, 1))
+        self.shift.copy_((self.bias - self.running_mean * scale).view(-1, 1, 1))
+        self._versions = self._buffer_versions()
+
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
+        self.refold()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.compiler.is_compiling() and self._versions != self._buffer_versions():
+            self.refold()
+        return torch.addcmul(self.shift.to(x.dtype), x, self.scale.to(x.dtype))
 
 
 def _norm_layer(norm: str, gn_groups: int) -> Callable[[int], nn.Module]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ def sigmoid_focal_loss(
     alpha: float = 0.25,
     gamma: float = 2.0,
     mask: Tensor | None = None,
+    keep_dims: int = 0,
 ) -> Tensor:
     """Sigmoid focal loss (RetinaNet) summed over all elements and divided by ``num_boxes``.
 
@@ -48,8 +50,10 @@ def sigmoid_focal_loss(
         gamma: focusing exponent.
         mask: optional, broadcastable to ``logits``: elements where it is False (0) are left out
             of the sum (without indexing, so no host sync).
+        keep_dims: sum over all but the first ``keep_dims`` dimensions (e.g. 1 for one loss per
+            decoder layer of ``[L, B, Q, K]`` logits).
     Returns:
-        Scalar loss.
+        Scalar loss (``[logits.shape[:keep_dims]]`` with ``keep_dims``).
     """
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -59,6 +63,8 @@ def sigmoid_focal_loss(
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     if mask is not None:
         loss = loss * mask
+    if keep_dims:
+        return loss.reshape(*loss.shape[:keep_dims], -1).sum(-1) / num_boxes
     return loss.sum() / num_boxes
 
 
@@ -168,24 +174,30 @@ class SetCriterion(nn.Module):
         return f"num_classes={self.num_classes}, loss={self.loss_type!r}, weights={self.weight_dict}"
 
     def loss_labels(self, pred_logits: Tensor, tgt_classes: Tensor, num_boxes: Tensor) -> Tensor:
-        """Classification loss.
+        """Classification loss of ``L`` stacked layers (any number of leading dimensions works).
 
         Args:
-            pred_logits: ``[B, Q, K + 1]`` (``"ce"``) or ``[B, Q, K]`` (``"focal"``).
-            tgt_classes: ``int64[B, Q]``: matched label, ``K`` for unmatched queries.
+            pred_logits: ``[L, B, Q, K + 1]`` (``"ce"``) or ``[L, B, Q, K]`` (``"focal"``).
+            tgt_classes: ``int64[L, B, Q]``: matched label, ``K`` for unmatched queries.
             num_boxes: normaliser of the focal loss (scalar tensor).
         Returns:
-            Scalar float32 loss.
+            float32 ``[L]``: one loss per layer (the weighted mean cross-entropy of each layer for
+            ``"ce"``, as ``F.cross_entropy`` with class weights; the focal sum over ``num_boxes``).
         """
         logits = pred_logits.float()
+        n_layers = logits.shape[0]
         if self.loss_type == "ce":
-            return F.cross_entropy(logits.transpose(1, 2), tgt_classes, self.empty_weight.float())
+            weight = self.empty_weight.float()
+            nll = F.cross_entropy(logits.flatten(0, -2), tgt_classes.flatten(), weight, reduction="none")
+            return nll.view(n_layers, -1).sum(1) / weight[tgt_classes].view(n_layers, -1).sum(1)
         # scatter rather than F.one_hot, which checks the label range on the host (a sync on GPU)
         onehot = torch.zeros(
             (*tgt_classes.shape, self.num_classes + 1), dtype=logits.dtype, device=logits.device
         )
-        onehot = onehot.scatter_(2, tgt_classes.unsqueeze(-1), 1.0)[..., :-1]
-        return sigmoid_focal_loss(logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=self.focal_gamma)
+        onehot = onehot.scatter_(-1, tgt_classes.unsqueeze(-1), 1.0)[..., :-1]
+        return sigmoid_focal_loss(
+            logits, onehot, num_boxes, alpha=self.focal_alpha, gamma=self.focal_gamma, keep_dims=1
+        )
 
     def loss_dense(
         self, logits: Tensor, anchors: Tensor, targets: list[dict[str, Tensor]], num_boxes: Tensor
@@ -217,21 +229,27 @@ class SetCriterion(nn.Module):
         )
 
     @staticmethod
-    def loss_boxes(src_boxes: Tensor, tgt_boxes: Tensor, num_boxes: Tensor) -> tuple[Tensor, Tensor]:
-        """L1 and GIoU losses of matched pairs.
+    def loss_boxes(
+        src_boxes: Tensor, tgt_boxes: Tensor, num_boxes: Tensor, n_layers: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """L1 and GIoU losses of matched pairs (per layer with ``n_layers``).
 
         Args:
-            src_boxes: ``[M, 4]`` matched predictions, cxcywh normalised.
-            tgt_boxes: ``[M, 4]`` matched targets, cxcywh normalised.
+            src_boxes: ``[M, 4]`` matched predictions, cxcywh normalised (``[L * M, 4]``: ``L``
+                layers of ``M`` matches each, with ``n_layers=L``).
+            tgt_boxes: the matched targets, cxcywh normalised, same shape.
             num_boxes: normaliser (scalar tensor).
+            n_layers: ``None``: one scalar per loss; ``L``: one loss per layer, ``[L]``.
         Returns:
-            ``(loss_bbox, loss_giou)`` scalars: ``sum|src - tgt| / num_boxes`` and
-            ``sum(1 - GIoU) / num_boxes``.
+            ``(loss_bbox, loss_giou)``: ``sum|src - tgt| / num_boxes`` and
+            ``sum(1 - GIoU) / num_boxes`` (scalars, or ``[L]``).
         """
         src, tgt = src_boxes.float(), tgt_boxes.float()
-        loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_boxes
+        l1 = (src - tgt).abs()
         giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))
-        return loss_bbox, (1 - giou).sum() / num_boxes
+        if n_layers is None:
+            return l1.sum() / num_boxes, (1 - giou).sum() / num_boxes
+        return l1.view(n_layers, -1).sum(1) / num_boxes, (1 - giou).view(n_layers, -1).sum(1) / num_boxes
 
     @torch.no_grad()
     def cardinality_error(self, pred_logits: Tensor, tgt_lengths: Tensor) -> Tensor:
@@ -252,36 +270,71 @@ class SetCriterion(nn.Module):
 
     @staticmethod
     def _flat_indices(indices: list[tuple[Tensor, Tensor]], offsets: list[int]) -> Tensor:
-        """Matcher output -> CPU ``int64[3, M]``: image, prediction and (batch-global) target index."""
-        return torch.stack(
+        """Matcher pairs -> CPU ``int64[1, 3, M]``: image, prediction and (batch-global) target
+        index, built with NumPy (host work, no tensor ops)."""
+        pairs = [(src.numpy(), tgt.numpy()) for src, tgt in indices]
+        flat = np.stack(
             (
-                torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]),
-                torch.cat([src for src, _ in indices]),
-                torch.cat([tgt + off for (_, tgt), off in zip(indices, offsets, strict=True)]),
+                np.concatenate([np.full(len(src), i, dtype=np.int64) for i, (src, _) in enumerate(pairs)]),
+                np.concatenate([src for src, _ in pairs]),
+                np.concatenate([tgt + off for (_, tgt), off in zip(pairs, offsets, strict=True)]),
             )
-        )
+        ).astype(np.int64, copy=False)
+        return torch.from_numpy(flat[None])
 
-    def _layer_losses(
-        self, layer: dict[str, Tensor], idx: Tensor, tgt_labels: Tensor, tgt_boxes: Tensor, num_boxes: Tensor
+    def _group_losses(
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        idx: Tensor,
+        tgt_labels: Tensor,
+        tgt_boxes: Tensor,
+        num_boxes: Tensor,
     ) -> dict[str, Tensor]:
-        """Losses of one decoder layer; ``idx``: ``int64[3, M]`` from :meth:`_flat_indices`, on the device."""
-        pred_logits, pred_boxes = layer["pred_logits"], layer["pred_boxes"]
-        batch_idx, src_idx, tgt_idx = idx.unbind(0)
-        tgt_classes = torch.full(
-            pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=idx.device
+        """Losses of ``L`` stacked layers of the same shape in one batched computation.
+
+        Args:
+            logits: ``[L, B, Q, C]``; boxes: ``[L, B, Q, 4]`` cxcywh normalised.
+            idx: ``int64[L, 3, M]`` on the device (see :meth:`HungarianMatcher.match_flat`).
+            tgt_labels: ``int64[T]``; tgt_boxes: ``[T, 4]``; num_boxes: scalar normaliser.
+        Returns:
+            ``{"loss_ce", "loss_bbox", "loss_giou"}``, each ``[L]``.
+        """
+        n_layers, m = idx.shape[0], idx.shape[2]
+        layer_idx = torch.arange(n_layers, device=idx.device).repeat_interleave(m, output_size=n_layers * m)
+        batch_idx, src_idx, tgt_idx = idx.transpose(0, 1).reshape(3, -1).unbind(0)
+        tgt_classes = torch.full(logits.shape[:3], self.num_classes, dtype=torch.int64, device=idx.device)
+        tgt_classes[layer_idx, batch_idx, src_idx] = tgt_labels[tgt_idx]
+        loss_ce = self.loss_labels(logits, tgt_classes, num_boxes)
+        loss_bbox, loss_giou = self.loss_boxes(
+            boxes[layer_idx, batch_idx, src_idx], tgt_boxes[tgt_idx], num_boxes, n_layers
         )
-        tgt_classes[batch_idx, src_idx] = tgt_labels[tgt_idx]
-        loss_ce = self.loss_labels(pred_logits, tgt_classes, num_boxes)
-        loss_bbox, loss_giou = self.loss_boxes(pred_boxes[batch_idx, src_idx], tgt_boxes[tgt_idx], num_boxes)
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+    @staticmethod
+    def _stacked(outputs: dict[str, Any]) -> tuple[Tensor, Tensor, list[str]]:
+        """``outputs``' aux layers then its final layer as ``(logits [L, B, Q, C], boxes [L, B, Q, 4],
+        suffixes)``; models give them stacked already as ``"stacked"`` (no copy), else stacked here."""
+        aux = outputs.get("aux_outputs") or []
+        suffixes = [f"_{i}" for i in range(len(aux))] + [""]
+        if "stacked" in outputs and outputs["stacked"][0].shape[0] == len(aux) + 1:
+            logits, boxes = outputs["stacked"]
+            return logits, boxes, suffixes
+        layers = [*aux, outputs]
+        return (
+            torch.stack([o["pred_logits"] for o in layers]),
+            torch.stack([o["pred_boxes"] for o in layers]),
+            suffixes,
+        )
 
     def _weighted_losses(
         self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]
-    ) -> tuple[dict[str, tuple[float, Tensor]], Tensor]:
+    ) -> tuple[list[tuple[list[str], float, Tensor]], Tensor]:
         """Match every layer of ``outputs`` (see :meth:`forward`) to ``targets``.
 
         Returns:
-            ``({name: (weight, loss)}, tgt_lengths float[B])``.
+            ``([(names, weight, losses [len(names)])], tgt_lengths float[B])``: one entry per loss
+            kind and group of layers computed together.
         """
         device = outputs["pred_logits"].device
         sizes = [int(t["boxes"].shape[0]) for t in targets]
@@ -290,13 +343,11 @@ class SetCriterion(nn.Module):
         tgt_boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=torch.float32)
         num_boxes = num_boxes_across_processes(sum(sizes), device)
 
-        layers: list[tuple[str, dict[str, Tensor]]] = [("", outputs)]
-        layers += [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs") or [])]
-        all_indices = self.matcher.match_layers(
-            [(o["pred_logits"], o["pred_boxes"]) for _, o in layers], targets
-        )
-
-        flat = [self._flat_indices(indices, offsets) for indices in all_indices]
+        logits, boxes, suffixes = self._stacked(outputs)
+        # groups of layers of one shape: (logits, boxes, suffixes, CPU indices [L, 3, M], labels, norm)
+        groups = [
+            (logits, boxes, suffixes, self.matcher.match_flat(logits, boxes, targets), tgt_labels, num_boxes)
+        ]
         if "enc_outputs" in outputs:  # two-stage proposals: a second match, class-agnostic by default
             enc, k = outputs["enc_outputs"], self.enc_k
             enc_targets = [
@@ -311,34 +362,32 @@ class SetCriterion(nn.Module):
             enc_indices = self.matcher(enc["pred_logits"], enc["pred_boxes"], enc_targets)
             # target j of the k-fold repetition is target j mod n of the image
             enc_indices = [(src, tgt % max(n, 1)) for (src, tgt), n in zip(enc_indices, sizes, strict=True)]
-            flat.append(self._flat_indices(enc_indices, offsets))
-            layers.append(("_enc", enc))
+            labels = tgt_labels if self.enc_class_aware else torch.zeros_like(tgt_labels)
+            groups.append(
+                (enc["pred_logits"][None], enc["pred_boxes"][None], ["_enc"],
+                 self._flat_indices(enc_indices, offsets), labels, num_boxes * self.enc_k)
+            )  # fmt: skip
         dn = outputs.get("denoising")
         if dn is not None:  # denoising queries: a fixed assignment, no matching
+            dn_logits, dn_boxes, dn_suffixes = self._stacked(dn)
             dn_flat = self._flat_indices(denoising_indices(sizes, dn["groups"], dn["slots"]), offsets)
-            dn_layers = [("_dn", dn)] + [
-                (f"_dn_{i}", aux) for i, aux in enumerate(dn.get("aux_outputs") or [])
-            ]
-            layers += dn_layers
-            flat += [dn_flat] * len(dn_layers)
+            groups.append(
+                (dn_logits, dn_boxes, [f"_dn{s}" for s in dn_suffixes],
+                 dn_flat.expand(dn_logits.shape[0], -1, -1), tgt_labels, num_boxes * dn["groups"])
+            )  # fmt: skip
         # every index and the target counts reach the device in one copy that does not wait for the GPU
-        pieces = [*flat, torch.tensor(sizes, dtype=torch.int64)]
+        pieces = [g[3] for g in groups] + [torch.tensor(sizes, dtype=torch.int64)]
         packed = _to_device(torch.cat([p.flatten() for p in pieces]), device).split(
             [p.numel() for p in pieces]
         )
         tgt_lengths = packed[-1].float()
 
-        weighted: dict[str, tuple[float, Tensor]] = {}  # name -> (weight, loss)
-        for (suffix, layer), idx in zip(layers, packed[:-1], strict=True):
-            labels, norm = tgt_labels, num_boxes
-            if suffix == "_enc":
-                labels = tgt_labels if self.enc_class_aware else torch.zeros_like(tgt_labels)
-                norm = num_boxes * self.enc_k
-            elif suffix.startswith("_dn"):
-                norm = num_boxes * dn["groups"]
-            for k, v in self._layer_losses(layer, idx.view(3, -1), labels, tgt_boxes, norm).items():
-                weighted[k + suffix] = (self.weight_dict[k], v)
-
+        weighted = []
+        for (g_logits, g_boxes, g_suffixes, cpu_idx, labels, norm), idx in zip(
+            groups, packed[:-1], strict=True
+        ):
+            losses = self._group_losses(g_logits, g_boxes, idx.view(cpu_idx.shape), labels, tgt_boxes, norm)
+            weighted += [([k + s for s in g_suffixes], self.weight_dict[k], v) for k, v in losses.items()]
         return weighted, tgt_lengths
 
     def forward(self, outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -369,19 +418,17 @@ class SetCriterion(nn.Module):
         if o2m is not None and self.one_to_many_k > 0:  # hybrid matching: targets repeated k times
             k = self.one_to_many_k
             repeated = [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)} for t in targets]
-            for name, (weight, loss) in self._weighted_losses(o2m, repeated)[0].items():
-                weighted[name + "_o2m"] = (weight * self.one_to_many_weight, loss)
+            for names, weight, losses in self._weighted_losses(o2m, repeated)[0]:
+                weighted.append(([n + "_o2m" for n in names], weight * self.one_to_many_weight, losses))
         dense = outputs.get("enc_dense")
         if dense is not None and self.weight_dense > 0:
             num_boxes = num_boxes_across_processes(
                 sum(int(t["boxes"].shape[0]) for t in targets), dense["pred_logits"].device
             )
-            weighted["loss_dense"] = (
-                self.weight_dense,
-                self.loss_dense(dense["pred_logits"], dense["anchors"], targets, num_boxes),
-            )
-        total = torch.stack([w * v for w, v in weighted.values()]).sum()
-        result = {k: v.detach() for k, (_, v) in weighted.items()}
+            loss = self.loss_dense(dense["pred_logits"], dense["anchors"], targets, num_boxes)
+            weighted.append((["loss_dense"], self.weight_dense, loss[None]))
+        total = torch.stack([w * v.sum() for _, w, v in weighted]).sum()
+        result = {n: x for names, _, v in weighted for n, x in zip(names, v.detach().unbind(0), strict=True)}
         result["loss"] = total
         result["cardinality_error"] = self.cardinality_error(outputs["pred_logits"], tgt_lengths)
         return result

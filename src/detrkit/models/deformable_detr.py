@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from detrkit.models.backbone import Backbone, Norm, downsample_mask
@@ -243,15 +244,26 @@ class DeformableDETR(Detector):
         return outputs, out
 
     def _heads(self, out: TransformerOutput) -> dict[str, Any]:
-        """Per-layer class logits and refined boxes: the last layer's plus ``"aux_outputs"``."""
-        logits, boxes = [], []
-        for layer in range(len(self.transformer.decoder_layers)):
-            reference = out.init_reference if layer == 0 else out.references[layer - 1]
-            logits.append(self.class_embed[layer](out.hidden[layer]))
-            boxes.append(refine_reference(reference, self.bbox_embed[layer](out.hidden[layer])))
+        """Per-layer class logits and refined boxes: the last layer's, ``"aux_outputs"`` and
+        ``"stacked"`` (``(logits [N, B, Q, K], boxes [N, B, Q, 4])``, every layer). Shared heads
+        run once on the stacked layers."""
+        n = len(self.transformer.decoder_layers)
+        if self.with_box_refine:  # one head per layer
+            logits = torch.stack([self.class_embed[i](out.hidden[i]) for i in range(n)])
+            deltas = torch.stack([self.bbox_embed[i](out.hidden[i]) for i in range(n)])
+        else:
+            logits, deltas = self.class_embed[0](out.hidden), self.bbox_embed[0](out.hidden)
+        if n == 1:
+            boxes = refine_reference(out.init_reference, deltas[0])[None]
+        elif out.init_reference.shape[-1] == out.references.shape[-1]:  # one refinement for all layers
+            boxes = refine_reference(torch.cat([out.init_reference[None], out.references[:-1]]), deltas)
+        else:  # points first, refined boxes after
+            refs = [out.init_reference, *out.references[:-1]]
+            boxes = torch.stack([refine_reference(r, d) for r, d in zip(refs, deltas, strict=True)])
         return {
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
+            "stacked": (logits, boxes),
             "aux_outputs": (
                 [{"pred_logits": c, "pred_boxes": b} for c, b in zip(logits[:-1], boxes[:-1], strict=True)]
                 if self.aux_loss

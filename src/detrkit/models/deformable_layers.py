@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detrkit.models.ops import MSDeformAttn
+from detrkit.models.ops import Dropout, MSDeformAttn, attention
+from detrkit.models.ops.ms_deform_attn import offset_normalizer
 
 __all__ = [
     "DeformableDecoderLayer",
@@ -50,6 +51,8 @@ class FlatLevels:
         start_index: ``int64[L]`` offset of each level in ``S``; ``start_index_list`` as ints.
         valid_mask: ``bool[B, S]``, True on real (unpadded) positions.
         valid_ratios: ``float32[B, L, 2]`` valid fraction ``(w, h)`` of each level.
+        padding: ``bool[B, S, 1]``, True on padded positions (``~valid_mask``, computed once).
+        normalizer: ``float32[1, 1, 1, L, 1, 2]`` ``(W_l, H_l)`` (offsets in pixels -> [0, 1]).
     """
 
     shapes: Tensor
@@ -58,6 +61,8 @@ class FlatLevels:
     start_index_list: list[int]
     valid_mask: Tensor
     valid_ratios: Tensor
+    padding: Tensor | None = None
+    normalizer: Tensor | None = None
 
     @classmethod
     def from_masks(cls, masks: Sequence[Tensor]) -> FlatLevels:
@@ -71,19 +76,31 @@ class FlatLevels:
         ratios = [
             torch.stack([m[:, 0, :].sum(1) / m.shape[2], m[:, :, 0].sum(1) / m.shape[1]], -1) for m in masks
         ]
+        shapes = _device_ints([v for hw in shapes_list for v in hw], device).view(-1, 2)
+        valid_mask = torch.cat([m.flatten(1) for m in masks], 1)
         return cls(
-            shapes=_device_ints([v for hw in shapes_list for v in hw], device).view(-1, 2),
+            shapes=shapes,
             shapes_list=shapes_list,
             start_index=_device_ints(starts, device),
             start_index_list=starts,
-            valid_mask=torch.cat([m.flatten(1) for m in masks], 1),
+            valid_mask=valid_mask,
             valid_ratios=torch.stack(ratios, 1).float(),
+            padding=~valid_mask[..., None],
+            normalizer=offset_normalizer(shapes),
         )
 
     def attend(self, attn: MSDeformAttn, query: Tensor, reference_points: Tensor, value: Tensor) -> Tensor:
         """``attn(query [B, Q, D], reference_points [B, Q, L, 2 or 4], value [B, S, D]) -> [B, Q, D]``."""
         return attn(
-            query, reference_points, value, self.shapes, self.shapes_list, self.start_index, self.valid_mask
+            query,
+            reference_points,
+            value,
+            self.shapes,
+            self.shapes_list,
+            self.start_index,
+            self.valid_mask,
+            value_padding=self.padding,
+            normalizer=self.normalizer,
         )
 
 
@@ -119,7 +136,7 @@ class DeformableEncoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, levels: FlatLevels) -> Tensor:
         """``src``, ``pos``: ``[B, S, D]``; ``reference_points``: ``[B, S, L, 2]``. Returns ``[B, S, D]``."""
@@ -146,7 +163,7 @@ class DeformableDecoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.attn_dropout = dropout
 
     def _self_attn(self, tgt: Tensor, query_pos: Tensor, attn_mask: Tensor | None) -> Tensor:
@@ -157,9 +174,11 @@ class DeformableDecoderLayer(nn.Module):
         key = self.k_proj(qk).view(heads).transpose(1, 2)
         value = self.v_proj(tgt).view(heads).transpose(1, 2)
         p = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attn_mask, dropout_p=p
-        )  # [B, nH, Q, Dh]
+        bias = None
+        if attn_mask is not None:  # bool[Q, Q], True where allowed -> additive
+            bias = torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device)
+            bias = bias.masked_fill_(~attn_mask, float("-inf"))
+        out = attention(query, key, value, bias, p)  # [B, nH, Q, Dh]
         return self.out_proj(out.transpose(1, 2).reshape(b, q, d))
 
     def forward(

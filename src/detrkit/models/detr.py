@@ -111,7 +111,8 @@ class DETR(Detector):
         Returns:
             ``"pred_logits"`` ``[B, Q, K+1]`` (``"ce"``) or ``[B, Q, K]`` (``"focal"``),
             ``"pred_boxes"`` ``[B, Q, 4]`` cxcywh normalised, ``"aux_outputs"`` (``dec_layers - 1``
-            dicts, empty without ``aux_loss``), and with targets the losses of
+            dicts, empty without ``aux_loss``), ``"stacked"`` (``(logits [L, B, Q, C], boxes
+            [L, B, Q, 4])``: the aux layers then the last one, views of the same tensors), and with targets the losses of
             :class:`~detrkit.models.criterion.SetCriterion`.
         """
         check_inputs(images, pixel_mask, targets)
@@ -139,6 +140,7 @@ class DETR(Detector):
         return {
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
+            "stacked": (logits, boxes),  # every layer, for the criterion (no re-stacking)
             "aux_outputs": [
                 {"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1], strict=True)
             ],

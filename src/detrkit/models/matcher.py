@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
@@ -159,59 +160,103 @@ class HungarianMatcher(nn.Module):
         Returns:
             ``L`` lists of ``B`` pairs ``(pred_idx, tgt_idx)`` as in :meth:`forward`.
         """
-        b = layers[0][0].shape[0]
+        logits = torch.stack([lg for lg, _ in layers]) if len(layers) > 1 else layers[0][0][None]
+        boxes = torch.stack([bx for _, bx in layers]) if len(layers) > 1 else layers[0][1][None]
+        return [
+            [(torch.from_numpy(rows), torch.from_numpy(cols)) for rows, cols in per_image]
+            for per_image in self.assign(logits, boxes, targets)
+        ]
+
+    @torch.no_grad()
+    def match_flat(self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        """Match ``L`` stacked decoder layers at once and flatten the matches (what the criterion uses).
+
+        Args:
+            pred_logits: ``[L, B, Q, C]`` class logits of ``L`` layers.
+            pred_boxes: ``[L, B, Q, 4]`` cxcywh normalised.
+            targets: ``B`` dicts as in :meth:`forward`.
+        Returns:
+            CPU ``int64[L, 3, M]`` (``M = sum_i min(Q, N_i)``, the same for every layer): image,
+            prediction and batch-global target index (targets of image ``i`` are numbered after
+            those of images ``0..i-1``) of every match, built on the host with NumPy.
+        """
+        assigned = self.assign(pred_logits, pred_boxes, targets)
+        sizes = [int(t["boxes"].shape[0]) for t in targets]
+        offsets = np.cumsum([0, *sizes[:-1]])
+        flat = np.stack(
+            [
+                np.stack(
+                    [
+                        np.concatenate([np.full(len(r), i, dtype=np.int64) for i, (r, _) in enumerate(per)]),
+                        np.concatenate([r for r, _ in per]),
+                        np.concatenate([c + off for (_, c), off in zip(per, offsets, strict=True)]),
+                    ]
+                )
+                for per in assigned
+            ]
+        ).astype(np.int64, copy=False)
+        return torch.from_numpy(flat)
+
+    def assign(
+        self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[dict[str, Tensor]]
+    ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Costs of ``L`` layers in one batched computation, one copy to the host, SciPy per image.
+
+        Args:
+            pred_logits: ``[L, B, Q, C]``; pred_boxes: ``[L, B, Q, 4]`` cxcywh normalised.
+            targets: ``B`` dicts as in :meth:`forward`.
+        Returns:
+            ``L`` lists of ``B`` pairs ``(pred_idx, tgt_idx)`` of ``int64[min(Q, N_i)]`` NumPy arrays.
+        """
+        n_layers, b, q, c = pred_logits.shape
         if len(targets) != b:
             raise ValueError(
                 f"got {len(targets)} target dicts for a batch of {b} predictions; give one per image"
             )
         sizes = [int(t["boxes"].shape[0]) for t in targets]
-        empty = torch.empty(0, dtype=torch.int64)
+        empty = np.zeros(0, dtype=np.int64)
         if sum(sizes) == 0:
-            return [[(empty, empty) for _ in range(b)] for _ in layers]
-        device = layers[0][0].device
+            return [[(empty, empty) for _ in range(b)] for _ in range(n_layers)]
+        device = pred_logits.device
         tgt_labels = torch.cat([t["labels"] for t in targets]).to(device=device, dtype=torch.int64)
         tgt_boxes = torch.cat([t["boxes"] for t in targets]).to(device)
-        costs = [
-            match_cost_matrix(
-                logits,
-                boxes,
-                tgt_labels,
-                tgt_boxes,
-                class_cost=self.class_cost,
-                cost_class=self.cost_class,
-                cost_bbox=self.cost_bbox,
-                cost_giou=self.cost_giou,
-                focal_alpha=self.focal_alpha,
-                focal_gamma=self.focal_gamma,
-            )
-            for logits, boxes in layers
-        ]
-        return _assign(torch.stack(costs), sizes)
+        cost = match_cost_matrix(
+            pred_logits.reshape(n_layers * b, q, c),
+            pred_boxes.reshape(n_layers * b, q, 4),
+            tgt_labels,
+            tgt_boxes,
+            class_cost=self.class_cost,
+            cost_class=self.cost_class,
+            cost_bbox=self.cost_bbox,
+            cost_giou=self.cost_giou,
+            focal_alpha=self.focal_alpha,
+            focal_gamma=self.focal_gamma,
+        )
+        return _assign(cost.view(n_layers, b, q, -1), sizes)
 
 
 @torch.compiler.disable
-def _assign(cost_all: Tensor, sizes: list[int]) -> list[list[tuple[Tensor, Tensor]]]:
+def _assign(cost_all: Tensor, sizes: list[int]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     """Solve every assignment on the host (one graph break under ``torch.compile``).
 
     Args:
         cost_all: ``[L, B, Q, T]`` costs on any device; ``T = sum(sizes)``.
         sizes: number of targets of each of the ``B`` images.
     Returns:
-        ``L`` lists of ``B`` pairs ``(pred_idx, tgt_idx)`` of CPU ``int64`` tensors.
+        ``L`` lists of ``B`` pairs ``(pred_idx, tgt_idx)`` of ``int64`` NumPy arrays.
     """
-    cost_all = cost_all.cpu()  # the one host copy of the step
-    empty = torch.empty(0, dtype=torch.int64)
+    costs = cost_all.cpu().numpy()  # the one host copy of the step
+    bounds = np.cumsum([0, *sizes])
+    empty = np.zeros(0, dtype=np.int64)
     result = []
-    for cost in cost_all:
+    for cost in costs:
         per_image = []
-        for i, c in enumerate(cost.split(sizes, dim=-1)):
-            if sizes[i] == 0:
+        for i, n in enumerate(sizes):
+            if n == 0:
                 per_image.append((empty, empty))
                 continue
-            rows, cols = linear_sum_assignment(c[i].numpy())
-            per_image.append(
-                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
-            )
+            rows, cols = linear_sum_assignment(cost[i, :, bounds[i] : bounds[i + 1]])
+            per_image.append((rows.astype(np.int64), cols.astype(np.int64)))
         result.append(per_image)
     return result
 

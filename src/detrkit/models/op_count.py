@@ -75,7 +75,7 @@ def _caller() -> str:
     frame = sys._getframe(2)
     while frame is not None:
         name = frame.f_code.co_filename
-        if "/torch/" not in name and not name.endswith("op_count.py"):
+        if "/torch/" not in name and name != __file__:
             return f"{name.split('/src/')[-1]}:{frame.f_code.co_name}:{frame.f_lineno}"
         frame = frame.f_back
     return "?"

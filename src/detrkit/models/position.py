@@ -44,6 +44,9 @@ class PositionEmbeddingSine(nn.Module):
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
         self.offset = offset
+        dim_t = torch.arange(num_pos_feats, dtype=torch.float32)
+        dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+        self.register_buffer("dim_t", dim_t, persistent=False)  # wavelengths, computed once
 
     def extra_repr(self) -> str:
         return (
@@ -65,12 +68,12 @@ class PositionEmbeddingSine(nn.Module):
         x_embed = valid.cumsum(2)
         if self.normalize:
             eps = 1e-6
-            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
-        pos_x = x_embed[..., None] / dim_t
-        pos_y = y_embed[..., None] / dim_t
-        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(dtype)
+            y_last, x_last = y_embed[:, -1:, :], x_embed[:, :, -1:]
+            if self.offset:
+                y_embed, x_embed = y_embed + self.offset, x_embed + self.offset
+            y_embed = y_embed / (y_last + eps) * self.scale
+            x_embed = x_embed / (x_last + eps) * self.scale
+        # both axes at once: [B, H, W, 2 (y, x), F] -> sin of the even, cos of the odd features
+        pos = torch.stack((y_embed, x_embed), -1)[..., None] / self.dim_t.to(mask.device)
+        pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1)  # [B, H, W, 2, F/2, 2]
+        return pos.flatten(3).permute(0, 3, 1, 2).to(dtype)

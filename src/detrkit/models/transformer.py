@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detrkit.models.ops.attention import attention, key_padding_bias
+from detrkit.models.ops.dropout import Dropout
+
 __all__ = ["Attention", "DecoderLayer", "EncoderLayer", "Transformer"]
 
 
@@ -33,7 +36,15 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_valid: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_valid: Tensor | None = None,
+        *,
+        key_bias: Tensor | None = None,
+    ) -> Tensor:
         """Attend.
 
         Args:
@@ -41,6 +52,8 @@ class Attention(nn.Module):
             key: ``[B, Lk, D]`` (position already added).
             value: ``[B, Lk, D]``.
             key_valid: ``bool[B, Lk]``, True for keys that may be attended (real pixels); ``None``: all.
+            key_bias: instead of ``key_valid``, its additive form ``float[B, 1, 1, Lk]`` (0 on real
+                keys, ``-inf`` on padding; see :func:`key_padding_bias`), built once per forward.
         Returns:
             ``[B, Lq, D]``.
         """
@@ -50,10 +63,9 @@ class Attention(nn.Module):
         q = self.q_proj(query).view(b, lq, h, d // h).transpose(1, 2)
         k = self.k_proj(key).view(b, lk, h, d // h).transpose(1, 2)
         v = self.v_proj(value).view(b, lk, h, d // h).transpose(1, 2)
-        mask = None if key_valid is None else key_valid[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if key_bias is None and key_valid is not None:
+            key_bias = key_padding_bias(key_valid, q.dtype)
+        out = attention(q, k, v, key_bias, self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(b, lq, d))
 
 
@@ -67,12 +79,15 @@ class EncoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, src: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
-        """``src``, ``pos``: ``[B, S, D]``; ``valid``: ``bool[B, S]`` -> ``[B, S, D]``."""
+    def forward(self, src: Tensor, pos: Tensor, valid: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        """``src``, ``pos``: ``[B, S, D]``; ``valid``: ``bool[B, S]`` (or its ``key_bias``, see
+        :func:`key_padding_bias`) -> ``[B, S, D]``."""
         qk = src + pos
-        src = self.norm1(src + self.dropout(self.self_attn(qk, qk, src, valid)))
+        if key_bias is None:
+            key_bias = key_padding_bias(valid, src.dtype)
+        src = self.norm1(src + self.dropout(self.self_attn(qk, qk, src, key_bias=key_bias)))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
 
@@ -89,9 +104,18 @@ class DecoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, tgt: Tensor, memory: Tensor, valid: Tensor, pos: Tensor, query_pos: Tensor) -> Tensor:
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        valid: Tensor,
+        pos: Tensor,
+        query_pos: Tensor,
+        memory_key: Tensor | None = None,
+        key_bias: Tensor | None = None,
+    ) -> Tensor:
         """Refine the queries.
 
         Args:
@@ -100,12 +124,18 @@ class DecoderLayer(nn.Module):
             valid: ``bool[B, S]`` real positions of the memory.
             pos: ``[B, S, D]`` position embedding of the memory.
             query_pos: ``[B, Q, D]`` learned query embedding.
+            memory_key: ``memory + pos`` when the caller has it (computed once for all layers).
+            key_bias: ``valid`` as an additive mask (:func:`key_padding_bias`), likewise.
         Returns:
             ``[B, Q, D]``.
         """
         qk = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout(self.self_attn(qk, qk, tgt)))
-        tgt = self.norm2(tgt + self.dropout(self.cross_attn(tgt + query_pos, memory + pos, memory, valid)))
+        key = memory + pos if memory_key is None else memory_key
+        if key_bias is None:
+            key_bias = key_padding_bias(valid, memory.dtype)
+        cross = self.cross_attn(tgt + query_pos, key, memory, key_bias=key_bias)
+        tgt = self.norm2(tgt + self.dropout(cross))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout(ffn))
 
@@ -168,8 +198,9 @@ class Transformer(nn.Module):
             ``dec_layers`` or 1) and the encoder output.
         """
         memory = src
+        key_bias = key_padding_bias(valid, src.dtype)
         for layer in self.encoder:
-            memory = layer(memory, pos, valid)
+            memory = layer(memory, pos, valid, key_bias)
         return self.decode(memory, valid, pos, query_embed, return_intermediate=return_intermediate), memory
 
     def decode(
@@ -187,8 +218,10 @@ class Transformer(nn.Module):
         query_pos = query_embed[None].expand(memory.shape[0], -1, -1)
         tgt = query_pos.new_zeros(query_pos.shape)
         outputs = []
+        memory_key = memory + pos
+        key_bias = key_padding_bias(valid, memory.dtype)
         for i, layer in enumerate(self.decoder):
-            tgt = layer(tgt, memory, valid, pos, query_pos)
+            tgt = layer(tgt, memory, valid, pos, query_pos, memory_key, key_bias)
             if return_intermediate or i == len(self.decoder) - 1:
                 outputs.append(self.decoder_norm(tgt))
         return torch.stack(outputs)

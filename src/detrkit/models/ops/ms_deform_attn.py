@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MSDeformAttn", "ms_deform_attn"]
+__all__ = ["MSDeformAttn", "ms_deform_attn", "offset_normalizer"]
 
 
 def ms_deform_attn(
@@ -64,22 +64,41 @@ def ms_deform_attn(
             f"spatial shapes {shapes} do not match value [B, S={s}, ...] and {n_levels} sampling levels"
         )
     out_dtype = value.dtype
-    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
-    value = value.to(dtype)
+    dtype = _promote(value.dtype, sampling_locations.dtype)
+    # one layout change for all levels: [B, S, nH, Dh] -> [B*nH, Dh, S]; each level is then a view
+    values = value.to(dtype).permute(0, 2, 3, 1).reshape(b * n_heads, head_dim, s)
     # grid_sample's grid spans [-1, 1] over the input; align_corners=False matches [0, 1] locations.
     grids = (2 * sampling_locations.to(dtype) - 1).transpose(1, 2).flatten(0, 1)  # [B*nH, Q, L, P, 2]
-    weights = attention_weights.to(dtype).transpose(1, 2).flatten(0, 1)  # [B*nH, Q, L, P]
-    output = value.new_zeros(b * n_heads, head_dim, q)
-    for level, value_l in enumerate(value.split([h * w for h, w in shapes], dim=1)):
-        h, w = shapes[level]
-        # [B, H*W, nH, Dh] -> [B*nH, Dh, H, W]
-        value_l = value_l.permute(0, 2, 3, 1).reshape(b * n_heads, head_dim, h, w)
-        sampled = F.grid_sample(
-            value_l, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False
+    sampled = []
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        value_l = values[:, :, start : start + h * w].view(b * n_heads, head_dim, h, w)
+        start += h * w
+        sampled.append(
+            F.grid_sample(
+                value_l, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False
+            )
         )  # [B*nH, Dh, Q, P]
-        output = output + (sampled * weights[:, None, :, level]).sum(-1)
+    weights = attention_weights.to(dtype).transpose(1, 2).reshape(b * n_heads, 1, q, n_levels * n_points)
+    output = (torch.cat(sampled, -1) * weights).sum(-1)  # [B*nH, Dh, Q]
     # [B*nH, Dh, Q] -> [B, Q, nH*Dh]
     return output.view(b, n_heads * head_dim, q).transpose(1, 2).to(out_dtype)
+
+
+def _promote(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """``torch.promote_types`` for float dtypes, decided in Python (the torch call is an ATen op)."""
+    if a == b:
+        return a
+    order = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+    if torch.float16 in (a, b) and torch.bfloat16 in (a, b):
+        return torch.float32
+    return max(a, b, key=order.index) if a in order and b in order else torch.promote_types(a, b)
+
+
+def offset_normalizer(spatial_shapes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``int64[L, 2]`` ``(H_l, W_l)`` -> ``[1, 1, 1, L, 1, 2]`` ``(W_l, H_l)``: what pixel offsets are
+    divided by (computed once per forward by :class:`~detrkit.models.deformable_layers.FlatLevels`)."""
+    return spatial_shapes.flip(-1).to(dtype).view(1, 1, 1, -1, 1, 2)
 
 
 class MSDeformAttn(nn.Module):
@@ -140,6 +159,9 @@ class MSDeformAttn(nn.Module):
         spatial_shapes_list: Sequence[tuple[int, int]],
         level_start_index: Tensor,
         value_valid_mask: Tensor | None = None,
+        *,
+        value_padding: Tensor | None = None,
+        normalizer: Tensor | None = None,
     ) -> Tensor:
         """Attend from each query to ``L * P`` sampled points per head.
 
@@ -154,25 +176,31 @@ class MSDeformAttn(nn.Module):
             level_start_index: ``int64[L]`` offset of each level in ``S``.
             value_valid_mask: optional ``bool[B, S]``, True on real (unpadded) positions; padded
                 values are zeroed.
+            value_padding: instead of ``value_valid_mask``, ``bool[B, S, 1]`` True on padding
+                (computed once for all layers).
+            normalizer: :func:`offset_normalizer` of ``spatial_shapes`` (computed once).
         Returns:
             ``[B, Q, d_model]``.
         """
         b, q, _ = query.shape
         s = value_input.shape[1]
         value = self.value_proj(value_input)
-        if value_valid_mask is not None:
-            value = value.masked_fill(~value_valid_mask[..., None], 0.0)
+        if value_padding is None and value_valid_mask is not None:
+            value_padding = ~value_valid_mask[..., None]
+        if value_padding is not None:
+            value = value.masked_fill(value_padding, 0.0)
         value = value.view(b, s, self.n_heads, self.d_model // self.n_heads)
         offsets = self.sampling_offsets(query).view(b, q, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(b, q, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(b, q, self.n_heads, self.n_levels, self.n_points)
         # Locations in float32 at least: in bf16 a [0, 1] coordinate is only good to 1/256.
-        loc_dtype = torch.promote_types(reference_points.dtype, torch.float32)
+        loc_dtype = _promote(reference_points.dtype, torch.float32)
         ref = reference_points.to(loc_dtype)
         offsets = offsets.to(loc_dtype)
         if ref.shape[-1] == 2:
-            normalizer = spatial_shapes.flip(-1).to(loc_dtype)  # (W_l, H_l)
-            locations = ref[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            if normalizer is None:
+                normalizer = offset_normalizer(spatial_shapes, loc_dtype)  # (W_l, H_l)
+            locations = ref[:, :, None, :, None, :] + offsets / normalizer.to(loc_dtype)
         elif ref.shape[-1] == 4:
             locations = (
                 ref[:, :, None, :, None, :2] + offsets / self.n_points * ref[:, :, None, :, None, 2:] * 0.5
