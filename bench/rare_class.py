@@ -204,9 +204,44 @@ def paired_tests(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _same_protocol(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two protocol configs equal but for where the dataset was written."""
+
+    def strip(cfg: dict[str, Any]) -> dict[str, Any]:
+        cfg = json.loads(json.dumps(cfg))
+        cfg.get("data", {}).get("shapes", {}).pop("out", None)
+        return cfg
+
+    return strip(a) == strip(b)
+
+
+def _kept_runs(args: argparse.Namespace, have: set[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Finished runs already in ``--results`` (and their extras in ``--tests``) of the same protocol
+    whose run folders are not here: a run finished on another machine or in another ``--out``
+    (two processes on different seeds) is kept, not dropped, when the results are collected again."""
+    results, tests = Path(args.results), Path(args.tests)
+    if not results.is_file():
+        return []
+    old = json.loads(results.read_text())
+    if not _same_protocol(old.get("protocol", {}).get("config", {}), protocol_config(args)):
+        return []
+    extras = {}
+    if tests.is_file():
+        extras = {(e["arm"], e["seed"]): e for e in json.loads(tests.read_text()).get("runs", [])}
+    kept = []
+    for run in old.get("runs", []):
+        key = (run["arm"], run["seed"])
+        if key in have:
+            continue
+        extra = {k: v for k, v in extras.get(key, {}).items() if k not in ("arm", "seed")}
+        kept.append({**run, "_extra": extra})
+    return kept
+
+
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.out) / "ablation" / "runs"
     runs = [r for d in sorted(root.glob("*-*")) if (r := run_record(d)) is not None]
+    runs += _kept_runs(args, {(r["arm"], r["seed"]) for r in runs})
     order = {a: i for i, a in enumerate(args.arms.split(","))}
     runs.sort(key=lambda r: (order.get(r["arm"], 99), r["seed"]))
     protocol = {
