@@ -119,8 +119,8 @@ def encoder_reference_points(levels: FlatLevels) -> Tensor:
     points = []
     for level, (h, w) in enumerate(levels.shapes_list):
         ys, xs = torch.meshgrid(  # arange, not linspace: follows a traced (ONNX export) size
-            torch.arange(h, dtype=ratios.dtype, device=ratios.device) + 0.5,
-            torch.arange(w, dtype=ratios.dtype, device=ratios.device) + 0.5,
+            torch.arange(0.5, h, dtype=ratios.dtype, device=ratios.device),
+            torch.arange(0.5, w, dtype=ratios.dtype, device=ratios.device),
             indexing="ij",
         )
         ys = ys.reshape(-1)[None] / (ratios[:, None, level, 1] * h)
