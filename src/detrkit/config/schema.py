@@ -19,12 +19,25 @@ from detrkit.config.checking import Fraction, NonNegFloat, NonNegInt, PosFloat, 
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
+#: Model options renamed for one naming across the families (``{old: new}``): configs, command
+#: lines and the configs saved in checkpoints may still use the old names (read with a
+#: ``FutureWarning`` once per name). See :mod:`detrkit.models.options`.
+MODEL_OPTION_RENAMES: dict[str, str] = {
+    "n_heads": "num_heads",  # Deformable DETR
+    "enc_layers": "num_encoder_layers",  # DETR
+    "dec_layers": "num_decoder_layers",  # DETR
+    "ffn_dim": "dim_feedforward",  # Deformable DETR
+    "detections_per_img": "top_k",  # Faster R-CNN
+}
+
+
 @dataclass
 class ModelConfig:
     """What to build: ``build_model(name, num_classes=..., **overrides)``, weights and freezing."""
 
     name: str = "detr-tiny"
-    #: keyword overrides for the builder (e.g. ``{num_queries: 50, hidden_dim: 128}``).
+    #: options of the model's family (:mod:`detrkit.models.options`), e.g. ``{num_queries: 50,
+    #: d_model: 128}``, checked against the family's options class when the model is built.
     overrides: dict[str, Any] = field(default_factory=dict)
     #: Hugging Face weights: Hub id, local folder or file (``load_hf_weights``).
     pretrained: str | None = None
