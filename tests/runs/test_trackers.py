@@ -198,6 +198,26 @@ def test_mlflow_run_of_a_stopped_training(
     assert [m.step for m in client.get_metric_history(found.info.run_id, "train/loss")] == [1]
 
 
+@pytest.mark.slow
+def test_a_tracker_that_fails_mid_run_is_dropped_and_training_goes_on(
+    doubles: ModuleType, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detrkit.runs.trackers import MlflowTracker
+
+    def gone(self: Any, metrics: dict[str, float], step: int) -> None:
+        raise ConnectionError("server gone")
+
+    monkeypatch.setattr(MlflowTracker, "log_metrics", gone)
+    run = tmp_path / "run"
+    log = {"mlflow": {"tracking_uri": mlflow_uri, "experiment": "gone"}}
+    doubles.make_trainer(doubles.double_config(run, train={"epochs": 2}, log=log), n_train=8, n_val=4).fit()
+    assert read_status(run)["state"] == "finished" and len(read_metrics_csv(run / "metrics.csv")) == 2
+    warned = [line for line in (run / "log.txt").read_text().splitlines() if "warning: mlflow" in line]
+    assert len(warned) == 1 and "logging failed (server gone)" in warned[0]  # once, then left out
+    _, found = _mlflow_run(mlflow_uri, "gone")
+    assert found.info.status == "FAILED"
+
+
 def test_an_unreachable_tracker_is_one_line(
     doubles: ModuleType, tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

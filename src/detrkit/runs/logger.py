@@ -13,6 +13,7 @@ parameters), :meth:`~RunLogger.csv_row` per epoch (``metrics.csv`` and the track
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -128,9 +129,8 @@ class RunLogger:
             return
         self.rewrite_csv([*read_metrics_csv(self.run_dir / METRICS_CSV), row])
         if self._trackers and isinstance(row.get("epoch"), int):
-            values = numeric(row)
-            for tracker in self._trackers:
-                tracker.log_metrics(values, int(row["epoch"]))
+            values, step = numeric(row), int(row["epoch"])
+            self._to_trackers(lambda t: t.log_metrics(values, step))
 
     def rewrite_csv(self, rows: list[dict[str, Any]]) -> None:
         """Replace ``metrics.csv`` with ``rows`` (atomically)."""
@@ -244,11 +244,8 @@ class RunLogger:
         if not self._records:
             return
         step = int((summary.get("final") or {}).get("epoch") or summary.get("epochs") or 0)
-        try:
-            for tracker in self._trackers:
-                tracker.log_summary(summary, step)
-        finally:
-            self._end_trackers("finished")
+        self._to_trackers(lambda t: t.log_summary(summary, step))
+        self._end_trackers("finished")
         run_status.write_status(
             self.run_dir,  # type: ignore[arg-type]
             state="finished",
@@ -272,6 +269,18 @@ class RunLogger:
                 state=state,
                 error=None if state == "interrupted" else run_status.error_line(error),
             )
+
+    def _to_trackers(self, call: Any) -> None:
+        """``call(tracker)`` for each tracker; one that fails (a server gone) is warned about and
+        left out for the rest of the run: the run folder is the record, training goes on."""
+        for tracker in list(self._trackers):
+            try:
+                call(tracker)
+            except Exception as err:
+                self._trackers.remove(tracker)
+                self.warn(f"{tracker.name}: logging failed ({err}); left out for the rest of this run")
+                with contextlib.suppress(Exception):  # the same server is likely gone
+                    tracker.finish("failed")
 
     def _end_trackers(self, state: str) -> None:
         trackers, self._trackers = self._trackers, []
