@@ -31,19 +31,24 @@ RUNS = ["fake_run", "fake_deformable_run"]
 
 @pytest.fixture(scope="module", params=RUNS)
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A private copy of the run and ``detrkit export --json``'s summary; the file is written where
-    the onnxruntime backend caches it (``RUN/export/best.onnx``), so the predictor reuses it."""
+    """A private copy of the run and ``detrkit export --json``'s summary; without ``--out`` the file
+    goes where the onnxruntime backend caches it (``RUN/export/best.onnx``), so the predictor reuses it."""
     from detrkit.cli.main import main
 
     run = Path(
         shutil.copytree(request.getfixturevalue(request.param), tmp_path_factory.mktemp("exp") / "run")
     )
-    out = export_path(run / "checkpoints" / "best.pt")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as info:
-        main(["export", "--run", str(run), "--out", str(out), "--json"])
+        main(["export", "--run", str(run), "--json"])
     assert info.value.code in (0, None)
-    return run, json.loads(stdout.getvalue())
+    summary = json.loads(stdout.getvalue())
+    assert (
+        summary["path"]
+        == str(run / "export" / "best.onnx")
+        == str(export_path(run / "checkpoints" / "best.pt"))
+    )
+    return run, summary
 
 
 def test_export_runs_at_other_sizes(exported: tuple[Path, dict]) -> None:
