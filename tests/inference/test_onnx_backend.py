@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -27,51 +29,56 @@ pytest.importorskip("onnx")
 RUNS = ["fake_run", "fake_deformable_run"]
 
 
-@pytest.fixture
-def run_copy(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """A private copy of the run named by the test's parameter (exports are written into it)."""
-    src = request.getfixturevalue(request.param)
-    return Path(shutil.copytree(src, tmp_path / "run"))
-
-
-@pytest.mark.parametrize("run_copy", RUNS, indirect=True)
-def test_export_runs_at_other_sizes(run_copy: Path, tmp_path: Path, capsys) -> None:
+@pytest.fixture(scope="module", params=RUNS)
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A private copy of the run and ``detrkit export --json``'s summary; the file is written where
+    the onnxruntime backend caches it (``RUN/export/best.onnx``), so the predictor reuses it."""
     from detrkit.cli.main import main
 
-    out = tmp_path / "m.onnx"
-    with pytest.raises(SystemExit) as info:
-        main(["export", "--run", str(run_copy), "--out", str(out), "--json"])
+    run = Path(
+        shutil.copytree(request.getfixturevalue(request.param), tmp_path_factory.mktemp("exp") / "run")
+    )
+    out = export_path(run / "checkpoints" / "best.pt")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as info:
+        main(["export", "--run", str(run), "--out", str(out), "--json"])
     assert info.value.code in (0, None)
-    summary = json.loads(capsys.readouterr().out)
+    return run, json.loads(stdout.getvalue())
+
+
+def test_export_runs_at_other_sizes(exported: tuple[Path, dict]) -> None:
+    run, summary = exported
     # the run's eval transform (shorter side 96, longer <= 160) on a 480x640 image gives 96x128
-    assert summary["traced_at"] == [96, 128]
+    assert summary["traced_at"] == [96, 128] and len(summary["checked_at"]) == 2
     assert summary["max_abs_diff_logits"] < 1e-4 and summary["max_abs_diff_boxes"] < 1e-4
     import onnx
 
-    graph = onnx.load(str(out)).graph
+    graph = onnx.load(summary["path"]).graph
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
     assert dims == {"images": ["batch", 3, "height", "width"], "pixel_mask": ["batch", "height", "width"]}
 
-    model = restore(run_copy).model
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    for seed, (h, w) in enumerate([(96, 128), (160, 112), (64, 96)]):
-        for batch in (1, 2):  # batch 2: the second image padded on the right and bottom
-            images, mask = example_inputs(batch, h, w, seed=10 + seed)
-            with torch.no_grad():
-                ref = model(images, mask)
-            logits, boxes = session.run(
-                ["logits", "boxes"], {"images": images.numpy(), "pixel_mask": mask.numpy()}
-            )
-            assert logits.shape == tuple(ref["pred_logits"].shape) and logits.shape[:2] == (batch, 20)
-            np.testing.assert_allclose(logits, ref["pred_logits"].numpy(), atol=1e-4, rtol=0)
-            np.testing.assert_allclose(boxes, ref["pred_boxes"].numpy(), atol=1e-4, rtol=0)
+    model = restore(run).model
+    session = ort.InferenceSession(summary["path"], providers=["CPUExecutionProvider"])
+    # batch 2: the second image padded on the right and bottom
+    for seed, (batch, h, w) in enumerate([(2, 96, 128), (2, 160, 112), (1, 64, 96)]):
+        images, mask = example_inputs(batch, h, w, seed=10 + seed)
+        with torch.no_grad():
+            ref = model(images, mask)
+        logits, boxes = session.run(
+            ["logits", "boxes"], {"images": images.numpy(), "pixel_mask": mask.numpy()}
+        )
+        assert logits.shape == tuple(ref["pred_logits"].shape) and logits.shape[:2] == (batch, 20)
+        np.testing.assert_allclose(logits, ref["pred_logits"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(boxes, ref["pred_boxes"].numpy(), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("run_copy", RUNS, indirect=True)
-def test_onnxruntime_predictor_equals_torch(run_copy: Path, sample_images: list[Path]) -> None:
-    torch_p = Predictor.from_run(run_copy, device="cpu")
-    ort_p = Predictor.from_run(run_copy, backend="onnxruntime")
-    assert ort_p.onnx_path == run_copy / "export" / "best.onnx" and ort_p.onnx_path.is_file()
+def test_onnxruntime_predictor_equals_torch(exported: tuple[Path, dict], sample_images: list[Path]) -> None:
+    run, summary = exported
+    stamp = Path(summary["path"]).stat().st_mtime_ns
+    torch_p = Predictor.from_run(run, device="cpu")
+    ort_p = Predictor.from_run(run, backend="onnxruntime")
+    assert ort_p.onnx_path == run / "export" / "best.onnx" == Path(summary["path"])
+    assert ort_p.onnx_path.stat().st_mtime_ns == stamp  # the export newer than the checkpoint is reused
     assert ort_p.class_names == CLASS_NAMES and ort_p.category_ids == CATEGORY_IDS
     # three image sizes (none the tracing size), in one padded batch and one at a time
     for batch_size in (3, 1):
