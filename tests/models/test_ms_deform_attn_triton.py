@@ -48,6 +48,38 @@ def _inputs(dtype=torch.float32, b=2, q=5, n_heads=2, head_dim=8, n_points=3, sh
     return [t.to(DEVICE) for t in (value, spatial, start, loc, attn)]
 
 
+if not mdt.interpreting():
+
+    def test_kernels_compile_for_sm90(monkeypatch, tmp_path):
+        """The interpreter is more lenient than the compiler: compile both kernels to a cubin for an
+        H100 (sm_90, DETR-R50 sizes) on the host; no GPU needed, only triton's bundled ptxas."""
+        monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compiled for real, not found in a cache
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, compile
+
+        from detrkit.models.ops import _ms_deform_attn_kernels as kernels
+
+        const = {
+            "NH": 8,
+            "DH": 32,
+            "L": 4,
+            "P": 4,
+            "BLOCK_Q": 64,
+            "BLOCK_D": 32,
+            "COMPUTE": kernels.tl.float32,
+        }
+        tensors = {"value_ptr": "*fp32", "shapes_ptr": "*i64", "start_ptr": "*i64", "loc_ptr": "*fp32"}
+        tensors["attn_ptr"] = "*fp32"
+        ints = {"S": "i32", "Q": "i32", **dict.fromkeys(const, "constexpr")}
+        fwd = {**tensors, "out_ptr": "*fp32", **ints}
+        bwd = {**tensors, "grad_out_ptr": "*fp32", "grad_value_ptr": "*fp32", "grad_loc_ptr": "*fp32"}
+        bwd = {**bwd, "grad_attn_ptr": "*fp32", **ints}
+        for fn, signature in ((kernels.ms_deform_attn_fwd, fwd), (kernels.ms_deform_attn_bwd, bwd)):
+            assert list(signature) == fn.arg_names
+            compiled = compile(ASTSource(fn, signature, constexprs=const), target=GPUTarget("cuda", 90, 32))
+            assert len(compiled.asm["cubin"]) > 0
+
+
 if DEVICE is None:
 
     def test_kernels_in_triton_interpreter():

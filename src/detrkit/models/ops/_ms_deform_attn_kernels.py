@@ -40,11 +40,11 @@ def ms_deform_attn_fwd(
     qh = (b * Q + q) * NH + h  # [BLOCK_Q] int64: index of (b, q, h)
     v_row0 = (b * S * NH + h) * DH  # value[b, 0, h, 0]
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=COMPUTE)
-    for lvl in tl.static_range(L):
+    for lvl in range(L):
         h_l = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
         w_l = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
         start = tl.load(start_ptr + lvl).to(tl.int32)
-        for pt in tl.static_range(P):
+        for pt in range(P):
             idx = (qh * L + lvl) * P + pt
             x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0).to(COMPUTE)
             y = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=0.0).to(COMPUTE)
@@ -108,11 +108,11 @@ def ms_deform_attn_bwd(
     v_row0 = (b * S * NH + h) * DH
     go_offs = qh[:, None] * DH + d[None, :]
     go = tl.load(grad_out_ptr + go_offs, mask=q_mask[:, None] & d_mask[None, :], other=0.0).to(COMPUTE)
-    for lvl in tl.static_range(L):
+    for lvl in range(L):
         h_l = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
         w_l = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
         start = tl.load(start_ptr + lvl).to(tl.int32)
-        for pt in tl.static_range(P):
+        for pt in range(P):
             idx = (qh * L + lvl) * P + pt
             x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0).to(COMPUTE)
             y = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=0.0).to(COMPUTE)
