@@ -33,8 +33,8 @@ COMMON = [
     "model.overrides.with_box_refine=true",
     "model.overrides.num_feature_levels=3",
     "model.overrides.d_model=64",
-    "model.overrides.n_heads=4",
-    "model.overrides.ffn_dim=128",
+    "model.overrides.num_heads=4",
+    "model.overrides.dim_feedforward=128",
     "model.overrides.num_queries=50",
     "model.overrides.dropout=0.0",
 ]

@@ -7,7 +7,9 @@ Models: our ``detr-r50`` and ``deformable-detr-r50`` against ``DetrForObjectDete
 everywhere), random weights, 10 classes. A training step is forward + loss (Hungarian matching
 included) + backward + gradient clipping + fused AdamW; inference is forward + each side's own
 postprocessing (``postprocess`` / ``post_process_object_detection``). ``infer_onnxruntime`` runs
-detrkit's ONNX export (dynamic height/width) in onnxruntime plus the same postprocessing.
+what ``detrkit predict --backend onnxruntime`` runs: the :class:`Predictor`'s onnxruntime backend
+(its ONNX export with dynamic batch/height/width, its session, the same postprocessing) on the
+same batch (``Predictor.run_model``).
 
 The machine may be shared and noisy: implementations are interleaved (both sides of a model run
 back to back within each repeat), the ratio detrkit/transformers is taken per repeat, and the
@@ -31,7 +33,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -161,24 +162,25 @@ class Case:
 
     def ort_step(self, batch1: bool = False) -> None:
         if self.ort is None:
-            self._export()
+            self.ort = self._ort_predictor()
         x, m = (self.x1, self.m1) if batch1 else (self.x, self.m)
-        logits, boxes = self.ort.run(["logits", "boxes"], {"images": x.numpy(), "pixel_mask": m.numpy()})
-        sizes = torch.tensor([list(x.shape[-2:])] * len(x))
-        out = {"pred_logits": torch.from_numpy(logits), "pred_boxes": torch.from_numpy(boxes)}
-        self.model.postprocess(out, sizes)
+        self.ort.run_model(x, m, torch.tensor([list(x.shape[-2:])] * len(x)))
 
-    def _export(self) -> None:
-        import onnxruntime as ort
+    def _ort_predictor(self) -> Any:
+        """What ``detrkit predict --backend onnxruntime`` runs: a :class:`Predictor` with the
+        onnxruntime backend (its export, traced at the bench size, its session with
+        ``torch.get_num_threads()`` threads, the model's postprocess), fed the bench batch."""
+        from detrkit.data.transforms import build_transforms
+        from detrkit.inference.predictor import Predictor
 
-        from detrkit.inference.export import export_model
-
-        path = Path(tempfile.mkdtemp()) / f"{self.arch}.onnx"
-        model = self.model.to(memory_format=torch.contiguous_format)
-        export_model(model, path, format="onnx", height=self.args.h, width=self.args.w, check=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.ort = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        h, w = self.args.h, self.args.w
+        return Predictor(
+            model=self.model.to(memory_format=torch.contiguous_format),
+            class_names=[f"class{i}" for i in range(NUM_CLASSES)],
+            category_ids=list(range(NUM_CLASSES)),
+            transform=build_transforms("val", train=False, size=min(h, w), max_size=max(h, w)),
+            backend="onnxruntime",
+        )
 
     def step(self, mode: str, batch1: bool = False) -> None:
         if mode == "train":

@@ -226,8 +226,8 @@ def test_pretrained_loads_hugging_face_weights(tmp_path: Path) -> None:
     )  # fmt: skip
     hf = transformers.DetrForObjectDetection(hf_cfg)
     hf.save_pretrained(tmp_path / "hf")
-    overrides = {"backbone": "resnet18", "return_layer": "layer4", "d_model": 64, "num_heads": 4, "enc_layers": 2,
-                 "dec_layers": 2, "dim_feedforward": 128, "num_queries": 10}  # fmt: skip
+    overrides = {"backbone": "resnet18", "return_layer": "layer4", "d_model": 64, "num_heads": 4, "num_encoder_layers": 2,
+                 "num_decoder_layers": 2, "dim_feedforward": 128, "num_queries": 10}  # fmt: skip
     messages: list[str] = []
     model = build_detector(
         ModelConfig(name="detr-r18", overrides=overrides, pretrained=str(tmp_path / "hf")),

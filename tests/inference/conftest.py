@@ -15,14 +15,13 @@ OVERRIDES = {"num_queries": 20}
 TRANSFORM_ARGS = {"size": 96, "max_size": 160}
 
 
-@pytest.fixture(scope="session")
-def fake_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``run/checkpoints/{best,last}.pt`` + ``classes.json`` for a randomly initialised detr-tiny."""
+def write_fake_run(run: Path, model_name: str, overrides: dict, *, seed: int = 0) -> Path:
+    """``run/checkpoints/{best,last}.pt`` of a randomly initialised ``model_name`` (3 classes, the
+    ``val`` preset at :data:`TRANSFORM_ARGS`), as ``detrkit train`` lays them out."""
     from detrkit.models.registry import build_model
 
-    torch.manual_seed(0)
-    model = build_model("detr-tiny", num_classes=len(CLASS_NAMES), **OVERRIDES)
-    run = tmp_path_factory.mktemp("run")
+    torch.manual_seed(seed)
+    model = build_model(model_name, num_classes=len(CLASS_NAMES), **overrides)
     ckpt = {
         "model": model.state_dict(),
         "optimizer": None,
@@ -33,17 +32,29 @@ def fake_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "step": 10,
         "rng": None,
         "config": {
-            "model": {"name": "detr-tiny", "overrides": dict(OVERRIDES)},
+            "model": {"name": model_name, "overrides": dict(overrides)},
             "data": {"val_preset": "val", "transform_args": dict(TRANSFORM_ARGS), "size_divisibility": 0},
         },
         "classes": {"names": list(CLASS_NAMES), "category_ids": list(CATEGORY_IDS)},
-        "model_name": "detr-tiny",
+        "model_name": model_name,
         "metrics": {},
     }
-    (run / "checkpoints").mkdir()
+    (run / "checkpoints").mkdir(parents=True)
     torch.save(ckpt, run / "checkpoints" / "best.pt")
     torch.save(ckpt, run / "checkpoints" / "last.pt")
     return run
+
+
+@pytest.fixture(scope="session")
+def fake_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``run/checkpoints/{best,last}.pt`` + ``classes.json`` for a randomly initialised detr-tiny."""
+    return write_fake_run(tmp_path_factory.mktemp("run"), "detr-tiny", OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def fake_deformable_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same for a randomly initialised deformable-detr-tiny (its tiny defaults, 20 queries)."""
+    return write_fake_run(tmp_path_factory.mktemp("drun"), "deformable-detr-tiny", {})
 
 
 @pytest.fixture(scope="session")

@@ -66,8 +66,8 @@ def test_bn_frozen_stages_keep_running_stats_and_trainable_layers_range() -> Non
 
 def _tiny_detr(**kw) -> nn.Module:
     return build_detr(
-        num_classes=3, backbone="resnet18", return_layer="layer3", d_model=32, num_heads=2, enc_layers=1,
-        dec_layers=2, dim_feedforward=32, dropout=0.0, num_queries=5, loss="focal", backbone_norm="bn", **kw,
+        num_classes=3, backbone="resnet18", return_layer="layer3", d_model=32, num_heads=2, num_encoder_layers=1,
+        num_decoder_layers=2, dim_feedforward=32, dropout=0.0, num_queries=5, loss="focal", backbone_norm="bn", **kw,
     )  # fmt: skip
 
 

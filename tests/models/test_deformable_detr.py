@@ -244,7 +244,7 @@ def test_registry_options_and_errors():
     with pytest.raises(ValueError, match="unknown Deformable DETR option"):
         build_model("deformable-detr-tiny", num_classes=2, n_points=3)
     with pytest.raises(ValueError, match="multiple of norm_groups"):
-        build_model("deformable-detr-tiny", num_classes=2, d_model=48, n_heads=2, norm_groups=32)
+        build_model("deformable-detr-tiny", num_classes=2, d_model=48, num_heads=2, norm_groups=32)
     with pytest.raises(ValueError, match="without a criterion|targets"):
         model.criterion = None
         model(images, mask, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2)

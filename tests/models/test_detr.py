@@ -172,7 +172,7 @@ def test_postprocess_sigmoid_topk_over_queries_and_classes() -> None:
 
 def test_training_step_syncs_host_once(monkeypatch: pytest.MonkeyPatch) -> None:
     model = build_detr(num_classes=2, backbone="resnet18", return_layer="layer3", d_model=32, num_heads=2,
-                       enc_layers=1, dec_layers=3, dim_feedforward=32, num_queries=6)  # fmt: skip
+                       num_encoder_layers=1, num_decoder_layers=3, dim_feedforward=32, num_queries=6)  # fmt: skip
     images, mask = torch.randn(2, 3, 64, 64), torch.ones(2, 64, 64, dtype=torch.bool)
     targets = [{"boxes": torch.rand(3, 4) * 0.3 + 0.2, "labels": torch.tensor([0, 1, 1])}] * 2
     calls = []
@@ -195,7 +195,7 @@ def test_builder_validation_and_focal_head() -> None:
         build_detr(num_classes=2, loss="bce")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="multiple of 4"):
         build_detr(num_classes=2, backbone="resnet18", d_model=30, num_heads=2)
-    model = build_detr(num_classes=4, backbone="resnet18", d_model=32, num_heads=2, enc_layers=1, dec_layers=1,
+    model = build_detr(num_classes=4, backbone="resnet18", d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
                        dim_feedforward=32, num_queries=5, loss="focal")  # fmt: skip
     assert model.class_embed.out_features == 4 and model.criterion.loss_type == "focal"
     assert model.criterion.matcher.class_cost == "focal" and model.criterion.weight_dict["loss_ce"] == 2.0

@@ -85,8 +85,8 @@ def _assert_parity(ours, hf) -> None:
 
 
 def _our_tiny(**overrides):
-    opts = {"backbone": "resnet18", "return_layer": "layer4", "d_model": 64, "num_heads": 4, "enc_layers": 2,
-            "dec_layers": 2, "dim_feedforward": 128, "num_queries": 10, **overrides}  # fmt: skip
+    opts = {"backbone": "resnet18", "return_layer": "layer4", "d_model": 64, "num_heads": 4, "num_encoder_layers": 2,
+            "num_decoder_layers": 2, "dim_feedforward": 128, "num_queries": 10, **overrides}  # fmt: skip
     return build_model("detr-r18", num_classes=3, **opts)
 
 

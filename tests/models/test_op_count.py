@@ -45,15 +45,15 @@ def _detrkit(name: str) -> torch.nn.Module:
             num_classes=K,
             d_model=TINY["d_model"],
             num_heads=TINY["heads"],
-            enc_layers=TINY["layers"],
-            dec_layers=TINY["layers"],
+            num_encoder_layers=TINY["layers"],
+            num_decoder_layers=TINY["layers"],
             dim_feedforward=TINY["ffn"],
             num_queries=TINY["queries"],
             dropout=0.1,
         )
     return build_model(
-        "deformable-detr-tiny", num_classes=K, d_model=TINY["d_model"], n_heads=TINY["heads"],
-        num_encoder_layers=TINY["layers"], num_decoder_layers=TINY["layers"], ffn_dim=TINY["ffn"],
+        "deformable-detr-tiny", num_classes=K, d_model=TINY["d_model"], num_heads=TINY["heads"],
+        num_encoder_layers=TINY["layers"], num_decoder_layers=TINY["layers"], dim_feedforward=TINY["ffn"],
         num_queries=TINY["queries"], enc_n_points=4, dec_n_points=4, norm_groups=32, dropout=0.1,
     )  # fmt: skip
 

@@ -19,7 +19,7 @@ TINY = {"detr-tiny", "deformable-detr-tiny", "co-deformable-detr-tiny"}
 VARIANTS = [
     ("detr-tiny", {"loss": "focal"}),
     ("detr-tiny", {"aux_loss": False, "return_layer": "layer4", "num_queries": 7}),
-    ("detr-tiny", {"enc_layers": 0, "dec_layers": 1}),
+    ("detr-tiny", {"num_encoder_layers": 0, "num_decoder_layers": 1}),
 ]
 
 

@@ -19,15 +19,20 @@ def export_cmd(
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
     out: Path | None = typer.Option(None, "--out", help="Output file (default: RUN/export/model.onnx|.ts)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or epoch_N."),
-    height: int = typer.Option(256, "--height", min=32, help="Input height the model is traced at."),
-    width: int = typer.Option(256, "--width", min=32, help="Input width the model is traced at."),
+    height: int | None = typer.Option(
+        None, "--height", min=32, help="Tracing height (default: the run's eval size); any size runs."
+    ),
+    width: int | None = typer.Option(
+        None, "--width", min=32, help="Tracing width (default: the run's eval size); any size runs."
+    ),
     opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
-    """Export the model (images + pixel_mask -> logits, boxes) and report the max abs difference
-    between the exported model and PyTorch on a random input."""
+    """Export the model (images + pixel_mask -> logits, boxes; dynamic batch, height and width) and
+    report the max abs difference between the exported model and PyTorch on random inputs of the
+    tracing size and of another size."""
     from detrkit.errors import ConfigError
-    from detrkit.inference.export import FORMATS, export_model
+    from detrkit.inference.export import FORMATS, check_sizes, eval_size, export_model
     from detrkit.inference.predictor import Predictor
 
     if format not in FORMATS:
@@ -40,11 +45,15 @@ def export_cmd(
     if out is None:
         base = run.parent if run.is_file() else run
         out = base / "export" / ("model.onnx" if format == "onnx" else "model.ts")
+    default_h, default_w = eval_size(predictor.transform, predictor.size_divisibility)
+    height, width = height or default_h, width or default_w
     result = export_model(predictor.model, out, format=format, height=height, width=width, opset=opset)  # type: ignore[arg-type]
     summary = {
         "path": str(result.path),
         "format": result.format,
-        "input": {"images": [2, 3, height, width], "pixel_mask": [2, height, width]},
+        "input": {"images": ["batch", 3, "height", "width"], "pixel_mask": ["batch", "height", "width"]},
+        "traced_at": [height, width],
+        "checked_at": [list(hw) for hw in check_sizes(height, width)] if result.checked_with else [],
         "outputs": ["logits", "boxes"],
         "max_abs_diff_logits": result.max_abs_diff_logits,
         "max_abs_diff_boxes": result.max_abs_diff_boxes,
@@ -58,14 +67,18 @@ def export_cmd(
         typer.echo(json.dumps(summary, indent=2))
         return
     console = Console()
-    console.print(f"exported {result.format} model to {result.path}", highlight=False)
+    console.print(
+        f"exported {result.format} model to {result.path} (traced at {height}x{width}; any batch, height, width)",
+        highlight=False,
+    )
     if result.max_abs_diff is None:
         console.print(
             "not checked: install onnxruntime to compare the ONNX file with PyTorch", highlight=False
         )
     else:
+        sizes = " and ".join(f"{h}x{w}" for h, w in check_sizes(height, width))
         console.print(
-            f"max abs diff vs PyTorch ({result.checked_with}): logits {result.max_abs_diff_logits:.2e}, "
-            f"boxes {result.max_abs_diff_boxes:.2e}",
+            f"max abs diff vs PyTorch ({result.checked_with}, at {sizes}): logits "
+            f"{result.max_abs_diff_logits:.2e}, boxes {result.max_abs_diff_boxes:.2e}",
             highlight=False,
         )

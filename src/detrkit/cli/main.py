@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "data",
     "models",
     "train",
+    "runs",
     "evaluate",
     "predict",
     "export",

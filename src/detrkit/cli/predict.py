@@ -3,7 +3,8 @@
 Thin front over :func:`detrkit.workflows.predict.predict_to_folder`: writes
 ``OUT/predictions.json`` (COCO results format), ``OUT/images/<name>.jpg`` (predictions in red,
 ground truth in green with ``--ann``) and, without ``--ann``, ``OUT/image_ids.json`` mapping the
-sequential image ids to the files.
+sequential image ids to the files. ``--backend onnxruntime`` runs the run's ONNX export instead
+of PyTorch (same preprocessing and postprocessing).
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ def predict_cmd(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or epoch_N."),
     device: str | None = typer.Option(
-        None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."
+        None,
+        "--device",
+        help="cpu, cuda, cuda:1 ... (default: cuda if available; cpu for --backend onnxruntime).",
+    ),
+    backend: str = typer.Option(
+        "torch",
+        "--backend",
+        help="torch, or onnxruntime: the run's ONNX export (RUN/export/<checkpoint>.onnx, made on first "
+        "use, refreshed when the checkpoint is newer; needs pip install 'detrkit[export]').",
     ),
     draw: bool = typer.Option(True, "--draw/--no-draw", help="Write drawn images."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
@@ -55,6 +64,7 @@ def predict_cmd(
             batch_size=batch_size,
             checkpoint=checkpoint,
             device=device,
+            backend=backend,
             draw=draw,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_skip=lambda e: err.print(

@@ -60,12 +60,19 @@ def train(
     model: str = typer.Option(None, "--model", "-m", help="registered model (see `detrkit models`)"),
     epochs: int = typer.Option(None, "--epochs", min=1, help="training epochs (train.epochs)"),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: the best present)"),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="train in a detached background process (output in RUN/train.log); "
+        "prints the run folder and PID and returns; see `detrkit runs`",
+    ),
 ) -> None:
     """Train a detector: preflight, then epochs with validation, checkpoints and logs in a run folder.
 
     One line, no YAML: `detrkit train --data datasets/car-damage --model deformable-detr-r50 --epochs 12`
     (layout and classes from the data, the rest from the model's packaged recipe). Later wins:
-    --config, then --data/--model/--epochs/--device, then key=value.
+    --config, then --data/--model/--epochs/--device, then key=value. With --detach the same training
+    runs in the background, as with nohup.
     """
     from detrkit.engine.run import summary_json, train_from_config
     from detrkit.errors import ConfigError
@@ -80,7 +87,13 @@ def train(
         raise ConfigError("detrkit train --resume: the run's data and model are fixed; drop --data/--model")
     if images is not None and data is None:
         raise ConfigError("detrkit train: --images goes with --data FILE.json")
+    if detach and dry_run:
+        raise ConfigError("detrkit train: --detach with --dry-run; run the dry run in the foreground")
     console = Console(stderr=as_json)
+    train_args = _train_args(
+        overrides, config=config, resume=resume, fallback=fallback, as_json=as_json, data=data,
+        images=images, model=model, epochs=epochs, device=device,
+    )  # fmt: skip
     source: Any = config
     if quick and resume is None:
         from detrkit.engine.quickstart import quick_config
@@ -96,9 +109,26 @@ def train(
         extra = [f"train.epochs={epochs}"] if epochs is not None else []
         extra += [f"train.device={device}"] if device is not None else []
         overrides = [*extra, *(overrides or [])]
-    summary = train_from_config(
-        source, list(overrides or []), resume=resume, fallback=fallback, dry_run=dry_run, console=console
-    )
+    if detach:
+        from detrkit.runs.detach import detach_training
+
+        started = detach_training(source, list(overrides or []), resume=resume, train_args=train_args)
+        if as_json:
+            typer.echo(json.dumps(started, indent=2))
+            return
+        console.print(f"run folder: {started['run_dir']}", highlight=False, soft_wrap=True)
+        console.print(f"PID: {started['pid']}", highlight=False)
+        console.print(
+            f"log: {started['log']}  (follow with: tail -f {started['log']})", highlight=False, soft_wrap=True
+        )
+        console.print("status: detrkit runs", highlight=False)
+        return
+    from detrkit.runs.detach import detached_child
+
+    with detached_child():  # in a detached child: a failure before the trainer started is recorded too
+        summary = train_from_config(
+            source, list(overrides or []), resume=resume, fallback=fallback, dry_run=dry_run, console=console
+        )
     if as_json:
         typer.echo(summary_json({k: v for k, v in summary.items()}))
         return
@@ -109,6 +139,16 @@ def train(
         return
     _print_per_class(console, summary.get("per_class"), "per-class metrics (last validation)")
     console.print(f"run folder: {summary['run_dir']}")
+
+
+def _train_args(overrides: list[str] | None, **options: Any) -> list[str]:
+    """The ``detrkit train`` arguments that repeat this call (for the detached child)."""
+    flags = {"config": "--config", "resume": "--resume", "data": "--data", "images": "--images",
+             "model": "--model", "epochs": "--epochs", "device": "--device"}  # fmt: skip
+    args = [a for key, flag in flags.items() if options[key] is not None for a in (flag, str(options[key]))]
+    args += ["--fallback"] if options["fallback"] else []
+    args += ["--json"] if options["as_json"] else []
+    return [*args, *(overrides or [])]
 
 
 def val(

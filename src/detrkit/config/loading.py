@@ -10,6 +10,7 @@ shipped inside the package (``detrkit/configs/demo.yaml``).
 from __future__ import annotations
 
 import typing
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from detrkit.config.checking import build_dataclass
-from detrkit.config.schema import RunConfig
+from detrkit.config.checking import build_dataclass, rename_keys
+from detrkit.config.schema import MODEL_OPTION_RENAMES, RunConfig
 from detrkit.errors import ConfigError
 
 
@@ -133,7 +134,7 @@ def load_with_bases(
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: _base_ cycle ({' -> '.join(p.name for p in (*seen, path))})")
-    data = _read_yaml(path)
+    data = _rename_model_options(_read_yaml(path), str(path))
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
         bases = [bases]
@@ -181,9 +182,28 @@ def parse_overrides(
     return nested
 
 
-def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+def _rename_model_options(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``data`` with the old names of ``model.overrides`` (:data:`MODEL_OPTION_RENAMES`) renamed.
+
+    Applied to every layer (a file, its ``_base_`` files, the command line, a saved config) before
+    the layers merge, so that ``model.overrides.n_heads=2`` on the command line replaces the file's
+    ``num_heads``.
+    """
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("overrides"), dict):
+        return data
+    try:
+        renamed = rename_keys(model["overrides"], MODEL_OPTION_RENAMES, "model.overrides.")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return data if renamed is model["overrides"] else {**data, "model": {**model, "overrides": renamed}}
+
+
+def _migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
     """Read configs of older runs: ``data.repeat_factor_threshold: t`` (0 = off) became
-    ``data.sampler: repeat_factor`` + ``data.rfs_threshold: t``."""
+    ``data.sampler: repeat_factor`` + ``data.rfs_threshold: t``; old model option names
+    (:func:`_rename_model_options`)."""
+    data = _rename_model_options(data, source)
     section = data.get("data")
     if not isinstance(section, dict) or "repeat_factor_threshold" not in section:
         return data
@@ -203,7 +223,7 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
     """Validate a nested dict (the YAML content) into a :class:`RunConfig`."""
-    cfg = build_dataclass(RunConfig, _migrate(data), f"{source}: ")
+    cfg = build_dataclass(RunConfig, _migrate(data, source), f"{source}: ")
     cfg.source = source
     return cfg
 
@@ -211,8 +231,9 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
 def load_config(source: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Read a config file (path or packaged name, with ``_base_``), apply overrides, validate.
 
-    An override of ``model.name`` to another model drops the file's ``model.overrides`` (builder
-    options of the file's model); ``model.overrides.*`` given next to it still apply.
+    An override of ``model.name`` to another model drops the file's ``model.overrides`` (options
+    tuned for the file's model, see ``docs/ARCHITECTURE.md``) with a ``UserWarning`` naming them;
+    ``model.overrides.*`` given next to it still apply.
 
     Raises:
         ConfigError: the file is missing or invalid, a key is unknown or a value has the wrong type;
@@ -226,12 +247,19 @@ def load_config(source: str | Path | None = None, overrides: typing.Sequence[str
         label = str(source)
     if overrides:
         config_from_dict(data, label)  # errors in the file itself name the file
-        top = parse_overrides(overrides, label)
+        top = _rename_model_options(parse_overrides(overrides, label), "<command line>")
         file_model = data.get("model") if isinstance(data.get("model"), dict) else {}
         new_name = (top.get("model") or {}).get("name") if isinstance(top.get("model"), dict) else None
         if new_name is not None and new_name != file_model.get("name") and file_model.get("overrides"):
-            # the file's builder options belong to the file's model: another model starts from its
-            # own defaults plus the model.overrides.* given on the command line
+            # the file's options belong to the file's model: another model starts from its own
+            # defaults plus the model.overrides.* given on the command line
+            dropped = ", ".join(str(k) for k in file_model["overrides"])
+            warnings.warn(
+                f"{label}: model.name={new_name} replaces {file_model.get('name')}; the file's "
+                f"model.overrides ({dropped}) are not applied (give them as model.overrides.KEY=VALUE)",
+                UserWarning,
+                stacklevel=2,
+            )
             data = {**data, "model": {k: v for k, v in file_model.items() if k != "overrides"}}
         data = _deep_merge(data, top)
         cfg = config_from_dict(data, "<command line>")

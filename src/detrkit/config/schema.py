@@ -1,7 +1,7 @@
 """The sections of a detection run's config (:class:`RunConfig`): one dataclass per section.
 
-A config file has up to six sections (``model``, ``data``, ``train``, ``optim``, ``eval``,
-``output``) whose keys are the fields of the dataclasses below; every field's annotation (with its
+A config file has up to seven sections (``model``, ``data``, ``train``, ``optim``, ``eval``,
+``output``, ``log``) whose keys are the fields of the dataclasses below; every field's annotation (with its
 :class:`~detrkit.config.checking.Range`) is what the loader checks.
 """
 
@@ -19,12 +19,25 @@ from detrkit.config.checking import Fraction, NonNegFloat, NonNegInt, PosFloat, 
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
+#: Model options renamed for one naming across the families (``{old: new}``): configs, command
+#: lines and the configs saved in checkpoints may still use the old names (read with a
+#: ``FutureWarning`` once per name). See :mod:`detrkit.models.options`.
+MODEL_OPTION_RENAMES: dict[str, str] = {
+    "n_heads": "num_heads",  # Deformable DETR
+    "enc_layers": "num_encoder_layers",  # DETR
+    "dec_layers": "num_decoder_layers",  # DETR
+    "ffn_dim": "dim_feedforward",  # Deformable DETR
+    "detections_per_img": "top_k",  # Faster R-CNN
+}
+
+
 @dataclass
 class ModelConfig:
     """What to build: ``build_model(name, num_classes=..., **overrides)``, weights and freezing."""
 
     name: str = "detr-tiny"
-    #: keyword overrides for the builder (e.g. ``{num_queries: 50, hidden_dim: 128}``).
+    #: options of the model's family (:mod:`detrkit.models.options`), e.g. ``{num_queries: 50,
+    #: d_model: 128}``, checked against the family's options class when the model is built.
     overrides: dict[str, Any] = field(default_factory=dict)
     #: Hugging Face weights: Hub id, local folder or file (``load_hf_weights``).
     pretrained: str | None = None
@@ -211,6 +224,42 @@ class OutputConfig:
 
 
 @dataclass
+class WandbConfig:
+    """A Weights & Biases run beside the run folder (``pip install 'detrkit[wandb]'``)."""
+
+    project: str = "detrkit"
+    #: the W&B run's display name; ``null``: the run folder's name.
+    name: str | None = None
+    #: ``online``, ``offline`` (sync later with ``wandb sync``) or ``disabled``; ``null``: W&B's
+    #: own default (``WANDB_MODE``, else online).
+    mode: Literal["online", "offline", "disabled"] | None = None
+
+
+@dataclass
+class MlflowConfig:
+    """An MLflow run beside the run folder (``pip install 'detrkit[mlflow]'``)."""
+
+    #: ``http://host:5000``, ``file:///abs/mlruns``, ``sqlite:///mlflow.db``...; ``null``:
+    #: MLflow's own default (``MLFLOW_TRACKING_URI``).
+    tracking_uri: str | None = None
+    experiment: str = "detrkit"
+    #: ``null``: the run folder's name.
+    run_name: str | None = None
+
+
+@dataclass
+class LogConfig:
+    """Experiment trackers beside TensorBoard (``output.tensorboard``); ``null`` turns one off.
+
+    They get the flattened config as parameters, every ``metrics.csv`` row (step = epoch) and the
+    final summary; their run ends as failed when training fails.
+    """
+
+    wandb: WandbConfig | None = None
+    mlflow: MlflowConfig | None = None
+
+
+@dataclass
 class RunConfig:
     """The whole run; ``source`` is the file it came from (for messages), not a config key."""
 
@@ -220,6 +269,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:

@@ -240,12 +240,20 @@ def _with_copy_paste(
 
 
 def build_detector(model_cfg: ModelConfig, *, num_classes: int, source: str, log: Any = None) -> nn.Module:
-    """``build_model`` + ``model.pretrained`` (HF weights) + ``model.init_from`` (weight transfer)."""
+    """``build_model`` + ``model.pretrained`` (HF weights) + ``model.init_from`` (weight transfer).
+
+    ``model.overrides`` are checked against the options class of the model's family
+    (:mod:`detrkit.models.options`): an unknown option, or a value of the wrong type or range,
+    fails naming ``model.overrides`` and the option.
+    """
+    from detrkit.models.options import ModelOptionError
     from detrkit.models.registry import build_model
     from detrkit.runs.checkpoint import transfer_weights
 
     try:
         model = build_model(model_cfg.name, num_classes=num_classes, **model_cfg.overrides)
+    except ModelOptionError as err:
+        raise ConfigError(f"{source}: model.overrides: {err}") from None
     except ValueError as err:
         raise ConfigError(f"{source}: model: {err}") from None
     if model_cfg.pretrained:

@@ -45,7 +45,8 @@ from detrkit.engine.step import TrainStep
 from detrkit.engine.validate import validate
 from detrkit.errors import ConfigError
 from detrkit.runs import checkpoint as ckpt_io
-from detrkit.runs.layout import check_resumable, environment, make_run_dir, write_json
+from detrkit.runs import status as run_status
+from detrkit.runs.layout import check_resumable, default_run_name, environment, make_run_dir, write_json
 from detrkit.runs.logger import RunLogger, epoch_line, plot_curves
 from detrkit.runs.metrics import read_metrics_csv
 
@@ -113,6 +114,8 @@ class Trainer:
             tensorboard=cfg.output.tensorboard,
             console=self.console,
             quiet=self.quiet,
+            trackers=cfg.log,
+            source=cfg.source,
         )
         model = self._model_in or build_detector(
             cfg.model, num_classes=num_classes, source=cfg.source, log=self.log.info
@@ -189,7 +192,7 @@ class Trainer:
             return self.resume_dir
         path = None
         if self.acc.is_main_process:
-            name = out.name or Path(self.cfg.source).stem.replace("<", "").replace(">", "") or "run"
+            name = default_run_name(out.name, self.cfg.source)
             path = make_run_dir(root=out.root, name=name, explicit=out.dir, source=self.cfg.source)
             self.created_run_dir = True
         from accelerate.utils import broadcast_object_list
@@ -350,6 +353,11 @@ class Trainer:
             summary = self._fit(dry_run=dry_run)
             keep = not dry_run
             return summary
+        except BaseException as err:
+            log = getattr(self, "log", None)
+            if log is not None and not dry_run:
+                log.fail(err)  # status.json and the trackers say failed (interrupted for Ctrl-C)
+            raise
         finally:
             if not keep:
                 self._remove_created_run_dir(always=dry_run)
@@ -362,7 +370,8 @@ class Trainer:
         log = getattr(self, "log", None)
         if log is not None:
             log.close()
-        if always or not (self.run_dir / "checkpoints" / "last.pt").is_file():
+        detached = (run_status.read_status(self.run_dir) or {}).get("detached")
+        if always or not (detached or (self.run_dir / "checkpoints" / "last.pt").is_file()):
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _fit(self, *, dry_run: bool) -> dict[str, Any]:
@@ -403,6 +412,13 @@ class Trainer:
             f"batch {self.batch_size} x {acc.num_processes} process(es) x {cfg.train.grad_accum} accum, "
             f"{self.steps_per_epoch} steps/epoch, device {self.device}, {cfg.train.precision}"
         )
+        if not dry_run:
+            self.log.begin(
+                epochs=cfg.train.epochs,
+                epoch=self.epoch,
+                best_metric=cfg.eval.best_metric,
+                params=cfg.to_dict(),
+            )
         preflight = None
         if cfg.train.preflight or dry_run:
             preflight = run_preflight(
@@ -471,6 +487,7 @@ class Trainer:
                 {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("val/")}, epoch + 1, "val"
             )
             self.log.scalars({"images_per_s": row["train/images_per_s"]}, epoch + 1, "train")
+            self.log.progress(epoch=epoch + 1, best=self.best, best_epoch=self.best_epoch)
             if self.on_epoch_end is not None and not self.on_epoch_end(epoch + 1, row) and not is_last:
                 self.stopped_early_at = epoch + 1
                 self.log.info(f"stopped at epoch {epoch + 1} by the caller (e.g. a sweep's pruner)")
@@ -525,6 +542,7 @@ class Trainer:
                     "wall s": round(wall, 1),
                 },
             )
+        self.log.finish(summary)  # status.json says finished; the trackers get the summary and end
         return summary
 
     def evaluate(self, *, max_batches: int | None = None) -> tuple[dict[str, Any], dict[str, float]]:

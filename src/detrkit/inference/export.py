@@ -6,17 +6,26 @@ The exported graph maps ``images float32 [B, 3, H, W]`` (ImageNet-normalised, ze
 (softmax/top-k, scaling to pixels) stays outside the graph.
 
 ONNX needs the ``onnx`` package (``pip install 'detrkit[export]'``; TorchScript-based exporter);
-the parity check runs the file with ``onnxruntime`` when it is installed. Both exports are traced at
-the example ``height x width``: feed inputs padded to that size.
+the parity check runs the file with ``onnxruntime`` when it is installed. Both exports are traced
+once at an example ``height x width`` (by default the run's evaluation size, :func:`eval_size`) but
+take any batch size, height and width: the ONNX inputs have dynamic axes ``batch``, ``height``,
+``width``, and what depends on the input size (DETR's sine position embedding and masks, Deformable
+DETR's level shapes, start indices, reference points and proposals) is computed from the input's
+shape in the graph, not frozen at the tracing size. The check runs the file at the tracing size and
+at a second size.
+
+Only the DETR family (DETR, Deformable DETR, Co-Deformable-DETR, whose export is the plain
+Deformable DETR) maps to this contract; :func:`check_exportable` refuses other models.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +77,48 @@ def example_inputs(
     return images, mask
 
 
+def check_exportable(model: nn.Module, name: str | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``model`` is of the DETR family (see the module docstring).
+
+    Args:
+        model: the model (``inference_model()`` already applied or not).
+        name: how the message names the model (default ``model <class name>``).
+    """
+    from detrkit.models.detr import DETR
+
+    families: tuple[type, ...] = (DETR,)
+    try:
+        from detrkit.models.deformable_detr import DeformableDETR
+
+        families = (DETR, DeformableDETR)
+    except ImportError:  # an optional model module that could not be imported
+        pass
+    if not isinstance(model, families):
+        raise ConfigError(
+            f"{name or 'model ' + type(model).__name__} cannot be exported to ONNX/TorchScript: only the DETR and "
+            "Deformable DETR families map to (images, pixel_mask) -> (logits, boxes); use the torch backend"
+        )
+
+
+def eval_size(transform: Callable[..., Any] | None, size_divisibility: int = 0) -> tuple[int, int]:
+    """``(height, width)`` of a 480 x 640 (4:3 landscape) image after the evaluation ``transform``,
+    rounded up to ``size_divisibility``: the default tracing size of an export (``(256, 320)``
+    without a transform)."""
+    if transform is None:
+        return 256, 320
+    from torchvision import tv_tensors
+
+    from detrkit.data.transforms import make_target
+
+    image = tv_tensors.Image(torch.zeros(3, 480, 640, dtype=torch.uint8))
+    target = make_target(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), (480, 640))
+    out, _ = transform(image, target)
+    h, w = (int(v) for v in out.shape[-2:])
+    if size_divisibility > 1:
+        h, w = (-(-v // size_divisibility) * size_divisibility for v in (h, w))
+    return h, w
+
+
 def export_model(
     model: nn.Module,
     out: str | Path,
@@ -85,14 +136,18 @@ def export_model(
             ``inference_model()`` method is exported as what that returns.
         out: output file (``.onnx`` or ``.pt``/``.ts``).
         format: ``"onnx"`` or ``"torchscript"``.
-        height, width: example input size used for tracing and the check (B=2, the second padded).
+        height, width: example input size used for tracing (B=2, the second padded); the
+            exported model takes other sizes too.
         opset: ONNX opset version.
-        check: run the exported model and report the max abs difference.
+        check: run the exported model and report the max abs difference (over the tracing size
+            and :func:`check_sizes`' second size).
     Raises:
-        ConfigError: unknown format, or ``onnx`` requested without the ``onnx`` package.
+        ConfigError: unknown format, a model outside the DETR family, or ``onnx`` requested
+            without the ``onnx`` package.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    check_exportable(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "inference_model"):  # drop training-only parts (Co-DETR's auxiliary heads)
@@ -111,11 +166,9 @@ def export_model(
             if not check:
                 return ExportResult(out, format, None, None, None)
             loaded = torch.jit.load(str(out))
-        check_images, check_mask = example_inputs(2, height, width, seed=1)
         with torch.no_grad():
-            want = wrapper(check_images, check_mask)
-            got = loaded(check_images, check_mask)
-        return ExportResult(out, format, *_diffs(got, want), "torch.jit")
+            diffs = [_diffs(loaded(*x), wrapper(*x)) for x in _check_inputs(height, width)]
+        return ExportResult(out, format, *_worst(diffs), "torch.jit")
 
     if importlib.util.find_spec("onnx") is None:
         raise ConfigError(
@@ -132,8 +185,8 @@ def export_model(
             opset_version=opset,
             dynamo=False,
             dynamic_axes={
-                "images": {0: "batch"},
-                "pixel_mask": {0: "batch"},
+                "images": {0: "batch", 2: "height", 3: "width"},
+                "pixel_mask": {0: "batch", 1: "height", 2: "width"},
                 "logits": {0: "batch"},
                 "boxes": {0: "batch"},
             },
@@ -142,14 +195,30 @@ def export_model(
         return ExportResult(out, format, None, None, None)
     import onnxruntime as ort
 
-    check_images, check_mask = example_inputs(2, height, width, seed=1)
-    with torch.no_grad():
-        want = wrapper(check_images, check_mask)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    feed = {"images": check_images.numpy(), "pixel_mask": check_mask.numpy()}
-    got = tuple(torch.from_numpy(a) for a in session.run(["logits", "boxes"], feed))
-    return ExportResult(out, format, *_diffs(got, want), "onnxruntime")
+    diffs = []
+    for images, mask in _check_inputs(height, width):
+        with torch.no_grad():
+            want = wrapper(images, mask)
+        feed = {"images": images.numpy(), "pixel_mask": mask.numpy()}
+        got = tuple(torch.from_numpy(a) for a in session.run(["logits", "boxes"], feed))
+        diffs.append(_diffs(got, want))  # type: ignore[arg-type]
+    return ExportResult(out, format, *_worst(diffs), "onnxruntime")
+
+
+def check_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    """The sizes an export is checked at: the tracing size and one of another height and width
+    (an export that froze the tracing size fails at the second)."""
+    return [(height, width), (max(32, height * 3 // 4), width + max(32, width // 4))]
+
+
+def _check_inputs(height: int, width: int) -> list[tuple[Tensor, Tensor]]:
+    return [example_inputs(2, h, w, seed=1 + i) for i, (h, w) in enumerate(check_sizes(height, width))]
 
 
 def _diffs(got: tuple[Tensor, Tensor], want: tuple[Tensor, Tensor]) -> tuple[float, float]:
     return tuple(float((g.float() - w.float()).abs().max()) for g, w in zip(got, want, strict=True))  # type: ignore[return-value]
+
+
+def _worst(diffs: list[tuple[float, float]]) -> tuple[float, float]:
+    return max(d[0] for d in diffs), max(d[1] for d in diffs)

@@ -6,11 +6,21 @@ are preprocessed exactly as in validation (resize, ImageNet normalisation), batc
 :func:`~detrkit.data.collate.collate_detection` (zero padding + ``pixel_mask``), and the model's
 :meth:`~detrkit.models.base.Detector.postprocess` maps boxes back to pixels of the *original*
 images. Detections below ``threshold`` are dropped.
+
+Two backends run the network between those steps: ``backend="torch"`` (the PyTorch model) and
+``backend="onnxruntime"`` (the model exported to ONNX with dynamic batch, height and width, run in
+an onnxruntime session; :mod:`detrkit.inference.onnx_backend`). A run's export is made on first
+use at ``RUN/export/<checkpoint>.onnx``, traced at the run's evaluation size, and reused until the
+checkpoint is newer; preprocessing and postprocessing are the same code for both, so their
+detections agree to float precision (about 1e-6 on the tiny models).
 """
 
 from __future__ import annotations
 
 import glob as globlib
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +88,12 @@ class Predictor:
         category_ids: ``K`` COCO category ids of the contiguous labels.
         transform: ``(image uint8 [3,H,W], target) -> (image, target)`` evaluation transform.
         size_divisibility: pad batches to a multiple of this (0: no rounding).
+        device: where the network runs (the onnxruntime backend: its execution provider, ``cpu``
+            or ``cuda``; the PyTorch model, kept for ``postprocess``, then stays on the CPU).
+        backend: ``"torch"`` or ``"onnxruntime"``.
+        onnx_path: the exported model for ``backend="onnxruntime"``; ``None``: :meth:`from_run`
+            and :meth:`from_checkpoint` give the run's cached export, a predictor built otherwise
+            exports ``model`` once to a temporary folder.
     """
 
     model: nn.Module
@@ -86,43 +102,104 @@ class Predictor:
     transform: Callable[..., Any] | None = None
     size_divisibility: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str = "torch"
+    onnx_path: Path | None = None
+    _onnx: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        from detrkit.inference.onnx_backend import OnnxRuntimeModel, check_backend
+
+        check_backend(self.backend)
         if self.transform is None:
             from detrkit.data.transforms import build_transforms
 
             self.transform = build_transforms("val", train=False)
-        self.model.eval().to(self.device)
+        if self.backend == "torch":
+            self.model.eval().to(self.device)
+            return
+        self.model.eval().cpu()
+        if self.onnx_path is None:  # no run folder: export once to a temporary folder
+            from detrkit.inference.export import check_exportable, eval_size, export_model
+
+            check_exportable(self.model)
+            folder = tempfile.mkdtemp(prefix="detrkit-onnx-")
+            weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+            height, width = eval_size(self.transform, self.size_divisibility)
+            self.onnx_path = Path(folder) / "model.onnx"
+            export_model(self.model, self.onnx_path, format="onnx", height=height, width=width, check=False)
+        self._onnx = OnnxRuntimeModel(self.onnx_path, self.device)
 
     # ------------------------------------------------------------------------------ constructors
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, *, checkpoint: str = "best", device: str | torch.device | None = None
+        cls,
+        run_dir: str | Path,
+        *,
+        checkpoint: str = "best",
+        device: str | torch.device | None = None,
+        backend: str = "torch",
     ) -> Predictor:
         """Load ``run_dir/checkpoints/{checkpoint}.pt`` (``best`` falls back to ``last``)."""
-        return cls.from_restored(restore(run_dir, which=checkpoint), device=device)
+        return cls.from_restored(restore(run_dir, which=checkpoint), device=device, backend=backend)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device | None = None) -> Predictor:
+    def from_checkpoint(
+        cls, path: str | Path, *, device: str | torch.device | None = None, backend: str = "torch"
+    ) -> Predictor:
         """Rebuild the model from a detrkit checkpoint (``model_name``, ``config``, ``classes``)."""
-        return cls.from_restored(restore(path), device=device)
+        return cls.from_restored(restore(path), device=device, backend=backend)
 
     @classmethod
-    def from_restored(cls, restored: Restored, *, device: str | torch.device | None = None) -> Predictor:
-        """A predictor for what :func:`detrkit.runs.restore` rebuilt (the run's eval transform)."""
+    def from_restored(
+        cls, restored: Restored, *, device: str | torch.device | None = None, backend: str = "torch"
+    ) -> Predictor:
+        """A predictor for what :func:`detrkit.runs.restore` rebuilt (the run's eval transform).
+
+        Args:
+            restored: the restored checkpoint.
+            device: ``None``: the best device present for ``torch``, the CPU for ``onnxruntime``.
+            backend: ``"torch"`` or ``"onnxruntime"`` (the run's ONNX export, made or refreshed
+                here: :func:`detrkit.inference.onnx_backend.cached_onnx`).
+        Raises:
+            ConfigError: an unknown backend; ``onnxruntime`` not installed; a model that cannot be
+                exported; a device the backend cannot use.
+        """
+        from detrkit.inference.onnx_backend import cached_onnx, check_backend
+
+        check_backend(backend)
+        size_divisibility = restored.config.data.size_divisibility
+        onnx_path = None
+        if backend == "onnxruntime":
+            from detrkit.inference.export import eval_size
+
+            height, width = eval_size(restored.transform, size_divisibility)
+            onnx_path = cached_onnx(
+                restored.model,
+                restored.path,
+                height=height,
+                width=width,
+                name=restored.checkpoint.get("model_name"),
+            )
         return cls(
             model=restored.model,
             class_names=list(restored.classes["names"]),
             category_ids=list(restored.classes["category_ids"]),
             transform=restored.transform,
-            size_divisibility=restored.config.data.size_divisibility,
-            device=resolve_device(device),
+            size_divisibility=size_divisibility,
+            device=_backend_device(device, backend),
+            backend=backend,
+            onnx_path=onnx_path,
         )
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, *, device: str | torch.device | None = None, size: int | None = None
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        size: int | None = None,
+        backend: str = "torch",
     ) -> Predictor:
         """Hugging Face DETR / Deformable DETR weights (Hub id or local folder with ``config.json``).
 
@@ -130,6 +207,7 @@ class Predictor:
         class names from its ``id2label``; the labels are the checkpoint's class indices and are
         used as category ids (for COCO checkpoints they *are* the COCO ids). ``size`` is the
         shorter side images are resized to (default 800, as these checkpoints were trained).
+        ``backend="onnxruntime"`` exports the model to a temporary folder first.
         """
         from detrkit.data.transforms import build_transforms
         from detrkit.models.hf_weights import build_model_from_hf
@@ -143,7 +221,8 @@ class Predictor:
             class_names=names,
             category_ids=list(range(model.num_classes)),
             transform=build_transforms("val", train=False, size=size),
-            device=resolve_device(device),
+            device=_backend_device(device, backend),
+            backend=backend,
         )
 
     # ------------------------------------------------------------------------------ prediction
@@ -210,10 +289,10 @@ class Predictor:
         batch = collate_detection(
             [self.preprocess(im) for im in pils], size_divisibility=self.size_divisibility
         )
-        sizes_hw = torch.tensor([[im.height, im.width] for im in pils], device=self.device)
-        batch = batch.to(self.device)
-        outputs = self.model(batch.normalized(), batch.pixel_mask)
-        results = self.model.postprocess(outputs, sizes_hw)
+        device = self.device if self._onnx is None else torch.device("cpu")
+        sizes_hw = torch.tensor([[im.height, im.width] for im in pils], device=device)
+        batch = batch.to(device)
+        results = self.run_model(batch.normalized(), batch.pixel_mask, sizes_hw)
         dets = []
         for item, im, r in zip(items, pils, results, strict=True):
             keep = r["scores"] >= threshold
@@ -229,6 +308,22 @@ class Predictor:
             )
         return dets
 
+    @torch.inference_mode()
+    def run_model(
+        self, images: torch.Tensor, pixel_mask: torch.Tensor, orig_sizes_hw: torch.Tensor
+    ) -> list[dict[str, torch.Tensor]]:
+        """The network (this predictor's backend) and the model's ``postprocess`` on a batch.
+
+        Args:
+            images: ``float32 [B, 3, H, W]`` normalised, zero-padded (:meth:`Batch.normalized`).
+            pixel_mask: ``bool [B, H, W]``, True on real pixels.
+            orig_sizes_hw: ``[B, 2]`` (height, width) the boxes are scaled to.
+        Returns:
+            ``B`` dicts ``{"scores", "labels", "boxes"}`` (xyxy pixels), unthresholded.
+        """
+        outputs = self.model(images, pixel_mask) if self._onnx is None else self._onnx(images, pixel_mask)
+        return self.model.postprocess(outputs, orig_sizes_hw)
+
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, dict[str, Any]]:
         """PIL RGB -> ``(uint8 [3, h, w], target dict)`` through the eval transform (batches are
         normalised on the device, :meth:`detrkit.data.collate.Batch.normalized`)."""
@@ -243,6 +338,14 @@ class Predictor:
         )
         tensor, target = self.transform(tensor, target)
         return tensor.as_subclass(torch.Tensor), {"orig_size": (image.height, image.width)}
+
+
+def _backend_device(device: str | torch.device | None, backend: str) -> torch.device:
+    """``None`` means the best device for ``torch`` and the CPU for ``onnxruntime`` (whose CUDA
+    provider needs onnxruntime-gpu)."""
+    if device is None and backend == "onnxruntime":
+        return torch.device("cpu")
+    return resolve_device(device)
 
 
 def resolve_images(images: ImageSource) -> list[Image.Image | Path]:

@@ -13,7 +13,6 @@ images are already normalised by our data pipeline), so its outputs are in the i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from detrkit.boxes import box_cxcywh_to_xyxy
 from detrkit.models.backbone import load_imagenet_weights
 from detrkit.models.base import Detector, check_inputs
+from detrkit.models.options import FasterRCNNOptions, FasterRCNNVGGOptions
 from detrkit.models.registry import register_model
 
 __all__ = [
@@ -171,33 +171,29 @@ def _transform(min_size: int, max_size: int) -> _NoResizeTransform:
     return _NoResizeTransform(min_size, max_size, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])
 
 
-def _check_common(num_classes: int, detections_per_img: int) -> None:
+def _check_common(num_classes: int, top_k: int) -> None:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if detections_per_img < 1:
-        raise ValueError(f"detections_per_img must be >= 1, got {detections_per_img}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
 
 
-@register_model("fasterrcnn-r50-fpn", family="faster-rcnn")
-def build_fasterrcnn_r50_fpn(
-    *,
-    num_classes: int,
-    backbone_weights: str | Path | None = None,
-    trainable_backbone_layers: int | None = None,
-    detections_per_img: int = 100,
-    score_thresh: float = 0.0,
-) -> FasterRCNNDetector:
+@register_model("fasterrcnn-r50-fpn", options=FasterRCNNOptions, family="faster-rcnn")
+def build_fasterrcnn_r50_fpn(*, num_classes: int, **options: Any) -> FasterRCNNDetector:
     """Faster R-CNN ResNet-50-FPN (torchvision), random weights unless ``backbone_weights`` is given.
 
     Args:
         num_classes: dataset classes ``K`` (torchvision gets ``K + 1`` with the background).
-        backbone_weights: ImageNet ResNet-50 weights (``.pth`` path or torchvision weight name);
-            with them BatchNorm is frozen and ``trainable_backbone_layers`` defaults to 3.
-        trainable_backbone_layers: ResNet stages trained (0-5; default 5 without weights).
-        detections_per_img: detections kept per image.
-        score_thresh: minimum score of a detection (0: none dropped, as the contract asks).
+        **options: the fields of :class:`~detrkit.models.options.FasterRCNNOptions`:
+            ``backbone_weights`` (ImageNet ResNet-50 weights, ``.pth`` path or torchvision weight
+            name; with them BatchNorm is frozen and ``trainable_backbone_layers`` defaults to 3),
+            ``trainable_backbone_layers`` (ResNet stages trained, 0-5; default 5 without
+            weights), ``top_k`` (detections kept per image), ``score_thresh`` (minimum score of
+            a detection; 0: none dropped, as the contract asks).
     """
-    _check_common(num_classes, detections_per_img)
+    o = FasterRCNNOptions(**options)
+    backbone_weights, trainable_backbone_layers = o.backbone_weights, o.trainable_backbone_layers
+    _check_common(num_classes, o.top_k)
     pretrained = backbone_weights is not None
     layers = trainable_backbone_layers if trainable_backbone_layers is not None else (3 if pretrained else 5)
     if not 0 <= layers <= 5:
@@ -220,8 +216,8 @@ def build_fasterrcnn_r50_fpn(
     net = FasterRCNN(
         backbone,
         num_classes=num_classes + 1,
-        box_detections_per_img=detections_per_img,
-        box_score_thresh=score_thresh,
+        box_detections_per_img=o.top_k,
+        box_score_thresh=o.score_thresh,
     )
     net.transform = _transform(800, 1333)
     return FasterRCNNDetector(net, num_classes=num_classes, model_name="fasterrcnn-r50-fpn")
@@ -230,18 +226,11 @@ def build_fasterrcnn_r50_fpn(
 _VGG_CONFIGS = {"vgg16": "D", "vgg19": "E"}
 
 
-def _build_fasterrcnn_vgg(
-    name: str,
-    *,
-    num_classes: int,
-    backbone_weights: str | Path | None,
-    anchor_sizes: tuple[int, ...],
-    aspect_ratios: tuple[float, ...],
-    detections_per_img: int,
-    score_thresh: float,
-) -> FasterRCNNDetector:
+def _build_fasterrcnn_vgg(name: str, *, num_classes: int, **options: Any) -> FasterRCNNDetector:
     """Faster R-CNN on the ``features`` of torchvision's VGG ``name`` (see :func:`build_fasterrcnn_vgg16`)."""
-    _check_common(num_classes, detections_per_img)
+    o = FasterRCNNVGGOptions(**options)
+    backbone_weights, anchor_sizes, aspect_ratios = o.backbone_weights, o.anchor_sizes, o.aspect_ratios
+    _check_common(num_classes, o.top_k)
     if not anchor_sizes or not aspect_ratios:
         raise ValueError(
             "anchor_sizes and aspect_ratios must be non-empty tuples, e.g. (32, 64, 128) and (0.5, 1.0, 2.0)"
@@ -267,65 +256,32 @@ def _build_fasterrcnn_vgg(
         num_classes=num_classes + 1,
         rpn_anchor_generator=anchors,
         box_roi_pool=roi_pool,
-        box_detections_per_img=detections_per_img,
-        box_score_thresh=score_thresh,
+        box_detections_per_img=o.top_k,
+        box_score_thresh=o.score_thresh,
     )
     net.transform = _transform(600, 1000)
     return FasterRCNNDetector(net, num_classes=num_classes, model_name=f"fasterrcnn-{name}")
 
 
-@register_model("fasterrcnn-vgg16", family="faster-rcnn")
-def build_fasterrcnn_vgg16(
-    *,
-    num_classes: int,
-    backbone_weights: str | Path | None = None,
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
-    detections_per_img: int = 100,
-    score_thresh: float = 0.0,
-) -> FasterRCNNDetector:
+@register_model("fasterrcnn-vgg16", options=FasterRCNNVGGOptions, family="faster-rcnn")
+def build_fasterrcnn_vgg16(*, num_classes: int, **options: Any) -> FasterRCNNDetector:
     """Faster R-CNN with VGG16 features (stride 16, 512 channels; Ren et al., 2015), one feature map.
 
     Args:
         num_classes: dataset classes ``K``.
-        backbone_weights: ImageNet VGG16 weights (``.pth`` path or torchvision weight name); with
-            them the first 4 convolutions stay frozen, as in the paper.
-        anchor_sizes: anchor sizes in pixels of the input image.
-        aspect_ratios: anchor aspect ratios (height / width).
-        detections_per_img: detections kept per image.
-        score_thresh: minimum score of a detection.
+        **options: the fields of :class:`~detrkit.models.options.FasterRCNNVGGOptions`:
+            ``backbone_weights`` (ImageNet VGG16 weights, ``.pth`` path or torchvision weight
+            name; with them the first 4 convolutions stay frozen, as in the paper),
+            ``anchor_sizes`` (in pixels of the input image), ``aspect_ratios`` (height / width),
+            ``top_k`` (detections kept per image), ``score_thresh`` (minimum score of a detection).
     """
-    return _build_fasterrcnn_vgg(
-        "vgg16",
-        num_classes=num_classes,
-        backbone_weights=backbone_weights,
-        anchor_sizes=anchor_sizes,
-        aspect_ratios=aspect_ratios,
-        detections_per_img=detections_per_img,
-        score_thresh=score_thresh,
-    )
+    return _build_fasterrcnn_vgg("vgg16", num_classes=num_classes, **options)
 
 
-@register_model("fasterrcnn-vgg19", family="faster-rcnn")
-def build_fasterrcnn_vgg19(
-    *,
-    num_classes: int,
-    backbone_weights: str | Path | None = None,
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
-    detections_per_img: int = 100,
-    score_thresh: float = 0.0,
-) -> FasterRCNNDetector:
+@register_model("fasterrcnn-vgg19", options=FasterRCNNVGGOptions, family="faster-rcnn")
+def build_fasterrcnn_vgg19(*, num_classes: int, **options: Any) -> FasterRCNNDetector:
     """Faster R-CNN with VGG19 features (16 convolutions, stride 16, 512 channels), one feature map.
 
     The options of :func:`build_fasterrcnn_vgg16`; ``backbone_weights`` are ImageNet VGG19 weights.
     """
-    return _build_fasterrcnn_vgg(
-        "vgg19",
-        num_classes=num_classes,
-        backbone_weights=backbone_weights,
-        anchor_sizes=anchor_sizes,
-        aspect_ratios=aspect_ratios,
-        detections_per_img=detections_per_img,
-        score_thresh=score_thresh,
-    )
+    return _build_fasterrcnn_vgg("vgg19", num_classes=num_classes, **options)

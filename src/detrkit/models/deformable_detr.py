@@ -15,15 +15,13 @@ the current and the older key naming, onto ours.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from detrkit.models.backbone import Backbone, Norm, downsample_mask
+from detrkit.models.backbone import Backbone, downsample_mask
 from detrkit.models.base import Detector, check_inputs, postprocess_sigmoid_topk
 from detrkit.models.criterion import SetCriterion
 from detrkit.models.deformable_hf import deformable_state_dict_from_hf
@@ -31,6 +29,7 @@ from detrkit.models.deformable_transformer import DeformableTransformer, Transfo
 from detrkit.models.denoising import make_denoising_queries
 from detrkit.models.detr import MLP
 from detrkit.models.matcher import HungarianMatcher, one_to_many_options
+from detrkit.models.options import DeformableDETROptions
 from detrkit.models.position import PositionEmbeddingSine
 from detrkit.models.registry import register_model
 
@@ -306,46 +305,7 @@ class DeformableDETR(Detector):
         )
 
 
-def build_deformable_detr(
-    *,
-    num_classes: int,
-    backbone: str = "resnet50",
-    backbone_weights: str | Path | None = None,
-    backbone_norm: Norm = "frozen_bn",
-    trainable_backbone_layers: int | None = None,
-    backbone_width: int = 64,
-    d_model: int = 256,
-    n_heads: int = 8,
-    num_encoder_layers: int = 6,
-    num_decoder_layers: int = 6,
-    ffn_dim: int = 1024,
-    dropout: float = 0.1,
-    num_feature_levels: int = 4,
-    norm_groups: int = 32,
-    enc_n_points: int = 4,
-    dec_n_points: int = 4,
-    num_queries: int = 300,
-    with_box_refine: bool = False,
-    two_stage: bool = False,
-    aux_loss: bool = True,
-    cost_class: float = 2.0,
-    cost_bbox: float = 5.0,
-    cost_giou: float = 2.0,
-    weight_ce: float = 2.0,
-    weight_bbox: float = 5.0,
-    weight_giou: float = 2.0,
-    focal_alpha: float = 0.25,
-    top_k: int = 100,
-    one_to_many: dict[str, int] | None = None,
-    two_stage_class_aware: bool = False,
-    two_stage_k: int = 1,
-    two_stage_query: str = "position",
-    num_denoising: int = 0,
-    dn_label_noise: float = 0.5,
-    dn_box_noise: float = 1.0,
-    dense_weight: float = 0.0,
-    dense_center_fraction: float = 0.5,
-) -> DeformableDETR:
+def build_deformable_detr(*, num_classes: int, **options: Any) -> DeformableDETR:
     """Build a Deformable DETR with random weights (defaults: the paper's R50 model and loss).
 
     ``backbone_weights`` optionally loads ImageNet weights into the ResNet (see
@@ -360,118 +320,122 @@ def build_deformable_detr(
     the targets' classes and rank them by their best class / match each target to ``k`` proposals
     (dense supervision of the encoder, which speeds up learning from scratch; see
     :class:`~detrkit.models.criterion.SetCriterion` ``enc_class_aware``, ``enc_k``).
+
+    ``options`` are the fields of :class:`~detrkit.models.options.DeformableDETROptions`, given as
+    Python values (:func:`~detrkit.models.registry.build_model` checks and converts them first);
+    another name raises ``TypeError``, invalid values or combinations ``ValueError``.
     """
-    if (two_stage_class_aware or two_stage_k != 1 or two_stage_query != "position") and not two_stage:
+    o = DeformableDETROptions(**options)
+    if (o.two_stage_class_aware or o.two_stage_k != 1 or o.two_stage_query != "position") and not o.two_stage:
         raise ValueError("two_stage_class_aware, two_stage_k and two_stage_query need two_stage: true")
-    o2m = one_to_many_options(one_to_many)
-    if num_feature_levels < 1:
-        raise ValueError(f"num_feature_levels must be >= 1, got {num_feature_levels}")
-    stages = _BACKBONE_STAGES[-min(num_feature_levels, len(_BACKBONE_STAGES)) :]
+    o2m = one_to_many_options(o.one_to_many)
+    if o.num_feature_levels < 1:
+        raise ValueError(f"num_feature_levels must be >= 1, got {o.num_feature_levels}")
+    stages = _BACKBONE_STAGES[-min(o.num_feature_levels, len(_BACKBONE_STAGES)) :]
     trunk = Backbone(
-        backbone,
+        o.backbone,
         return_layers=stages,
-        trainable_layers=trainable_backbone_layers,
-        weights=backbone_weights,
-        norm=backbone_norm,
-        width=backbone_width,
+        trainable_layers=o.trainable_backbone_layers,
+        weights=o.backbone_weights,
+        norm=o.backbone_norm,
+        width=o.backbone_width,
     )
     transformer = DeformableTransformer(
-        d_model=d_model,
-        n_heads=n_heads,
-        num_encoder_layers=num_encoder_layers,
-        num_decoder_layers=num_decoder_layers,
-        ffn_dim=ffn_dim,
-        dropout=dropout,
-        n_levels=num_feature_levels,
-        enc_n_points=enc_n_points,
-        dec_n_points=dec_n_points,
-        num_queries=num_queries,
-        two_stage=two_stage,
-        proposal_score="max" if two_stage_class_aware else "first",
-        query_content=two_stage_query,
+        d_model=o.d_model,
+        n_heads=o.num_heads,
+        num_encoder_layers=o.num_encoder_layers,
+        num_decoder_layers=o.num_decoder_layers,
+        ffn_dim=o.dim_feedforward,
+        dropout=o.dropout,
+        n_levels=o.num_feature_levels,
+        enc_n_points=o.enc_n_points,
+        dec_n_points=o.dec_n_points,
+        num_queries=o.num_queries,
+        two_stage=o.two_stage,
+        proposal_score="max" if o.two_stage_class_aware else "first",
+        query_content=o.two_stage_query,
     )
     matcher = HungarianMatcher(
-        cost_class=cost_class,
-        cost_bbox=cost_bbox,
-        cost_giou=cost_giou,
+        cost_class=o.cost_class,
+        cost_bbox=o.cost_bbox,
+        cost_giou=o.cost_giou,
         class_cost="focal",
-        focal_alpha=focal_alpha,
+        focal_alpha=o.focal_alpha,
     )
     criterion = SetCriterion(
         num_classes=num_classes,
         matcher=matcher,
         loss="focal",
-        weight_ce=weight_ce,
-        weight_bbox=weight_bbox,
-        weight_giou=weight_giou,
-        focal_alpha=focal_alpha,
+        weight_ce=o.weight_ce,
+        weight_bbox=o.weight_bbox,
+        weight_giou=o.weight_giou,
+        focal_alpha=o.focal_alpha,
         one_to_many_k=o2m["k"],
         one_to_many_weight=o2m["weight"],
-        enc_class_aware=two_stage_class_aware,
-        enc_k=two_stage_k,
-        weight_dense=dense_weight,
-        dense_center_fraction=dense_center_fraction,
+        enc_class_aware=o.two_stage_class_aware,
+        enc_k=o.two_stage_k,
+        weight_dense=o.dense_weight,
+        dense_center_fraction=o.dense_center_fraction,
     )
     return DeformableDETR(
         backbone=trunk,
         transformer=transformer,
         num_classes=num_classes,
-        num_feature_levels=num_feature_levels,
-        norm_groups=norm_groups,
-        with_box_refine=with_box_refine,
-        aux_loss=aux_loss,
+        num_feature_levels=o.num_feature_levels,
+        norm_groups=o.norm_groups,
+        with_box_refine=o.with_box_refine,
+        aux_loss=o.aux_loss,
         criterion=criterion,
-        top_k=top_k,
+        top_k=o.top_k,
         one_to_many_queries=o2m["queries"],
-        num_denoising=num_denoising,
-        dn_label_noise=dn_label_noise,
-        dn_box_noise=dn_box_noise,
-        dense_head=dense_weight > 0,
+        num_denoising=o.num_denoising,
+        dn_label_noise=o.dn_label_noise,
+        dn_box_noise=o.dn_box_noise,
+        dense_head=o.dense_weight > 0,
     )
 
 
-def _build_registered(
-    num_classes: int, defaults: dict[str, Any], overrides: dict[str, Any]
-) -> DeformableDETR:
-    allowed = set(inspect.signature(build_deformable_detr).parameters) - {"num_classes"}
-    unknown = sorted(set(overrides) - allowed)
-    if unknown:
-        raise ValueError(f"unknown Deformable DETR option(s) {unknown}; valid options: {sorted(allowed)}")
-    return build_deformable_detr(num_classes=num_classes, **{**defaults, **overrides})
+def _register(name: str, defaults: dict[str, Any], **info: Any) -> Any:
+    """``@register_model`` of a Deformable DETR builder: its options class and defaults."""
+    return register_model(
+        name, options=DeformableDETROptions, defaults=defaults, family="deformable-detr", **info
+    )
 
 
-@register_model("deformable-detr-r50", family="deformable-detr", hf_id="SenseTime/deformable-detr")
-def deformable_detr_r50(*, num_classes: int, **overrides: Any) -> DeformableDETR:
-    """Deformable DETR, ResNet-50, 4 levels, 300 queries, 6+6 layers (options of :func:`build_deformable_detr`)."""
-    return _build_registered(num_classes, {}, overrides)
+@_register("deformable-detr-r50", {}, hf_id="SenseTime/deformable-detr")
+def deformable_detr_r50(*, num_classes: int, **options: Any) -> DeformableDETR:
+    """Deformable DETR, ResNet-50, 4 levels, 300 queries, 6+6 layers (options: :class:`DeformableDETROptions`)."""
+    return build_deformable_detr(num_classes=num_classes, **options)
 
 
-@register_model(
-    "deformable-detr-r50-refine", family="deformable-detr", hf_id="SenseTime/deformable-detr-with-box-refine"
-)
-def deformable_detr_r50_refine(*, num_classes: int, **overrides: Any) -> DeformableDETR:
+_REFINE = {"with_box_refine": True}
+
+
+@_register("deformable-detr-r50-refine", _REFINE, hf_id="SenseTime/deformable-detr-with-box-refine")
+def deformable_detr_r50_refine(*, num_classes: int, **options: Any) -> DeformableDETR:
     """Deformable DETR R50 with iterative bounding box refinement."""
-    return _build_registered(num_classes, {"with_box_refine": True}, overrides)
+    return build_deformable_detr(num_classes=num_classes, **{**_REFINE, **options})
 
 
-@register_model(
-    "deformable-detr-r50-two-stage",
-    family="deformable-detr",
-    hf_id="SenseTime/deformable-detr-with-box-refine-two-stage",
+_TWO_STAGE = {"with_box_refine": True, "two_stage": True}
+
+
+@_register(
+    "deformable-detr-r50-two-stage", _TWO_STAGE, hf_id="SenseTime/deformable-detr-with-box-refine-two-stage"
 )
-def deformable_detr_r50_two_stage(*, num_classes: int, **overrides: Any) -> DeformableDETR:
+def deformable_detr_r50_two_stage(*, num_classes: int, **options: Any) -> DeformableDETR:
     """Deformable DETR R50 with box refinement and two-stage proposals (the paper's best variant)."""
-    return _build_registered(num_classes, {"with_box_refine": True, "two_stage": True}, overrides)
+    return build_deformable_detr(num_classes=num_classes, **{**_TWO_STAGE, **options})
 
 
 #: Options of the tiny test/CPU model.
 TINY_DEFAULTS: dict[str, Any] = {
     "backbone": "resnet18",
     "d_model": 32,
-    "n_heads": 2,
+    "num_heads": 2,
     "num_encoder_layers": 1,
     "num_decoder_layers": 2,
-    "ffn_dim": 64,
+    "dim_feedforward": 64,
     "enc_n_points": 2,
     "dec_n_points": 2,
     "num_queries": 20,
@@ -481,8 +445,8 @@ TINY_DEFAULTS: dict[str, Any] = {
 }
 
 
-@register_model("deformable-detr-tiny", family="deformable-detr")
-def deformable_detr_tiny(*, num_classes: int, **overrides: Any) -> DeformableDETR:
+@_register("deformable-detr-tiny", TINY_DEFAULTS)
+def deformable_detr_tiny(*, num_classes: int, **options: Any) -> DeformableDETR:
     """Tiny Deformable DETR for tests and CPU: ResNet-18, d_model 32, 1+2 layers, 20 queries, 2 points,
     8 GroupNorm groups (works on inputs from 32 px at batch size 1)."""
-    return _build_registered(num_classes, TINY_DEFAULTS, overrides)
+    return build_deformable_detr(num_classes=num_classes, **{**TINY_DEFAULTS, **options})

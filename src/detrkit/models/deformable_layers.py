@@ -37,8 +37,12 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
 
 def _device_ints(values: Sequence[int], device: torch.device) -> Tensor:
     """``int64[len(values)]`` on ``device`` built by fill kernels: unlike ``torch.tensor(values,
-    device=cuda)``, no blocking host-to-device copy (a host sync) in the forward pass."""
-    return torch.stack([torch.full((), v, dtype=torch.long, device=device) for v in values])
+    device=cuda)``, no blocking host-to-device copy (a host sync) in the forward pass. Under
+    ``torch.jit.trace`` (ONNX export) sizes are 0-dim tensors: stacked as they are, they stay
+    functions of the input shape instead of constants."""
+    return torch.stack(
+        [v if isinstance(v, Tensor) else torch.full((), v, dtype=torch.long, device=device) for v in values]
+    )
 
 
 @dataclass
@@ -67,7 +71,8 @@ class FlatLevels:
     @classmethod
     def from_masks(cls, masks: Sequence[Tensor]) -> FlatLevels:
         """From ``L`` masks ``bool[B, H_l, W_l]`` (True on real pixels); no host sync."""
-        shapes_list = [(int(m.shape[1]), int(m.shape[2])) for m in masks]
+        # no int(): traced (ONNX export) sizes must stay symbolic; eager sizes are ints already
+        shapes_list = [(m.shape[1], m.shape[2]) for m in masks]
         starts = [0]
         for h, w in shapes_list[:-1]:
             starts.append(starts[-1] + h * w)
@@ -113,9 +118,9 @@ def encoder_reference_points(levels: FlatLevels) -> Tensor:
     ratios = levels.valid_ratios
     points = []
     for level, (h, w) in enumerate(levels.shapes_list):
-        ys, xs = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=ratios.dtype, device=ratios.device),
-            torch.linspace(0.5, w - 0.5, w, dtype=ratios.dtype, device=ratios.device),
+        ys, xs = torch.meshgrid(  # arange, not linspace: follows a traced (ONNX export) size
+            torch.arange(0.5, h, dtype=ratios.dtype, device=ratios.device),
+            torch.arange(0.5, w, dtype=ratios.dtype, device=ratios.device),
             indexing="ij",
         )
         ys = ys.reshape(-1)[None] / (ratios[:, None, level, 1] * h)

@@ -239,9 +239,9 @@ class DeformableTransformer(nn.Module):
         for level, (h, w) in enumerate(levels.shapes_list):
             start = levels.start_index_list[level]
             valid = levels.valid_mask[:, start : start + h * w].view(b, h, w)
-            ys, xs = torch.meshgrid(
-                torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
+            ys, xs = torch.meshgrid(  # arange, not linspace: follows a traced (ONNX export) size
+                torch.arange(h, dtype=torch.float32, device=memory.device),
+                torch.arange(w, dtype=torch.float32, device=memory.device),
                 indexing="ij",
             )
             scale = torch.stack([valid[:, 0, :].sum(1), valid[:, :, 0].sum(1)], -1).view(b, 1, 1, 2)

@@ -2,24 +2,23 @@
 
 Registered names: ``detr-r50``, ``detr-r101`` (the Hugging Face ``facebook/detr-resnet-50/-101``
 architectures), ``detr-r18`` and ``detr-tiny`` (ResNet-18, d_model 64, 2+2 layers: tests and the
-CPU demo). Every option of :func:`build_detr` can be overridden through
-``build_model(name, num_classes=K, **overrides)``.
+CPU demo). Every option of :class:`~detrkit.models.options.DETROptions` can be overridden through
+``build_model(name, num_classes=K, **options)``.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from detrkit.models.backbone import Backbone, Norm
+from detrkit.models.backbone import Backbone
 from detrkit.models.base import Detector, check_inputs, postprocess_sigmoid_topk, postprocess_softmax
 from detrkit.models.criterion import SetCriterion
 from detrkit.models.matcher import HungarianMatcher, one_to_many_options
+from detrkit.models.options import DETROptions
 from detrkit.models.position import PositionEmbeddingSine
 from detrkit.models.registry import register_model
 from detrkit.models.transformer import Transformer
@@ -110,7 +109,7 @@ class DETR(Detector):
             targets: optional ``B`` dicts (``"boxes"`` ``[N, 4]`` cxcywh normalised, ``"labels"``).
         Returns:
             ``"pred_logits"`` ``[B, Q, K+1]`` (``"ce"``) or ``[B, Q, K]`` (``"focal"``),
-            ``"pred_boxes"`` ``[B, Q, 4]`` cxcywh normalised, ``"aux_outputs"`` (``dec_layers - 1``
+            ``"pred_boxes"`` ``[B, Q, 4]`` cxcywh normalised, ``"aux_outputs"`` (``num_decoder_layers - 1``
             dicts, empty without ``aux_loss``), ``"stacked"`` (``(logits [L, B, Q, C], boxes
             [L, B, Q, 4])``: the aux layers then the last one, views of the same tensors), and with targets the losses of
             :class:`~detrkit.models.criterion.SetCriterion`.
@@ -157,64 +156,31 @@ class DETR(Detector):
         )
 
 
-def build_detr(
-    *,
-    num_classes: int,
-    backbone: str = "resnet50",
-    return_layer: str = "layer4",
-    dilation: bool = False,
-    trainable_backbone_layers: int | None = None,
-    backbone_weights: str | Path | None = None,
-    backbone_norm: Norm = "frozen_bn",
-    d_model: int = 256,
-    num_heads: int = 8,
-    enc_layers: int = 6,
-    dec_layers: int = 6,
-    dim_feedforward: int = 2048,
-    dropout: float = 0.1,
-    num_queries: int = 100,
-    aux_loss: bool = True,
-    loss: Literal["ce", "focal"] = "ce",
-    eos_coef: float = 0.1,
-    cost_class: float | None = None,
-    cost_bbox: float = 5.0,
-    cost_giou: float = 2.0,
-    weight_ce: float | None = None,
-    weight_bbox: float = 5.0,
-    weight_giou: float = 2.0,
-    focal_alpha: float = 0.25,
-    top_k: int | None = None,
-    one_to_many: dict[str, int] | None = None,
-    model_name: str = "detr",
-) -> DETR:
+def build_detr(*, num_classes: int, model_name: str = "detr", **options: Any) -> DETR:
     """Build a DETR with random weights (``backbone_weights`` optionally loads ImageNet weights).
 
     Args:
         num_classes: dataset classes ``K``.
-        backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"resnet101"``.
-        return_layer: backbone stage fed to the transformer (``"layer4"`` stride 32, ``"layer3"``
-            stride 16 for small images).
-        dilation: DC5 (dilated ``layer4``).
-        trainable_backbone_layers: backbone stages trained (default: layer2 up to ``return_layer``, as DETR).
-        backbone_weights: torchvision ResNet ``.pth`` path or weight name (e.g. ``"IMAGENET1K_V1"``).
-        backbone_norm: ``"frozen_bn"`` (pretrained weights), ``"bn"`` or ``"gn"`` (trainable: from
-            scratch; the whole backbone, stem included, then trains unless
-            ``trainable_backbone_layers`` says otherwise). See :class:`Backbone`.
-        d_model, num_heads, enc_layers, dec_layers, dim_feedforward, dropout: transformer shape.
-        num_queries: object queries (max detections per image).
-        aux_loss: auxiliary decoding losses on every decoder layer.
-        loss: ``"ce"`` (DETR) or ``"focal"`` (sigmoid focal classification, Deformable DETR style).
-        eos_coef: no-object weight (``"ce"``).
-        cost_class, cost_bbox, cost_giou: matcher weights (``cost_class`` default 1 for ``"ce"``,
-            2 for ``"focal"``).
-        weight_ce, weight_bbox, weight_giou: loss weights (``weight_ce`` default 1 / 2 likewise).
-        focal_alpha: focal loss alpha.
-        top_k: detections kept by ``postprocess``.
-        one_to_many: hybrid matching (H-DETR), training only: ``{"k": 4, "queries": 100}`` adds
-            ``queries`` extra queries matched to the targets repeated ``k`` times (optional
-            ``"weight"`` of their loss, default 1). ``None``: off.
         model_name: stored as ``model.model_name`` (the registry sets it to the registered name).
+        **options: the fields of :class:`~detrkit.models.options.DETROptions` (their defaults:
+            DETR R50), given as Python values; :func:`~detrkit.models.registry.build_model` checks
+            and converts them first. Notably ``return_layer`` (``"layer3"``: stride 16 for small
+            images), ``trainable_backbone_layers`` (default: layer2 up to ``return_layer``, as
+            DETR), ``backbone_norm`` (``"bn"``/``"gn"``: trainable norms, from scratch; the whole
+            backbone then trains unless ``trainable_backbone_layers`` says otherwise, see
+            :class:`Backbone`), ``d_model``, ``num_heads``, ``num_encoder_layers``,
+            ``num_decoder_layers``, ``dim_feedforward``, ``dropout`` (the transformer),
+            ``loss`` (``"ce"`` or ``"focal"``), the matcher costs ``cost_*`` and loss weights
+            ``weight_*`` (``cost_class``/``weight_ce`` default 1 for ``"ce"``, 2 for ``"focal"``),
+            ``one_to_many`` (hybrid matching, H-DETR, training only: ``{"k": 4, "queries": 100}``
+            adds ``queries`` extra queries matched to the targets repeated ``k`` times, optional
+            ``"weight"`` of their loss).
+    Raises:
+        TypeError: an option that is no field of ``DETROptions``.
+        ValueError: invalid values or combinations.
     """
+    o = DETROptions(**options)
+    loss, num_queries, d_model = o.loss, o.num_queries, o.d_model
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if loss not in ("ce", "focal"):
@@ -224,67 +190,61 @@ def build_detr(
     if d_model % 4:
         raise ValueError(f"d_model must be a multiple of 4 (sine position embedding), got {d_model}")
     default_class = 1.0 if loss == "ce" else 2.0
-    o2m = one_to_many_options(one_to_many)
+    o2m = one_to_many_options(o.one_to_many)
     matcher = HungarianMatcher(
-        cost_class=default_class if cost_class is None else cost_class,
-        cost_bbox=cost_bbox,
-        cost_giou=cost_giou,
+        cost_class=default_class if o.cost_class is None else o.cost_class,
+        cost_bbox=o.cost_bbox,
+        cost_giou=o.cost_giou,
         class_cost=loss,
-        focal_alpha=focal_alpha,
+        focal_alpha=o.focal_alpha,
     )
     criterion = SetCriterion(
         num_classes=num_classes,
         matcher=matcher,
         loss=loss,
-        weight_ce=default_class if weight_ce is None else weight_ce,
-        weight_bbox=weight_bbox,
-        weight_giou=weight_giou,
-        eos_coef=eos_coef,
-        focal_alpha=focal_alpha,
+        weight_ce=default_class if o.weight_ce is None else o.weight_ce,
+        weight_bbox=o.weight_bbox,
+        weight_giou=o.weight_giou,
+        eos_coef=o.eos_coef,
+        focal_alpha=o.focal_alpha,
         one_to_many_k=o2m["k"],
         one_to_many_weight=o2m["weight"],
     )
     return DETR(
         backbone=Backbone(
-            backbone,
-            return_layer=return_layer,
-            dilation=dilation,
-            trainable_layers=trainable_backbone_layers,
-            weights=backbone_weights,
-            norm=backbone_norm,
+            o.backbone,
+            return_layer=o.return_layer,
+            dilation=o.dilation,
+            trainable_layers=o.trainable_backbone_layers,
+            weights=o.backbone_weights,
+            norm=o.backbone_norm,
         ),
         transformer=Transformer(
             d_model=d_model,
-            num_heads=num_heads,
-            enc_layers=enc_layers,
-            dec_layers=dec_layers,
-            dim_feedforward=dim_feedforward,
-            dropout=dropout,
+            num_heads=o.num_heads,
+            enc_layers=o.num_encoder_layers,
+            dec_layers=o.num_decoder_layers,
+            dim_feedforward=o.dim_feedforward,
+            dropout=o.dropout,
         ),
         criterion=criterion,
         num_classes=num_classes,
         num_queries=num_queries,
         loss=loss,
-        aux_loss=aux_loss,
-        top_k=top_k,
+        aux_loss=o.aux_loss,
+        top_k=o.top_k,
         model_name=model_name,
         one_to_many_queries=o2m["queries"],
     )
 
 
-_OPTIONS = frozenset(inspect.signature(build_detr).parameters) - {"num_classes", "model_name"}
-
-
 def _builder(name: str, defaults: dict[str, Any], doc: str, **info: Any) -> Callable[..., DETR]:
-    def build(*, num_classes: int, **overrides: Any) -> DETR:
-        unknown = sorted(set(overrides) - _OPTIONS)
-        if unknown:
-            raise ValueError(f"{name} does not accept option(s) {unknown}; valid options: {sorted(_OPTIONS)}")
-        return build_detr(num_classes=num_classes, **{**defaults, "model_name": name, **overrides})
+    def build(*, num_classes: int, **options: Any) -> DETR:
+        return build_detr(num_classes=num_classes, model_name=name, **{**defaults, **options})
 
-    build.__doc__ = f"{doc}\n\nDefaults: {defaults}; options: see :func:`build_detr`."
+    build.__doc__ = f"{doc}\n\nDefaults: {defaults}; options: :class:`~detrkit.models.options.DETROptions`."
     build.__name__ = build.__qualname__ = "build_" + name.replace("-", "_")
-    return register_model(name, family="detr", defaults=dict(defaults), **info)(build)
+    return register_model(name, options=DETROptions, defaults=defaults, family="detr", **info)(build)
 
 
 build_detr_r50 = _builder(
@@ -311,8 +271,8 @@ build_detr_tiny = _builder(
         "return_layer": "layer3",
         "d_model": 64,
         "num_heads": 4,
-        "enc_layers": 2,
-        "dec_layers": 2,
+        "num_encoder_layers": 2,
+        "num_decoder_layers": 2,
         "dim_feedforward": 128,
         "dropout": 0.0,
         "num_queries": 50,

@@ -383,8 +383,8 @@ def build_model_from_hf(source: str | Path, *, num_classes: int | None = None) -
             name = (
                 "deformable-detr-r50-two-stage" if config.get("two_stage") else "deformable-detr-r50-refine"
             )
-        options = {**common, "n_heads": config["encoder_attention_heads"], "num_encoder_layers": config["encoder_layers"],
-                   "num_decoder_layers": config["decoder_layers"], "ffn_dim": config["encoder_ffn_dim"],
+        options = {**common, "num_heads": config["encoder_attention_heads"], "num_encoder_layers": config["encoder_layers"],
+                   "num_decoder_layers": config["decoder_layers"], "dim_feedforward": config["encoder_ffn_dim"],
                    "num_feature_levels": config.get("num_feature_levels", 4), "enc_n_points": config.get("encoder_n_points", 4),
                    "dec_n_points": config.get("decoder_n_points", 4), "with_box_refine": bool(config.get("with_box_refine")),
                    "two_stage": bool(config.get("two_stage")), "cost_class": config.get("class_cost", 2),
@@ -395,8 +395,8 @@ def build_model_from_hf(source: str | Path, *, num_classes: int | None = None) -
         if config.get("activation_function", "relu") != "relu":
             raise CheckpointError("only ReLU feed-forward activations are supported", path=source)
         name = {"resnet18": "detr-r18", "resnet101": "detr-r101"}.get(bb["backbone"], "detr-r50")
-        options = {**common, **bb, "num_heads": config["encoder_attention_heads"], "enc_layers": config["encoder_layers"],
-                   "dec_layers": config["decoder_layers"], "dim_feedforward": config["encoder_ffn_dim"],
+        options = {**common, **bb, "num_heads": config["encoder_attention_heads"], "num_encoder_layers": config["encoder_layers"],
+                   "num_decoder_layers": config["decoder_layers"], "dim_feedforward": config["encoder_ffn_dim"],
                    "eos_coef": config.get("eos_coefficient", 0.1), "cost_class": config.get("class_cost", 1)}  # fmt: skip
     model = build_model(name, num_classes=n, **options)
     _load_state(model, state, config, strict=True)

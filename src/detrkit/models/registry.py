@@ -1,7 +1,11 @@
 """Model registry (timm style): ``register_model``, ``build_model``, ``list_models``, ``model_info``.
 
-A builder is a function ``builder(*, num_classes: int, **overrides) -> Detector`` decorated with
-``@register_model("name")``. The registry is filled on first use by importing the modules that
+A builder is a function ``builder(*, num_classes: int, **options) -> Detector`` decorated with
+``@register_model("name", options=OptionsClass, defaults={...})``: ``options`` is the dataclass of
+its family's options (:mod:`detrkit.models.options`) and ``defaults`` the model's own values of
+some of them. :func:`build_model` checks the given options against that class (unknown names,
+types, ranges, old names) and calls the builder with every option. A builder registered without
+an options class takes none. The registry is filled on first use by importing the modules that
 define builders (:data:`MODEL_MODULES`), so ``import detrkit.models.registry`` stays cheap and has
 no import cycle with those modules.
 
@@ -10,6 +14,7 @@ Example::
     from detrkit.models.registry import build_model, list_models
     list_models()                 # ['deformable-detr-r50', ..., 'detr-tiny', ...]
     model = build_model("detr-tiny", num_classes=3, num_queries=20)
+    model_info("detr-tiny").default_options()   # DETROptions(backbone='resnet18', d_model=64, ...)
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from detrkit.models.base import Detector
+from detrkit.models.options import ModelOptionError, check_options, option_values
 
 __all__ = ["MODEL_MODULES", "ModelInfo", "build_model", "list_models", "model_info", "register_model"]
 
@@ -48,6 +54,8 @@ class ModelInfo:
         module: the module that defines it.
         description: first line of the builder's docstring.
         info: extra metadata given to :func:`register_model` (e.g. ``family``, ``hf_id``).
+        options: the options dataclass of the model's family (``None``: the model takes none).
+        defaults: the model's own values of some options (over the class's defaults).
     """
 
     name: str
@@ -55,26 +63,55 @@ class ModelInfo:
     module: str
     description: str
     info: dict[str, Any] = field(default_factory=dict)
+    options: type | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def default_options(self) -> Any:
+        """The options this model is built with when none are given (``None`` without options)."""
+        return None if self.options is None else self.check_options({})
+
+    def check_options(self, options: dict[str, Any]) -> Any:
+        """The model's defaults overridden by ``options``, checked (see :func:`build_model`)."""
+        if self.options is None:
+            if options:
+                raise ModelOptionError(
+                    f"{self.name} does not accept option(s) {sorted(options)}; valid options: none"
+                )
+            return None
+        return check_options(self.options, options, name=self.name, defaults=self.defaults)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (without the builder function)."""
-        return {"name": self.name, "module": self.module, "description": self.description, **self.info}
+        out = {"name": self.name, "module": self.module, "description": self.description, **self.info}
+        if self.options is not None:
+            out["options"] = self.options.__name__
+            out["defaults"] = dict(self.defaults)
+        return out
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 _populated = False
 
 
-def register_model(name: str, **info: Any) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder(*, num_classes, **overrides) -> Detector`` under ``name``.
+def register_model(
+    name: str, *, options: type | None = None, defaults: dict[str, Any] | None = None, **info: Any
+) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder(*, num_classes, **options) -> Detector`` under ``name``.
 
     Args:
         name: unique registry name (lowercase, dashes), e.g. ``"detr-tiny"``.
+        options: the dataclass of the options the builder takes (:mod:`detrkit.models.options`).
+        defaults: this model's values of some of those options (``{"d_model": 64}``).
         **info: metadata shown by :func:`model_info` (e.g. ``family="detr"``,
             ``hf_id="facebook/detr-resnet-50"``).
     Raises:
-        ValueError: if ``name`` is already registered by another function.
+        ValueError: if ``name`` is already registered by another function, or ``defaults`` are
+            not valid ``options``.
     """
+    if options is None and defaults:
+        raise ValueError(f"{name}: defaults given without an options class")
+    if options is not None:
+        check_options(options, {}, name=name, defaults=defaults)  # a wrong default fails at import
 
     def decorator(fn: Builder) -> Builder:
         existing = _REGISTRY.get(name)
@@ -90,6 +127,8 @@ def register_model(name: str, **info: Any) -> Callable[[Builder], Builder]:
             module=fn.__module__,
             description=doc.splitlines()[0] if doc else "",
             info=dict(info),
+            options=options,
+            defaults=dict(defaults or {}),
         )
         return fn
 
@@ -132,23 +171,24 @@ def build_model(name: str, *, num_classes: int, **overrides: Any) -> Detector:
     Args:
         name: a name from :func:`list_models`.
         num_classes: number of real classes ``K`` of the dataset (labels ``0..K-1``).
-        **overrides: builder options, e.g. ``num_queries=50``, ``d_model=128``.
+        **overrides: options of the model's family (the fields of ``model_info(name).options``),
+            e.g. ``num_queries=50``, ``d_model=128``; strings are converted (``"50"``), old names
+            (``n_heads``) read as the new ones.
     Returns:
         The :class:`Detector`, with ``model.model_name == name`` and ``model.num_classes == K``.
     Raises:
-        ValueError: unknown name, bad ``num_classes`` or an option the builder does not accept.
+        ValueError: unknown name, bad ``num_classes``; an unknown option or a value of the wrong
+            type or range raises :class:`~detrkit.models.options.ModelOptionError` (a
+            ``ValueError`` and a :class:`~detrkit.errors.ConfigError`); the builder's own checks
+            across options raise ``ValueError``.
     """
     entry = _lookup(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(
             f"num_classes must be a positive int (the number of dataset classes), got {num_classes!r}"
         )
-    params = inspect.signature(entry.builder).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(overrides) - set(params))
-        if unknown:
-            allowed = sorted(k for k in params if k != "num_classes")
-            raise ValueError(f"{name} does not accept option(s) {unknown}; valid options: {allowed}")
-    model = entry.builder(num_classes=num_classes, **overrides)
+    options = entry.check_options(overrides)
+    values = {} if options is None else option_values(options)
+    model = entry.builder(num_classes=num_classes, **values)
     model.model_name = name
     return model

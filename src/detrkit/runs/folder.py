@@ -23,9 +23,10 @@ from detrkit.evaluation.coco import STAT_NAMES
 from detrkit.evaluation.report import RunInfo
 from detrkit.runs.metrics import METRICS_CSV, read_metrics_csv
 
-#: Leaf keys that never define an experimental arm: seeds (any ``*.seed``) and where outputs go.
+#: Leaf keys that never define an experimental arm: seeds (any ``*.seed``), where outputs go and
+#: which experiment trackers log.
 SEED_KEYS: frozenset[str] = frozenset({"seed"})
-OUTPUT_PREFIXES: tuple[str, ...] = ("output.",)
+OUTPUT_PREFIXES: tuple[str, ...] = ("output.", "log.")
 STAT_KEYS: tuple[str, ...] = STAT_NAMES  # the COCO summary metrics, in pycocotools order
 
 

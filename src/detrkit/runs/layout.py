@@ -34,11 +34,24 @@ def next_run_dir(root: str | Path, name: str) -> Path:
     return candidate
 
 
+def default_run_name(name: str | None, source: str) -> str:
+    """``output.name``, else the config file's stem (``demo``), else ``run``."""
+    return name or Path(source).stem.replace("<", "").replace(">", "") or "run"
+
+
 def make_run_dir(*, root: str | Path, name: str, explicit: str | None, source: str = "config") -> Path:
-    """Create the run folder. An explicit ``output.dir`` must be new or empty (no silent overwrite)."""
+    """Create the run folder. An explicit ``output.dir`` must be new or empty (no silent overwrite);
+    a folder holding only the files of a ``--detach`` launch (``status.json``, ``train.log``, an empty
+    ``checkpoints/``) counts as empty: it was reserved for this run."""
+    from detrkit.runs.status import LAUNCH_FILES
+
     if explicit:
         path = Path(explicit)
-        if path.exists() and any(path.iterdir()):
+
+        def reserved(p: Path) -> bool:
+            return p.name in LAUNCH_FILES or (p.name == "checkpoints" and p.is_dir() and not any(p.iterdir()))
+
+        if path.exists() and not all(reserved(p) for p in path.iterdir()):
             raise ConfigError(
                 f"{source}: output.dir {path} already holds a run; use --resume {path} to continue it "
                 "or pick another folder"

@@ -1,11 +1,19 @@
-"""What a run shows and logs while it trains: ``log.txt``, ``metrics.csv``, TensorBoard, the rich progress bar, plots.
+"""What a run shows and logs while it trains: ``log.txt``, ``metrics.csv``, ``status.json``,
+TensorBoard, the experiment trackers (W&B, MLflow: :mod:`detrkit.runs.trackers`), the rich progress
+bar, plots.
 
 Only the main process creates these; other processes get a :class:`RunLogger` with ``enabled=False``
 whose methods do nothing.
+
+The run's life: :meth:`RunLogger.begin` (status ``running``, trackers started with the config as
+parameters), :meth:`~RunLogger.csv_row` per epoch (``metrics.csv`` and the trackers),
+:meth:`~RunLogger.progress` (epoch and best metric into ``status.json``), then
+:meth:`~RunLogger.finish` with the summary or :meth:`~RunLogger.fail` with the exception.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -15,7 +23,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from detrkit.runs import status as run_status
 from detrkit.runs.metrics import METRICS_CSV, read_metrics_csv, write_metrics_csv
+from detrkit.runs.trackers import Tracker, check_trackers, numeric, open_trackers
 
 
 def _fmt(value: Any) -> str:
@@ -25,7 +35,7 @@ def _fmt(value: Any) -> str:
 
 
 class RunLogger:
-    """Console + ``log.txt`` + ``metrics.csv`` + TensorBoard for one run.
+    """Console + ``log.txt`` + ``metrics.csv`` + ``status.json`` + TensorBoard + trackers for one run.
 
     Args:
         run_dir: the run folder (``None``: console only).
@@ -33,6 +43,13 @@ class RunLogger:
         tensorboard: write TensorBoard scalars under ``run_dir/tb``.
         console: where messages and the live bar go (stderr in ``--json`` mode).
         quiet: no live bar and no per-epoch lines on the console (``log.txt`` still gets them).
+        trackers: the config's ``log`` section (:class:`~detrkit.config.schema.LogConfig`): which
+            experiment trackers :meth:`begin` starts; ``None``: none.
+        source: the config file, for error messages.
+
+    Raises:
+        ConfigError: ``trackers`` asks for a tracker whose package is not installed (checked on
+            every process, so that all of them stop).
     """
 
     def __init__(
@@ -43,7 +60,11 @@ class RunLogger:
         tensorboard: bool = True,
         console: Console | None = None,
         quiet: bool = False,
+        trackers: Any = None,
+        source: str = "<config>",
     ) -> None:
+        if trackers is not None:
+            check_trackers(trackers, source)
         self.run_dir = run_dir
         self.enabled = enabled
         self.quiet = quiet
@@ -57,6 +78,10 @@ class RunLogger:
         self._want_tb = bool(enabled and run_dir is not None and tensorboard)
         #: set when resuming: TensorBoard drops events at or after this step (no duplicated curves).
         self.purge_step: int | None = None
+        self._tracker_cfg = trackers
+        self._source = source
+        self._trackers: list[Tracker] = []
+        self._finished = False
         if enabled and run_dir is not None:
             self._log = open(run_dir / "log.txt", "a", buffering=1)  # noqa: SIM115 - closed in close()
 
@@ -103,6 +128,9 @@ class RunLogger:
         if not self.enabled or self.run_dir is None:
             return
         self.rewrite_csv([*read_metrics_csv(self.run_dir / METRICS_CSV), row])
+        if self._trackers and isinstance(row.get("epoch"), int):
+            values, step = numeric(row), int(row["epoch"])
+            self._to_trackers(lambda t: t.log_metrics(values, step))
 
     def rewrite_csv(self, rows: list[dict[str, Any]]) -> None:
         """Replace ``metrics.csv`` with ``rows`` (atomically)."""
@@ -161,6 +189,106 @@ class RunLogger:
         for k, v in rows.items():
             table.add_row(k, _fmt(v))
         self.console.print(table)
+
+    # -- the run's life (status.json and the trackers) ---------------------------------------------
+    @property
+    def _records(self) -> bool:
+        return self.enabled and self.run_dir is not None
+
+    def begin(
+        self,
+        *,
+        epochs: int,
+        epoch: int = 0,
+        best_metric: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """Training starts (or resumes at ``epoch``): ``status.json`` says ``running`` with this
+        process; the trackers start with ``params`` (the nested config, flattened)."""
+        if not self._records:
+            return
+        assert self.run_dir is not None
+        previous = (run_status.read_status(self.run_dir) or {}).get("trackers") or {}
+        if self._tracker_cfg is not None and not self._trackers:
+            from detrkit.runs.folder import flatten
+
+            self._trackers = open_trackers(
+                self._tracker_cfg,
+                run_dir=self.run_dir,
+                params=flatten(params or {}),
+                source=self._source,
+                previous=previous,
+                warn=self.warn,
+            )
+        run_status.write_status(
+            self.run_dir,
+            state="running",
+            **run_status.process_identity(),
+            started=time.time(),
+            epochs=epochs,
+            epoch=epoch,
+            best_metric=best_metric,
+            error=None,
+            finished=None,
+            trackers={**previous, **{t.name: t.ids() for t in self._trackers}},
+        )
+
+    def progress(self, *, epoch: int, best: float | None = None, best_epoch: int | None = None) -> None:
+        """An epoch is done (its row and checkpoints written): epoch and best into ``status.json``."""
+        if self._records:
+            run_status.write_status(self.run_dir, epoch=epoch, best=best, best_epoch=best_epoch)  # type: ignore[arg-type]
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Training ended normally: the trackers get the summary and end; ``status.json`` says
+        ``finished``."""
+        if not self._records:
+            return
+        step = int((summary.get("final") or {}).get("epoch") or summary.get("epochs") or 0)
+        self._to_trackers(lambda t: t.log_summary(summary, step))
+        self._end_trackers("finished")
+        run_status.write_status(
+            self.run_dir,  # type: ignore[arg-type]
+            state="finished",
+            best=summary.get("best"),
+            best_epoch=summary.get("best_epoch"),
+            finished=time.time(),
+        )
+        self._finished = True
+
+    def fail(self, error: BaseException) -> None:
+        """Training stopped with ``error``: ``interrupted`` for Ctrl-C, else ``failed`` with the
+        error's first line; the trackers end the same way. Safe after :meth:`close`."""
+        if not self._records or self._finished:
+            return
+        state = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        self._end_trackers(state)
+        assert self.run_dir is not None
+        if self.run_dir.is_dir():
+            run_status.write_status(
+                self.run_dir,
+                state=state,
+                error=None if state == "interrupted" else run_status.error_line(error),
+            )
+
+    def _to_trackers(self, call: Any) -> None:
+        """``call(tracker)`` for each tracker; one that fails (a server gone) is warned about and
+        left out for the rest of the run: the run folder is the record, training goes on."""
+        for tracker in list(self._trackers):
+            try:
+                call(tracker)
+            except Exception as err:
+                self._trackers.remove(tracker)
+                self.warn(f"{tracker.name}: logging failed ({err}); left out for the rest of this run")
+                with contextlib.suppress(Exception):  # the same server is likely gone
+                    tracker.finish("failed")
+
+    def _end_trackers(self, state: str) -> None:
+        trackers, self._trackers = self._trackers, []
+        for tracker in trackers:
+            try:
+                tracker.finish(state)
+            except Exception as err:  # a tracker that cannot end its run must not hide the real error
+                self.console.print(f"[yellow]warning:[/yellow] {tracker.name}: could not end the run ({err})")
 
     def close(self) -> None:
         self.end_epoch()

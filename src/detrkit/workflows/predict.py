@@ -15,6 +15,7 @@ from typing import Any
 
 from detrkit.data.visualize import draw_detections
 from detrkit.errors import ConfigError, DataError, ImageError
+from detrkit.inference.onnx_backend import check_backend
 from detrkit.inference.predictor import Predictor, resolve_images
 
 
@@ -28,31 +29,35 @@ def predict_to_folder(
     batch_size: int = 8,
     checkpoint: str = "best",
     device: str | None = None,
+    backend: str = "torch",
     draw: bool = True,
     progress: Callable[[int, int], None] | None = None,
     on_skip: Callable[[ImageError], None] | None = None,
 ) -> dict[str, Any]:
     """Detect objects in ``source`` (file, folder or glob) with the model of ``run`` (a run folder
-    or a checkpoint file) and write the files above.
+    or a checkpoint file) and write the files above. ``backend="onnxruntime"`` runs the run's
+    ONNX export (made on first use, see :class:`~detrkit.inference.predictor.Predictor`).
 
     One bad file does not cost the others: an unreadable image is skipped (``on_skip`` is called
     with its one-line error) and counted; ``images/`` is created only when something is drawn.
 
     Returns ``{"images" (predicted), "skipped", "skipped_files", "detections", "threshold",
-    "per_class": {name: count}, "predictions"}``.
+    "backend", "per_class": {name: count}, "predictions"}``.
     Raises:
-        ConfigError: a threshold outside [0, 1] or a batch size below 1.
+        ConfigError: a threshold outside [0, 1], a batch size below 1, an unknown backend,
+            ``onnxruntime`` without its package or with a model that cannot be exported.
         DataError: no images; ``ann`` lacks a source image or has other categories than the model.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    check_backend(backend)
     files = [p for p in resolve_images(source) if isinstance(p, Path)]
     predictor = (
-        Predictor.from_checkpoint(run, device=device)
+        Predictor.from_checkpoint(run, device=device, backend=backend)
         if run.is_file()
-        else Predictor.from_run(run, checkpoint=checkpoint, device=device)
+        else Predictor.from_run(run, checkpoint=checkpoint, device=device, backend=backend)
     )
     gt_by_name, gt_index = _load_gt(ann, files) if ann is not None else ({}, None)
     if gt_index is not None and gt_index.category_ids != sorted(predictor.category_ids):
@@ -98,6 +103,7 @@ def predict_to_folder(
         "skipped_files": skipped,
         "detections": len(results),
         "threshold": threshold,
+        "backend": backend,
         "per_class": dict(zip(predictor.class_names, per_class, strict=True)),
         "predictions": str(out / "predictions.json"),
     }

@@ -18,7 +18,7 @@ Face's) load with the auxiliary parts left at their fresh initialisation.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ from detrkit.models.co_detr.rcnn import RCNNHead
 from detrkit.models.criterion import SetCriterion, num_boxes_across_processes, sigmoid_focal_loss
 from detrkit.models.deformable_detr import TINY_DEFAULTS, DeformableDETR, build_deformable_detr
 from detrkit.models.deformable_transformer import TransformerOutput, inverse_sigmoid
+from detrkit.models.options import CoDeformableDETROptions, DeformableDETROptions
 from detrkit.models.registry import register_model
 
 __all__ = ["CoDeformableDETR", "CoHeads", "build_co_deformable_detr"]
@@ -242,51 +243,27 @@ def _adopt(cls: type[DeformableDETR], module: nn.Module, *, drop: tuple[str, ...
     return new
 
 
-_DEFORMABLE_OPTIONS = set(inspect.signature(build_deformable_detr).parameters) - {"num_classes"}
-
-
-def build_co_deformable_detr(
-    *,
-    num_classes: int,
-    atss: bool = True,
-    rcnn: bool = True,
-    atss_weight: float | None = None,
-    rcnn_weight: float | None = None,
-    pos_query_weight: float = 1.0,
-    max_pos_queries: int = 300,
-    neck_extra_levels: int = 1,
-    atss_topk: int = 9,
-    atss_stacked_convs: int = 1,
-    rpn_batch: int = 256,
-    rpn_pre_nms: int = 4000,
-    rpn_post_nms: int = 1000,
-    roi_batch: int = 512,
-    roi_representation: int = 1024,
-    **deformable: Any,
-) -> CoDeformableDETR:
+def build_co_deformable_detr(*, num_classes: int, **options: Any) -> CoDeformableDETR:
     """Build a Co-Deformable-DETR with random weights.
 
     Args:
         num_classes: ``K``.
-        atss, rcnn: which auxiliary heads (the paper: both).
-        atss_weight, rcnn_weight: each head's loss scale; ``None``: ``2 * num_decoder_layers``
-            (the paper's ``lambda_2 = 2`` times the decoder depth, 12 for 6 layers).
-        pos_query_weight: ``lambda_1``, the weight of the positive queries' DETR losses (1).
-        max_pos_queries: positive queries per head and image (300).
-        neck_extra_levels: coarser maps added by the neck (1: strides up to 128 for 4 levels).
-        atss_topk, atss_stacked_convs: ATSS candidates per level (9) and tower depth (1).
-        rpn_batch, rpn_pre_nms, rpn_post_nms, roi_batch, roi_representation: see :class:`RCNNHead`.
-        **deformable: options of :func:`~detrkit.models.deformable_detr.build_deformable_detr`.
+        **options: the fields of :class:`~detrkit.models.options.CoDeformableDETROptions` (as
+            Python values; :func:`~detrkit.models.registry.build_model` checks and converts them
+            first): those of Deformable DETR (:func:`~detrkit.models.deformable_detr.build_deformable_detr`)
+            and ``atss``, ``rcnn`` (which auxiliary heads; the paper: both), ``atss_weight``,
+            ``rcnn_weight`` (each head's loss scale; ``None``: ``2 * num_decoder_layers``, the
+            paper's ``lambda_2 = 2`` times the decoder depth, 12 for 6 layers),
+            ``pos_query_weight`` (``lambda_1``, the weight of the positive queries' DETR losses,
+            1), ``max_pos_queries`` (positive queries per head and image, 300),
+            ``neck_extra_levels`` (coarser maps added by the neck; 1: strides up to 128 for 4
+            levels), ``atss_topk``, ``atss_stacked_convs`` (ATSS candidates per level, 9, and
+            tower depth, 1), ``rpn_batch``, ``rpn_pre_nms``, ``rpn_post_nms``, ``roi_batch``,
+            ``roi_representation`` (see :class:`RCNNHead`).
     """
-    unknown = sorted(set(deformable) - _DEFORMABLE_OPTIONS)
-    if unknown:
-        own = sorted(
-            set(inspect.signature(build_co_deformable_detr).parameters) - {"num_classes", "deformable"}
-        )
-        raise ValueError(
-            f"unknown Co-Deformable-DETR option(s) {unknown}; valid options: {own} and those of Deformable DETR "
-            f"{sorted(_DEFORMABLE_OPTIONS)}"
-        )
+    o = CoDeformableDETROptions(**options)
+    deformable = {f.name: getattr(o, f.name) for f in dataclasses.fields(DeformableDETROptions)}
+    atss, rcnn = o.atss, o.rcnn
     base = build_deformable_detr(num_classes=num_classes, **deformable)
     n_levels = base.num_feature_levels
     strides = list(base.backbone.level_strides)
@@ -296,30 +273,30 @@ def build_co_deformable_detr(
         d_model=base.transformer.d_model,
         num_classes=num_classes,
         strides=strides,
-        extra_levels=neck_extra_levels,
+        extra_levels=o.neck_extra_levels,
         norm_groups=base.norm_groups,
-        atss={"topk": atss_topk, "stacked_convs": atss_stacked_convs} if atss else None,
+        atss={"topk": o.atss_topk, "stacked_convs": o.atss_stacked_convs} if atss else None,
         rcnn={
-            "rpn_batch": rpn_batch,
-            "rpn_pre_nms": rpn_pre_nms,
-            "rpn_post_nms": rpn_post_nms,
-            "roi_batch": roi_batch,
-            "representation": roi_representation,
+            "rpn_batch": o.rpn_batch,
+            "rpn_pre_nms": o.rpn_pre_nms,
+            "rpn_post_nms": o.rpn_post_nms,
+            "roi_batch": o.roi_batch,
+            "representation": o.roi_representation,
         }
         if rcnn
         else None,
     )
     default = 2.0 * len(base.transformer.decoder_layers)
     weights = {
-        "atss": default if atss_weight is None else atss_weight,
-        "rcnn": default if rcnn_weight is None else rcnn_weight,
+        "atss": default if o.atss_weight is None else o.atss_weight,
+        "rcnn": default if o.rcnn_weight is None else o.rcnn_weight,
     }
     model = CoDeformableDETR.from_deformable(
         base,
         co_heads=co_heads,
         head_weights={k: weights[k] for k in co_heads.heads},
-        pos_query_weight=pos_query_weight,
-        max_pos_queries=max_pos_queries,
+        pos_query_weight=o.pos_query_weight,
+        max_pos_queries=o.max_pos_queries,
     )
     model.model_name = "co-deformable-detr"
     return model
@@ -327,13 +304,25 @@ def build_co_deformable_detr(
 
 #: The paper's Co-Deformable-DETR R50: two-stage with box refinement, 300 queries, 6+6 layers, FFN
 #: 2048, no dropout (its config; its mixed query selection and look-forward-twice are not ported).
-R50_DEFAULTS: dict[str, Any] = {"with_box_refine": True, "two_stage": True, "ffn_dim": 2048, "dropout": 0.0}
+R50_DEFAULTS: dict[str, Any] = {
+    "with_box_refine": True,
+    "two_stage": True,
+    "dim_feedforward": 2048,
+    "dropout": 0.0,
+}
 
 
-@register_model("co-deformable-detr-r50", family="co-deformable-detr")
-def co_deformable_detr_r50(*, num_classes: int, **overrides: Any) -> CoDeformableDETR:
+def _register(name: str, defaults: dict[str, Any]) -> Any:
+    """``@register_model`` of a Co-Deformable-DETR builder: its options class and defaults."""
+    return register_model(
+        name, options=CoDeformableDETROptions, defaults=defaults, family="co-deformable-detr"
+    )
+
+
+@_register("co-deformable-detr-r50", R50_DEFAULTS)
+def co_deformable_detr_r50(*, num_classes: int, **options: Any) -> CoDeformableDETR:
     """Co-Deformable-DETR R50 (ATSS + Faster R-CNN auxiliary heads, positive queries), two-stage + refine."""
-    return build_co_deformable_detr(num_classes=num_classes, **{**R50_DEFAULTS, **overrides})
+    return build_co_deformable_detr(num_classes=num_classes, **{**R50_DEFAULTS, **options})
 
 
 #: The tiny test/CPU model: the tiny Deformable DETR with small auxiliary heads.
@@ -348,7 +337,7 @@ TINY_CO_DEFAULTS: dict[str, Any] = {
 }
 
 
-@register_model("co-deformable-detr-tiny", family="co-deformable-detr")
-def co_deformable_detr_tiny(*, num_classes: int, **overrides: Any) -> CoDeformableDETR:
+@_register("co-deformable-detr-tiny", TINY_CO_DEFAULTS)
+def co_deformable_detr_tiny(*, num_classes: int, **options: Any) -> CoDeformableDETR:
     """Tiny Co-Deformable-DETR for tests and CPU: the tiny Deformable DETR (learned queries) + small heads."""
-    return build_co_deformable_detr(num_classes=num_classes, **{**TINY_CO_DEFAULTS, **overrides})
+    return build_co_deformable_detr(num_classes=num_classes, **{**TINY_CO_DEFAULTS, **options})

@@ -127,8 +127,8 @@ def ms_deform_attn_torch(
     shapes = (
         [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
         if spatial_shapes_list is None
-        else [(int(h), int(w)) for h, w in spatial_shapes_list]
-    )
+        else [(h, w) if torch.jit.is_tracing() else (int(h), int(w)) for h, w in spatial_shapes_list]
+    )  # traced (ONNX export) sizes are 0-dim tensors: int() would freeze them
     if len(shapes) != n_levels or sum(h * w for h, w in shapes) != s:
         raise ValueError(
             f"spatial shapes {shapes} do not match value [B, S={s}, ...] and {n_levels} sampling levels"
