@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from detrkit.models.ops import MSDeformAttn, ms_deform_attn
+from detrkit.models.ops.ms_deform_attn import ms_deform_attn_torch
 
 SHAPES = [(6, 8), (3, 4), (2, 2)]
 
@@ -144,3 +145,46 @@ def test_module_matches_transformers(ref_dim):
     )
     out = ours(query + pos, refp, memory, shapes, SHAPES, start, value_valid_mask=valid)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_backend_selection(monkeypatch):
+    from detrkit.errors import ConfigError
+    from detrkit.models.ops import ms_deform_attn_triton as mdt
+    from detrkit.models.ops.ms_deform_attn import BACKEND_ENV, ms_deform_attn_backend
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    # auto: the reference on the CPU whatever triton can do; the kernels on CUDA when they run there
+    monkeypatch.setattr(mdt, "supports", lambda device: True)
+    assert ms_deform_attn_backend(cpu) == "torch"
+    assert ms_deform_attn_backend(cuda) == "triton"
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    assert ms_deform_attn_backend(cuda) == "torch"
+    monkeypatch.setenv(BACKEND_ENV, " Triton ")
+    assert ms_deform_attn_backend(cpu) == "triton"  # forced (the CPU under TRITON_INTERPRET=1)
+    # triton missing: auto falls back, a forced choice says why
+    monkeypatch.setattr(mdt, "supports", lambda device: False)
+    monkeypatch.setattr(mdt, "available", lambda: False)
+    with pytest.raises(ConfigError, match=r"DETRKIT_MS_DEFORM_ATTN=triton: .*triton is not installed"):
+        ms_deform_attn_backend(cuda)
+    monkeypatch.setattr(mdt, "available", lambda: True)
+    with pytest.raises(ConfigError, match="need CUDA tensors"):
+        ms_deform_attn_backend(cpu)
+    monkeypatch.setenv(BACKEND_ENV, "auto")
+    assert ms_deform_attn_backend(cuda) == "torch"
+    monkeypatch.setenv(BACKEND_ENV, "cuda")
+    with pytest.raises(
+        ConfigError, match=r"DETRKIT_MS_DEFORM_ATTN='cuda': expected one of auto, torch, triton"
+    ):
+        ms_deform_attn_backend(cpu)
+    # the public function goes through the selection (a bad value is reported, not ignored)
+    value, shapes, start, loc, attn = _inputs()
+    with pytest.raises(ConfigError):
+        ms_deform_attn(value, shapes, start, loc, attn)
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    torch.testing.assert_close(
+        ms_deform_attn(value, shapes, start, loc, attn),
+        ms_deform_attn_torch(value, shapes, start, loc, attn),
+        rtol=0,
+        atol=0,
+    )

@@ -2,11 +2,15 @@
 
 Two pieces:
 
-- :func:`ms_deform_attn`, the sampling core, in pure PyTorch (``F.grid_sample``, bilinear,
-  ``align_corners=False``, zero padding), like the reference ``ms_deform_attn_core_pytorch`` of
-  fundamentalvision/Deformable-DETR. Its positional arguments are those of the fused CUDA kernel
-  (``MSDeformAttnFunction``), so a kernel can replace it without touching callers; this function is
-  the CPU fallback and the numerical reference for such a kernel.
+- :func:`ms_deform_attn`, the sampling core. Its positional arguments are those of the fused CUDA
+  kernel of fundamentalvision/Deformable-DETR (``MSDeformAttnFunction``). It dispatches to
+  :func:`ms_deform_attn_torch`, pure PyTorch (``F.grid_sample``, bilinear, ``align_corners=False``,
+  zero padding, like that repository's ``ms_deform_attn_core_pytorch``): the CPU path and the
+  numerical reference; or to the Triton kernels of
+  :func:`~detrkit.models.ops.ms_deform_attn_triton.ms_deform_attn_triton` on CUDA tensors when
+  triton is installed. ``DETRKIT_MS_DEFORM_ATTN=torch`` forces the reference everywhere,
+  ``=triton`` the kernels (on CPU tensors too under ``TRITON_INTERPRET=1``; an error where they
+  cannot run), ``auto`` (the default) picks as above, so nothing changes on the CPU.
 - :class:`MSDeformAttn`, the module: sampling offsets, attention weights, value and output
   projections, initialised as in the paper.
 
@@ -17,16 +21,82 @@ levels, ``P`` points per level and head, ``nH`` heads, ``Dh = d_model / nH``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MSDeformAttn", "ms_deform_attn", "offset_normalizer"]
+from detrkit.errors import ConfigError
+from detrkit.models.ops import ms_deform_attn_triton as _triton
+
+__all__ = [
+    "MSDeformAttn",
+    "ms_deform_attn",
+    "ms_deform_attn_backend",
+    "ms_deform_attn_torch",
+    "offset_normalizer",
+]
+
+BACKEND_ENV = "DETRKIT_MS_DEFORM_ATTN"
+BACKENDS = ("auto", "torch", "triton")
+
+
+def ms_deform_attn_backend(device: torch.device) -> str:
+    """``"triton"`` or ``"torch"``: what :func:`ms_deform_attn` runs for tensors on ``device``.
+
+    Reads ``DETRKIT_MS_DEFORM_ATTN`` (``auto``, ``torch`` or ``triton``) at each call.
+    """
+    choice = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if choice not in BACKENDS:
+        raise ConfigError(f"{BACKEND_ENV}={choice!r}: expected one of {', '.join(BACKENDS)}")
+    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
+        return "torch"
+    if _triton.supports(device):
+        return "triton"
+    if choice == "auto":
+        return "torch"  # CUDA without triton
+    if not _triton.available():
+        why = "triton is not installed"
+    elif device.type == "cuda":
+        why = "TRITON_INTERPRET=1 runs them on the CPU only"
+    else:
+        why = "they need CUDA tensors, or TRITON_INTERPRET=1 for CPU ones"
+    raise ConfigError(f"{BACKEND_ENV}=triton: the Triton kernels cannot run on {device} ({why})")
 
 
 def ms_deform_attn(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    *,
+    spatial_shapes_list: Sequence[tuple[int, int]] | None = None,
+) -> Tensor:
+    """Multi-scale deformable attention: the Triton kernels or the PyTorch reference (see the module
+    docstring); arguments and result as in :func:`ms_deform_attn_torch`."""
+    if ms_deform_attn_backend(value.device) == "triton":
+        return _triton.ms_deform_attn_triton(
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            spatial_shapes_list=spatial_shapes_list,
+        )
+    return ms_deform_attn_torch(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        spatial_shapes_list=spatial_shapes_list,
+    )
+
+
+def ms_deform_attn_torch(
     value: Tensor,
     spatial_shapes: Tensor,
     level_start_index: Tensor,
