@@ -39,8 +39,15 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         shutil.copytree(request.getfixturevalue(request.param), tmp_path_factory.mktemp("exp") / "run")
     )
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as info:
-        main(["export", "--run", str(run), "--json"])
+    # the Triton kernels asked for (they cannot run on CPU tensors): the export traces the reference
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DETRKIT_MS_DEFORM_ATTN", "triton")
+    try:
+        with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as info:
+            main(["export", "--run", str(run), "--json"])
+        assert os.environ["DETRKIT_MS_DEFORM_ATTN"] == "triton"  # restored after the export
+    finally:
+        mp.undo()
     assert info.value.code in (0, None)
     summary = json.loads(stdout.getvalue())
     assert (
