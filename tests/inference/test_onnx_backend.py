@@ -188,3 +188,22 @@ def test_bare_model_exports_to_a_temporary_folder(fake_run: Path, sample_images:
 
     gc.collect()
     assert not folder.exists()
+
+
+def test_two_stage_refine_export_runs_at_other_sizes(tmp_path: Path) -> None:
+    """Two-stage proposals (one anchor per encoder position) follow the input size too."""
+    from detrkit.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("deformable-detr-tiny", num_classes=3, two_stage=True, with_box_refine=True).eval()
+    result = export_model(model, tmp_path / "m.onnx", format="onnx", height=96, width=128, check=False)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    for batch, h, w in [(2, 160, 112), (1, 64, 96)]:  # 64x96: a coarsest level one row high
+        images, mask = example_inputs(batch, h, w, seed=3)
+        with torch.no_grad():
+            ref = model(images, mask)
+        logits, boxes = session.run(
+            ["logits", "boxes"], {"images": images.numpy(), "pixel_mask": mask.numpy()}
+        )
+        np.testing.assert_allclose(logits, ref["pred_logits"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(boxes, ref["pred_boxes"].numpy(), atol=1e-4, rtol=0)
