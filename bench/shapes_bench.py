@@ -24,14 +24,16 @@ budget on the same machine, then AP/AP50 of both on the same val images (issue 1
   conv encoder freezes the ResNet parameters whose names lack ``stage.1/2/3`` and the AutoBackbone
   ResNet names them ``encoder.stages.N``; and its BatchNorm is frozen (identity at random init).
   ``transformers_trainable`` is the same with the backbone's parameters trainable again.
-- Stopping and schedule, both sides alike: training stops at the end of the epoch in which the
-  budget runs out (detrkit: the Trainer's ``on_epoch_end`` hook; transformers: the callback's
-  ``on_epoch_end``), so either may overrun by up to one epoch (its training seconds are reported).
-  The cosine is first laid out over the demo's 12 epochs; after the first epoch (detrkit: 115 steps
-  with repeat-factor sampling; transformers: 100) the seconds it took give the epochs that fit,
-  ``ceil(budget / epoch seconds)``, and the cosine is re-laid over that many epochs' steps (each
-  side's ``LambdaLR`` factor is replaced; warm-up is over by then on the full data). The lr factor
-  at the last step is reported (1: never decayed; 0.05 detrkit's / 0 transformers' floor).
+- Stopping and schedule, both sides alike: every 10 steps each side checks the wall clock (counted
+  from its first training step) and stops once the budget is spent (detrkit: the Trainer's
+  ``on_epoch_end`` hook with ``train.max_steps_per_epoch=10``, i.e. "epochs" of 10 steps, each a
+  fresh draw of the repeat-factor sampler, and no checkpoint writes; transformers: the callback's
+  ``on_step_end``), so either overruns by less than 10 steps. Until the first pass over the data
+  is done (detrkit: 115 steps, repeat-factor sampling; transformers: 100) both cosines are laid
+  over 10^6 steps (lr ~constant after the 50 warm-up steps); then the seconds per step so far give
+  the steps that fit in the budget and each side's cosine (its ``LambdaLR`` factor) is re-laid
+  over them. The lr factor at the last step is reported (1: never decayed; 0.05 detrkit's floor, 0
+  transformers').
 - Evaluation: the same val images, detrkit's COCO evaluation (``detrkit.evaluation.coco``), top 100
   detections per image, score threshold 0, boxes in original image pixels.
 
@@ -61,7 +63,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 IMPLS = ("detrkit", "transformers", "transformers_trainable")
 DEFAULT_IMPLS = "detrkit,transformers"
-DEMO_EPOCHS = 12  # the demo's schedule, the provisional cosine length on both sides
+STOP_EVERY = 10  # steps: both sides check the budget (and may stop) every 10 steps
+PROVISIONAL_STEPS = 10**6  # the cosine's length until it is re-laid (lr ~constant until then)
+
+
+def fitting_steps(budget: float, elapsed: float, steps: int) -> int:
+    """The steps that fit in ``budget`` seconds at the rate measured so far, rounded up to the
+    stopping granularity (the run stops at the first check past the budget)."""
+    return max(STOP_EVERY, math.ceil(budget * steps / elapsed / STOP_EVERY) * STOP_EVERY)
 
 
 def data_settings(args: argparse.Namespace) -> dict[str, int]:
@@ -103,8 +112,9 @@ def run_detrkit(args: argparse.Namespace, paths: dict[str, str], work: Path) -> 
         [
             f"data.shapes.out={args.data}", f"data.shapes.train={d['train']}", f"data.shapes.val={d['val']}",
             f"data.shapes.size={d['size']}", f"data.transform_args.size={d['size']}",
-            "train.epochs=100000",  # the budget stops the run
-            "train.preflight=false", "output.plots=false", "eval.every=100000",
+            "train.epochs=1000000",  # the budget stops the run
+            f"train.max_steps_per_epoch={STOP_EVERY}",  # "epochs" of 10 steps: the hook's granularity
+            "train.preflight=false", "output.plots=false", "eval.every=1000000",
             f"train.device={args.device}", f"output.dir={work / 'detrkit_run'}",
             f"data.num_workers={args.workers}",
         ],
@@ -113,30 +123,27 @@ def run_detrkit(args: argparse.Namespace, paths: dict[str, str], work: Path) -> 
     info: dict[str, Any] = {}
     trainer: Trainer
 
-    def relay(total: int) -> None:
-        """Re-lay the cosine over ``total`` steps (the scheduler's lambda, every group)."""
-        spe = trainer.steps_per_epoch
-        f = functools.partial(lr_factor, cfg=cfg.optim, steps_per_epoch=spe, total_steps=total)
-        trainer.scheduler.lr_lambdas = [f for _ in trainer.scheduler.lr_lambdas]
-        info["schedule_steps"] = total
-
     def on_epoch_end(epoch: int, row: dict[str, Any]) -> bool:
         elapsed = time.perf_counter() - trainer.t_segment
         steps = trainer.runner.global_step
-        if epoch == 1:
-            info["schedule_provisional_steps"] = trainer.steps_per_epoch * DEMO_EPOCHS
-            epochs_fit = max(
-                1, math.ceil(budget / elapsed)
-            )  # the run stops after the epoch that ends past it
-            relay(epochs_fit * trainer.steps_per_epoch)
-        info.update(train_s=elapsed, steps=steps, epochs=epoch)
+        info.update(train_s=elapsed, steps=steps)
+        if "schedule_steps" not in info and steps >= trainer.train_sampler.batches_per_epoch():
+            # one pass over the data done: re-lay the cosine over the steps that fit in the budget
+            total = fitting_steps(budget, elapsed, steps)
+            f = functools.partial(lr_factor, cfg=cfg.optim, steps_per_epoch=STOP_EVERY, total_steps=total)
+            trainer.scheduler.lr_lambdas = [f for _ in trainer.scheduler.lr_lambdas]
+            info["schedule_steps"] = total
         return elapsed < budget
 
     t0 = time.perf_counter()
     trainer = Trainer(cfg, on_epoch_end=on_epoch_end, quiet=True)
+    # no checkpoints (transformers' side saves none either): with 10-step "epochs" the trainer would
+    # write last.pt (model + AdamW state, ~140 MB) every 10 steps
+    trainer.save = lambda names: None  # type: ignore[method-assign]
     trainer.fit()
     t_fit = time.perf_counter() - t0
     last_lr = trainer.scheduler.get_last_lr()[0] / cfg.optim.lr
+    data_epoch = trainer.train_sampler.batches_per_epoch()
     t1 = time.perf_counter()
     metrics, _ = trainer.evaluate()
     eval_s = time.perf_counter() - t1
@@ -147,13 +154,12 @@ def run_detrkit(args: argparse.Namespace, paths: dict[str, str], work: Path) -> 
         "ap50": round(metrics["AP50"], 4),
         "ap75": round(metrics["AP75"], 4),
         "steps": steps,
-        "epochs": info["epochs"],
+        "epochs": round(steps / data_epoch, 2),
         "images_per_s": round(steps * cfg.train.batch_size / info["train_s"], 2),
         "wall_s": round(info["train_s"], 1),
         "setup_s": round(t_fit - info["train_s"], 1),
         "eval_s": round(eval_s, 1),
         "schedule_steps": info.get("schedule_steps"),
-        "schedule_provisional_steps": info.get("schedule_provisional_steps"),
         "final_lr_factor": round(last_lr, 4),
         "batch_size": cfg.train.batch_size,
         "params": sum(p.numel() for p in trainer.unwrapped.parameters()),
@@ -285,29 +291,27 @@ def run_transformers(
     bs = int(demo.train.batch_size)
     steps_per_epoch = math.ceil(len(train) / bs)  # the Trainer keeps the last partial batch
     budget = args.budget
-    info: dict[str, Any] = {"schedule_provisional_steps": steps_per_epoch * DEMO_EPOCHS}
+    info: dict[str, Any] = {}
 
     class Budget(TrainerCallback):
-        """Stops training at the end of the epoch in which the budget runs out (as on detrkit's side);
-        re-lays the cosine after the first epoch."""
+        """Checks the budget every 10 steps and stops training once it is spent (as on detrkit's
+        side); re-lays the cosine after the first pass over the data."""
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN003, ANN201
             self.t0 = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003, ANN201
-            info.update(train_s=time.perf_counter() - self.t0, steps=state.global_step)
-
-        def on_epoch_end(self, args, state, control, lr_scheduler=None, **kw):  # noqa: ANN001, ANN003, ANN201
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kw):  # noqa: ANN001, ANN003, ANN201
             elapsed = time.perf_counter() - self.t0
-            info.update(train_s=elapsed, steps=state.global_step)
-            if "schedule_steps" not in info and lr_scheduler is not None:
-                total = max(1, math.ceil(budget / elapsed)) * state.global_step
+            steps = state.global_step
+            info.update(train_s=elapsed, steps=steps)
+            if "schedule_steps" not in info and steps >= steps_per_epoch and lr_scheduler is not None:
+                total = fitting_steps(budget, elapsed, steps)
                 lr_scheduler.lr_lambdas = [
                     functools.partial(f.func, **{**f.keywords, "num_training_steps": total})
                     for f in lr_scheduler.lr_lambdas
                 ]
                 info["schedule_steps"] = total
-            if elapsed >= budget:
+            if steps % STOP_EVERY == 0 and elapsed >= budget:
                 control.should_training_stop = True
             return control
 
@@ -319,7 +323,7 @@ def run_transformers(
         lr_scheduler_type="cosine",
         warmup_steps=int(demo.optim.warmup_steps),
         max_grad_norm=float(demo.train.clip_grad_norm),
-        max_steps=steps_per_epoch * DEMO_EPOCHS * 1000,  # the budget stops it; the cosine is re-laid
+        max_steps=PROVISIONAL_STEPS,  # the budget stops it; the cosine is re-laid
         eval_strategy="no",
         save_strategy="no",
         logging_steps=50,
@@ -380,7 +384,6 @@ def run_transformers(
         "setup_s": round(t_fit - info["train_s"], 1),
         "eval_s": round(eval_s, 1),
         "schedule_steps": info.get("schedule_steps"),
-        "schedule_provisional_steps": info["schedule_provisional_steps"],
         "final_lr_factor": round(last_lr, 4),
         "batch_size": bs,
         "params": sum(p.numel() for p in model.parameters()),
@@ -442,7 +445,9 @@ def write_results_md(result: dict[str, Any]) -> None:
     if begin in text:
         text = text[: text.index(begin)] + body + text[text.index(end) + len(end) :]
     else:
-        text = text.rstrip("\n") + f"\n\n### Convergence per minute: {key}\n{body}\n"
+        text = (
+            text.rstrip("\n") + f"\n\n## Convergence per minute vs transformers ({key}, issue 15)\n{body}\n"
+        )
     path.write_text(text)
 
 
