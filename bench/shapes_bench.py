@@ -67,6 +67,12 @@ STOP_EVERY = 10  # steps: both sides check the budget (and may stop) every 10 st
 PROVISIONAL_STEPS = 10**6  # the cosine's length until it is re-laid (lr ~constant until then)
 
 
+def clamped(factor: Any, total: int) -> Any:
+    """``factor`` held at its last value past ``total`` steps (transformers' cosine rises again past
+    its end, which it never reaches when ``max_steps`` is its length; here the run can outlast it)."""
+    return lambda step: factor(min(step, total))
+
+
 def fitting_steps(budget: float, elapsed: float, steps: int) -> int:
     """The steps that fit in ``budget`` seconds at the rate measured so far, rounded up to the
     stopping granularity (the run stops at the first check past the budget)."""
@@ -307,7 +313,7 @@ def run_transformers(
             if "schedule_steps" not in info and steps >= steps_per_epoch and lr_scheduler is not None:
                 total = fitting_steps(budget, elapsed, steps)
                 lr_scheduler.lr_lambdas = [
-                    functools.partial(f.func, **{**f.keywords, "num_training_steps": total})
+                    clamped(functools.partial(f.func, **{**f.keywords, "num_training_steps": total}), total)
                     for f in lr_scheduler.lr_lambdas
                 ]
                 info["schedule_steps"] = total
