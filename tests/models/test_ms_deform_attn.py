@@ -162,6 +162,14 @@ def test_backend_selection(monkeypatch):
     assert ms_deform_attn_backend(cuda) == "torch"
     monkeypatch.setenv(BACKEND_ENV, " Triton ")
     assert ms_deform_attn_backend(cpu) == "triton"  # forced (the CPU under TRITON_INTERPRET=1)
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    assert ms_deform_attn_backend(cuda) == "torch"  # ONNX export traces the reference
+    monkeypatch.undo()
+    monkeypatch.setattr(mdt, "supports", lambda device: True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert ms_deform_attn_backend(cuda) == "torch"
+    monkeypatch.undo()
+    monkeypatch.setenv(BACKEND_ENV, "triton")
     # triton missing: auto falls back, a forced choice says why
     monkeypatch.setattr(mdt, "supports", lambda device: False)
     monkeypatch.setattr(mdt, "available", lambda: False)

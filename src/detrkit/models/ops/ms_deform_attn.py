@@ -46,13 +46,16 @@ BACKENDS = ("auto", "torch", "triton")
 def ms_deform_attn_backend(device: torch.device) -> str:
     """``"triton"`` or ``"torch"``: what :func:`ms_deform_attn` runs for tensors on ``device``.
 
-    Reads ``DETRKIT_MS_DEFORM_ATTN`` (``auto``, ``torch`` or ``triton``) at each call.
+    Reads ``DETRKIT_MS_DEFORM_ATTN`` (``auto``, ``torch`` or ``triton``) at each call. Tracing
+    (ONNX export) and ``torch.compile`` always get the reference.
     """
     choice = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
     if choice not in BACKENDS:
         raise ConfigError(f"{BACKEND_ENV}={choice!r}: expected one of {', '.join(BACKENDS)}")
     if choice == "torch" or (choice == "auto" and device.type != "cuda"):
         return "torch"
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return "torch"  # ONNX export and torch.compile see the reference's ATen ops, not opaque kernels
     if _triton.supports(device):
         return "triton"
     if choice == "auto":
