@@ -22,6 +22,7 @@ Writes JSON to ``--out`` (default ``bench/results/ms_deform_attn_<mode>_<device>
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import platform
@@ -217,6 +218,11 @@ def kernels(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             for backend, fn in (("torch", mda.ms_deform_attn_torch), ("triton", mdt.ms_deform_attn_triton)):
                 timing, outs[backend] = _time_backend(fn, inputs, shapes, device, args.iters)
                 case.update({f"{backend}_{k}": v for k, v in timing.items()})
+            if dtype == torch.float32:
+                for bq in args.sweep_block_q:  # queries per program, against the default (64 for Dh 32)
+                    fn = functools.partial(mdt.ms_deform_attn_triton, block_q=bq)
+                    timing, _ = _time_backend(fn, inputs, shapes, device, args.iters)
+                    case[f"triton_block_q{bq}_fwd_bwd_ms"] = timing["fwd_bwd_ms"]["median"]
             (ref_out, ref_g), (out, grads) = outs["torch"], outs["triton"]
             errors = {"out": (out - ref_out).abs().max().item()}
             for name, a, e in zip(("value", "loc", "attn"), grads, ref_g, strict=True):
@@ -248,6 +254,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="--share: steps and replays timed")
     parser.add_argument("--iters", type=int, default=10, help="--kernels: timed calls per case")
+    parser.add_argument(
+        "--sweep-block-q", type=int, nargs="*", default=[], help="--kernels: also time these block_q (fp32)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
