@@ -7,13 +7,16 @@ Two modes:
   synthetic images of ``--hw``; ``torch.profiler`` over the step gives the top ops; every call of
   :func:`ms_deform_attn` in the step is captured and replayed alone (forward + backward with a random
   output gradient) to time the attention's own share of the step. Each is repeated ``--repeats``
-  times (one step, then the replays, per repeat), median and spread reported.
-- ``--kernels`` (CUDA): forward and forward+backward time of the Triton kernels against the PyTorch
-  reference, and their parity, at Deformable-DETR-R50 sizes: batch 8, 800x1088 images (levels
+  times (one step, then the replays, per repeat), median and spread reported; ``--backends``
+  compares implementations (``DETRKIT_MS_DEFORM_ATTN`` values) in the same run, interleaved.
+- ``--kernels`` (CUDA): forward and forward+backward time of the Triton kernels, the default
+  PyTorch path (``ms_deform_attn_torch``) and the per-level reference, and the kernels' parity with
+  the reference, at Deformable-DETR-R50 sizes: batch 8, 800x1088 images (levels
   /8, /16, /32, /64), 8 heads, head dim 32, 4 levels, 4 points; the decoder's 300 queries and the
   encoder's queries (one per position of all levels), fp32 and bf16 values.
 
-    OMP_NUM_THREADS=1 python bench/ms_deform_attn_bench.py --share --device cpu --hw 192x256
+    OMP_NUM_THREADS=1 python bench/ms_deform_attn_bench.py --share --device cpu --hw 192x256 \\
+        --backends reference torch
     python bench/ms_deform_attn_bench.py --kernels --out results.json
 
 Writes JSON to ``--out`` (default ``bench/results/ms_deform_attn_<mode>_<device>.json``).
@@ -25,6 +28,7 @@ import argparse
 import functools
 import importlib
 import json
+import os
 import platform
 import statistics
 import time
@@ -107,9 +111,24 @@ def _replay(captured: list[tuple[tuple, dict]], grads: list[torch.Tensor]) -> No
         torch.autograd.grad(out, inputs, g)
 
 
-def _share_one(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def _profile_step(step, device: torch.device) -> tuple[list[dict[str, Any]], float]:
+    """Top ops by self time over one step, and the share of the ``grid_sampler`` ops."""
     from torch.profiler import ProfilerActivity, profile
 
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    top = [
+        {"op": e.key, "self_ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count}
+        for e in events[:12]
+    ]
+    return top, sum(getattr(e, key) for e in events if "grid_sampler" in e.key) / total
+
+
+def _share_one(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from detrkit.models.registry import build_model
 
     torch.manual_seed(0)
@@ -122,41 +141,50 @@ def _share_one(name: str, args: argparse.Namespace, device: torch.device) -> dic
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    backends = args.backends or [os.environ.get(mda.BACKEND_ENV, "auto")]
+    saved_env = os.environ.get(mda.BACKEND_ENV)
     step()  # warm-up
     captured = _capture_calls(step)
     grads = [torch.randn_like(mda.ms_deform_attn(*a, **k)) for a, k in captured]
-    step_s, attn_s = [], []
-    for _ in range(args.repeats):  # alternate, so that drifts in machine load hit both alike
-        step_s += _timed(step, device, 1)
-        attn_s += _timed(lambda: _replay(captured, grads), device, 1)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        step()
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
-    total = sum(getattr(e, key) for e in events)
-    top = [
-        {"op": e.key, "self_ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total, "calls": e.count}
-        for e in events[:12]
-    ]
-    grid = sum(getattr(e, key) for e in events if "grid_sampler" in e.key)
-    result = {
-        "calls_per_step": len(captured),
-        "value_shapes": sorted({str(list(a[0].shape)) for a, _ in captured}),
-        "query_counts": sorted({a[3].shape[1] for a, _ in captured}),
-        "step_s": _summary(step_s),
-        "ms_deform_attn_fwd_bwd_s": _summary(attn_s),
-        "share_of_step": statistics.median(attn_s) / statistics.median(step_s),
-        "profiler_grid_sampler_share": grid / total,
-        "profiler_top_self": top,
-    }
-    print(
-        f"{name}: step {statistics.median(step_s):.3f}s [{min(step_s):.3f}, {max(step_s):.3f}], "
-        f"ms_deform_attn fwd+bwd {statistics.median(attn_s):.3f}s [{min(attn_s):.3f}, {max(attn_s):.3f}] "
-        f"({len(captured)} calls) = {result['share_of_step']:.1%} of the step; "
-        f"grid_sampler ops {grid / total:.1%} of profiled self time",
-        flush=True,
-    )
+    times: dict[str, tuple[list[float], list[float]]] = {backend: ([], []) for backend in backends}
+    try:
+        for backend in backends:  # warm up each (first Triton calls compile)
+            os.environ[mda.BACKEND_ENV] = backend
+            step()
+        for _ in range(args.repeats):  # interleaved, so that drifts in machine load hit all alike
+            for backend in backends:
+                os.environ[mda.BACKEND_ENV] = backend
+                times[backend][0].extend(_timed(step, device, 1))
+                times[backend][1].extend(_timed(lambda: _replay(captured, grads), device, 1))
+        result: dict[str, Any] = {
+            "calls_per_step": len(captured),
+            "value_shapes": sorted({str(list(a[0].shape)) for a, _ in captured}),
+            "query_counts": sorted({a[3].shape[1] for a, _ in captured}),
+        }
+        for backend in backends:
+            os.environ[mda.BACKEND_ENV] = backend
+            step_s, attn_s = times[backend]
+            top, grid = _profile_step(step, device)
+            result[backend] = {
+                "resolved": mda.ms_deform_attn_backend(device),
+                "step_s": _summary(step_s),
+                "ms_deform_attn_fwd_bwd_s": _summary(attn_s),
+                "share_of_step": statistics.median(attn_s) / statistics.median(step_s),
+                "profiler_grid_sampler_share": grid,
+                "profiler_top_self": top,
+            }
+            print(
+                f"{name} [{backend}]: step {statistics.median(step_s):.3f}s [{min(step_s):.3f}, {max(step_s):.3f}], "
+                f"ms_deform_attn fwd+bwd {statistics.median(attn_s):.3f}s [{min(attn_s):.3f}, {max(attn_s):.3f}] "
+                f"({len(captured)} calls) = {result[backend]['share_of_step']:.1%} of the step; "
+                f"grid_sampler ops {grid:.1%} of profiled self time",
+                flush=True,
+            )
+    finally:
+        if saved_env is None:
+            os.environ.pop(mda.BACKEND_ENV, None)
+        else:
+            os.environ[mda.BACKEND_ENV] = saved_env
     return result
 
 
@@ -215,7 +243,12 @@ def kernels(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 "value_dtype": str(dtype).removeprefix("torch."),
             }
             outs = {}
-            for backend, fn in (("torch", mda.ms_deform_attn_torch), ("triton", mdt.ms_deform_attn_triton)):
+            backends = (
+                ("reference", mda.ms_deform_attn_reference),
+                ("torch", mda.ms_deform_attn_torch),
+                ("triton", mdt.ms_deform_attn_triton),
+            )
+            for backend, fn in backends:
                 timing, outs[backend] = _time_backend(fn, inputs, shapes, device, args.iters)
                 case.update({f"{backend}_{k}": v for k, v in timing.items()})
             if dtype == torch.float32:
@@ -223,18 +256,22 @@ def kernels(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                     fn = functools.partial(mdt.ms_deform_attn_triton, block_q=bq)
                     timing, _ = _time_backend(fn, inputs, shapes, device, args.iters)
                     case[f"triton_block_q{bq}_fwd_bwd_ms"] = timing["fwd_bwd_ms"]["median"]
-            (ref_out, ref_g), (out, grads) = outs["torch"], outs["triton"]
+            (ref_out, ref_g), (out, grads) = outs["reference"], outs["triton"]
             errors = {"out": (out - ref_out).abs().max().item()}
             for name, a, e in zip(("value", "loc", "attn"), grads, ref_g, strict=True):
                 errors[name] = (a - e).abs().max().item()
             case["max_abs_err"] = errors
-            case["speedup_fwd"] = case["torch_fwd_ms"]["median"] / case["triton_fwd_ms"]["median"]
-            case["speedup_fwd_bwd"] = case["torch_fwd_bwd_ms"]["median"] / case["triton_fwd_bwd_ms"]["median"]
+            case["speedup_fwd"] = case["reference_fwd_ms"]["median"] / case["triton_fwd_ms"]["median"]
+            case["speedup_fwd_bwd"] = (
+                case["reference_fwd_bwd_ms"]["median"] / case["triton_fwd_bwd_ms"]["median"]
+            )
             cases.append(case)
             print(
-                f"{where} q={q} {case['value_dtype']}: fwd {case['torch_fwd_ms']['median']:.2f} -> "
-                f"{case['triton_fwd_ms']['median']:.2f} ms, fwd+bwd {case['torch_fwd_bwd_ms']['median']:.2f} -> "
-                f"{case['triton_fwd_bwd_ms']['median']:.2f} ms (x{case['speedup_fwd_bwd']:.2f}); max errors {errors}",
+                f"{where} q={q} {case['value_dtype']}: fwd reference/torch/triton "
+                + "/".join(f"{case[f'{k}_fwd_ms']['median']:.2f}" for k, _ in backends)
+                + " ms, fwd+bwd "
+                + "/".join(f"{case[f'{k}_fwd_bwd_ms']['median']:.2f}" for k, _ in backends)
+                + f" ms (triton x{case['speedup_fwd_bwd']:.2f} the reference); max errors {errors}",
                 flush=True,
             )
             del inputs, outs, out, grads, ref_out, ref_g
@@ -253,6 +290,13 @@ def main() -> None:
     parser.add_argument("--hw", type=lambda s: tuple(int(x) for x in s.split("x")), default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="--share: steps and replays timed")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=mda.BACKENDS,
+        default=None,
+        help="--share: DETRKIT_MS_DEFORM_ATTN values to compare, interleaved (default: the current one)",
+    )
     parser.add_argument("--iters", type=int, default=10, help="--kernels: timed calls per case")
     parser.add_argument(
         "--sweep-block-q", type=int, nargs="*", default=[], help="--kernels: also time these block_q (fp32)"
