@@ -104,6 +104,8 @@ def run_ablation(args: argparse.Namespace, config: Path) -> int:
         "--out",
         str(Path(args.out) / "ablation"),
     ]
+    if "baseline" not in args.arms.split(","):
+        cmd.append("--no-baseline")  # the baseline runs in another process (same --out)
     print("+", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 

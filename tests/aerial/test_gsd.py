@@ -113,3 +113,14 @@ def test_resolve_priority_and_errors() -> None:
     assert gsd_from_georeference(None, Affine.identity(), 10, 10) is None
     assert pixel_area_rows(None, Affine.identity(), 10) is None
     assert np.isfinite(web_mercator_gsd(20, -33.9))
+
+
+def test_calibrate_gsd_fits_the_model_head_on_generated_tiles(random_checkpoint) -> None:
+    """The calibration predicts each generated tile like a user image and fits log-GSD on it."""
+    import math
+
+    from detrkit.aerial.default_model import calibrate_gsd
+
+    cal = calibrate_gsd(random_checkpoint, tiles_per_city=1, size=96, seed=5)
+    assert cal.images == 3 and "seed 5" in cal.data
+    assert math.isfinite(cal.slope) and math.isfinite(cal.intercept) and cal.residual_sd >= 0

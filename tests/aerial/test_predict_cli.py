@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -156,3 +157,30 @@ def test_predict_errors(random_checkpoint: Path, tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code != 0 and "no images" in str(res.exception)
+
+
+def test_model_threshold_is_the_default(random_checkpoint: Path, tmp_path: Path) -> None:
+    """A threshold stored in the model file is used unless one is given; the mask follows it."""
+    from detrkit.aerial.synth import render_tile
+
+    ckpt = torch.load(random_checkpoint, map_location="cpu", weights_only=False)
+    ckpt["threshold"] = 0.7
+    path = tmp_path / "thr.pt"
+    torch.save(ckpt, path)
+    assert AerialPredictor.from_checkpoint(path, device="cpu").threshold == 0.7
+    assert AerialPredictor.from_checkpoint(path, device="cpu", threshold=0.2).threshold == 0.2
+    assert AerialPredictor.from_checkpoint(random_checkpoint, device="cpu").threshold == 0.5
+    img = render_tile(np.random.default_rng(2), 96, 0.5)[0]
+    png = tmp_path / "a.png"
+    Image.fromarray(img).save(png)
+    res = runner.invoke(
+        app, ["aerial", "predict", "--model", str(path), "--source", str(png), "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 0, res.output
+    (summary_file,) = (tmp_path / "o").rglob("summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["threshold"] == 0.7
+    low = AerialPredictor.from_checkpoint(path, device="cpu", threshold=0.0).predict_file(
+        png, tmp_path / "lo"
+    )
+    assert low["built_pixels"] == 96 * 96 >= summary["built_pixels"]

@@ -31,19 +31,31 @@ RUNS = ["fake_run", "fake_deformable_run"]
 
 @pytest.fixture(scope="module", params=RUNS)
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A private copy of the run and ``detrkit export --json``'s summary; the file is written where
-    the onnxruntime backend caches it (``RUN/export/best.onnx``), so the predictor reuses it."""
+    """A private copy of the run and ``detrkit export --json``'s summary; without ``--out`` the file
+    goes where the onnxruntime backend caches it (``RUN/export/best.onnx``), so the predictor reuses it."""
     from detrkit.cli.main import main
 
     run = Path(
         shutil.copytree(request.getfixturevalue(request.param), tmp_path_factory.mktemp("exp") / "run")
     )
-    out = export_path(run / "checkpoints" / "best.pt")
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as info:
-        main(["export", "--run", str(run), "--out", str(out), "--json"])
+    # the Triton kernels asked for (they cannot run on CPU tensors): the export traces the reference
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DETRKIT_MS_DEFORM_ATTN", "triton")
+    try:
+        with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit) as info:
+            main(["export", "--run", str(run), "--json"])
+        assert os.environ["DETRKIT_MS_DEFORM_ATTN"] == "triton"  # restored after the export
+    finally:
+        mp.undo()
     assert info.value.code in (0, None)
-    return run, json.loads(stdout.getvalue())
+    summary = json.loads(stdout.getvalue())
+    assert (
+        summary["path"]
+        == str(run / "export" / "best.onnx")
+        == str(export_path(run / "checkpoints" / "best.pt"))
+    )
+    return run, summary
 
 
 def test_export_runs_at_other_sizes(exported: tuple[Path, dict]) -> None:
@@ -176,3 +188,22 @@ def test_bare_model_exports_to_a_temporary_folder(fake_run: Path, sample_images:
 
     gc.collect()
     assert not folder.exists()
+
+
+def test_two_stage_refine_export_runs_at_other_sizes(tmp_path: Path) -> None:
+    """Two-stage proposals (one anchor per encoder position) follow the input size too."""
+    from detrkit.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("deformable-detr-tiny", num_classes=3, two_stage=True, with_box_refine=True).eval()
+    result = export_model(model, tmp_path / "m.onnx", format="onnx", height=96, width=128, check=False)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    for batch, h, w in [(2, 160, 112), (1, 64, 96)]:  # 64x96: a coarsest level one row high
+        images, mask = example_inputs(batch, h, w, seed=3)
+        with torch.no_grad():
+            ref = model(images, mask)
+        logits, boxes = session.run(
+            ["logits", "boxes"], {"images": images.numpy(), "pixel_mask": mask.numpy()}
+        )
+        np.testing.assert_allclose(logits, ref["pred_logits"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(boxes, ref["pred_boxes"].numpy(), atol=1e-4, rtol=0)

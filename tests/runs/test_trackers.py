@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -59,12 +60,15 @@ def _wandb_records(path: Path) -> list[Any]:
     return records
 
 
-def _wandb_run(root: Path) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict[str, Any], int]:
-    """``(run id, config, history rows, summary, exit code)`` of the one offline run under ``root``."""
+def _wandb_run(
+    root: Path, segment: int = 0
+) -> tuple[str, dict[str, Any], list[dict[str, Any]], dict[str, Any], int]:
+    """``(run id, config, history rows, summary, exit code)`` of the offline run under ``root``
+    (``segment``: which of several offline folders, oldest first; a resumed run adds one)."""
     import wandb
 
     wandb.teardown()  # the service writes the file asynchronously: flush it
-    (path,) = root.glob("wandb/offline-run-*/run-*.wandb")
+    path = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))[segment]
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
@@ -121,6 +125,23 @@ def test_wandb_offline_run_holds_the_config_every_epoch_and_the_summary(
     assert wb_summary["summary/best"] == pytest.approx(summary["best"])
     assert wb_summary["summary/wall_s"] == pytest.approx(summary["wall_s"])
     assert read_status(run)["trackers"]["wandb"]["id"] == run_id
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_same_wandb_run(
+    doubles: ModuleType, tmp_path: Path, wandb_offline: Path
+) -> None:
+    run = tmp_path / "run"
+    log = {"wandb": {"project": "tests", "mode": "offline"}}
+    doubles.make_trainer(doubles.double_config(run, train={"epochs": 1}, log=log), n_train=8, n_val=4).fit()
+    first_id, *_ = _wandb_run(wandb_offline, 0)
+    time.sleep(1.1)  # W&B names offline folders by the second: keep the two segments apart
+    cfg = doubles.double_config(run, train={"epochs": 2}, log=log)
+    doubles.make_trainer(cfg, n_train=8, n_val=4, resume=run).fit()
+    assert len(list(wandb_offline.glob("wandb/offline-run-*"))) == 2
+    second_id, config, history, _, exit_code = _wandb_run(wandb_offline, 1)
+    assert second_id == first_id and exit_code == 0
+    assert config["train.epochs"] == 2 and [row["_step"] for row in history] == [2]
 
 
 @pytest.mark.slow

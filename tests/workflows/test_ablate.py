@@ -191,3 +191,23 @@ def test_combined_arms_merge_their_overrides(tmp_path) -> None:
     for bad in ("rfs+mixup", "baseline+rfs", "rfs+rfs"):
         with pytest.raises(ConfigError, match="unknown arm"):
             arm_overrides(bad, out_dir=tmp_path, rare=["star"], settings=settings)
+
+
+def test_no_baseline_trains_the_other_arms_and_compares_a_finished_baseline(tmp_path) -> None:
+    # Two processes on one --out: one trains the baseline, the other (train_baseline=False) the
+    # remedy. The second trains no baseline; its comparison has the baseline once it has finished.
+    import shutil
+
+    cfg = load_config("demo", [f"data.shapes.out={tmp_path / 'shapes'}", *TINY])
+    kw = {"seeds": [0], "rare": ["star"], "quiet": True}
+    logs: list[str] = []
+    alone = run_ablation(cfg, tmp_path / "a", arms=["rfs"], train_baseline=False, log=logs.append, **kw)
+    assert not any("baseline-0" in m for m in logs) and not (tmp_path / "a" / "runs" / "baseline-0").exists()
+    assert alone["runs"] == {"baseline": [], "rfs": [str(tmp_path / "a" / "runs" / "rfs-0")]}
+    both = run_ablation(cfg, tmp_path / "b", arms=["baseline"], log=logs.append, **kw)
+    shutil.copytree(tmp_path / "b" / "runs" / "baseline-0", tmp_path / "a" / "runs" / "baseline-0")
+    logs.clear()
+    again = run_ablation(cfg, tmp_path / "a", arms=["rfs"], train_baseline=False, log=logs.append, **kw)
+    assert sum("done before, kept" in m for m in logs) == 1  # rfs-0; the baseline is only read
+    assert len(again["runs"]["baseline"]) == 1 and "baseline" in again["table"] and "rfs" in again["table"]
+    assert both["steps_per_epoch"] == again["steps_per_epoch"]

@@ -111,11 +111,14 @@ def calibrate_gsd(
     import numpy as np
     import rasterio
 
-    from detrkit.aerial.predict import AerialPredictor
+    from detrkit.aerial.model import AERIAL
     from detrkit.aerial.synth import SynthSpec, generate_aerial
     from detrkit.aerial.tiling import predict_array
+    from detrkit.runs.restore import restore
 
-    pred = AerialPredictor.from_checkpoint(model_file, device="cpu")
+    restored = restore(model_file, kind=AERIAL)
+    model = restored.model.to("cpu").eval()
+    tile = max(256, int(restored.checkpoint.get("tile", 512)))  # as AerialPredictor.from_checkpoint
     xs, ys = [], []
     with tempfile.TemporaryDirectory(prefix="detrkit-gsd-") as tmp:
         truth = generate_aerial(Path(tmp), SynthSpec(tiles_per_city=tiles_per_city, size=size, seed=seed))
@@ -123,9 +126,7 @@ def calibrate_gsd(
             with rasterio.open(Path(tmp) / rel) as src:
                 image = src.read()
             logs: list[float] = []
-            predict_array(
-                pred.model, image, tile=pred.tile, overlap=pred.overlap, device=pred.device, tile_log_gsd=logs
-            )
+            predict_array(model, image, tile=tile, overlap=tile // 4, device="cpu", tile_log_gsd=logs)
             xs.append(float(np.mean(logs)))
             ys.append(math.log(t["gsd_m"]))
     return GsdCalibration.fit(

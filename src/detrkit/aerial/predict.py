@@ -215,6 +215,8 @@ class AerialPredictor:
         model, ckpt = restored.model, restored.checkpoint
         kwargs.setdefault("tile", max(256, int(ckpt.get("tile", 512))))
         kwargs.setdefault("overlap", kwargs["tile"] // 4)
+        # the decision threshold chosen for this model (bench/aerial_threshold.py), else 0.5
+        kwargs.setdefault("threshold", float(ckpt.get("threshold", 0.5)))
         cal = ckpt.get("gsd_calibration")
         return cls(
             model,

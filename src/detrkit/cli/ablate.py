@@ -76,6 +76,12 @@ def ablate_cmd(
     online_scale: str = typer.Option(
         "0.1,2.0", "--online-scale", help="Scale jitter lo,hi of online pastes (Simple Copy-Paste: 0.1,2.0)."
     ),
+    no_baseline: bool = typer.Option(
+        False,
+        "--no-baseline",
+        help="Do not train the baseline here (another process or machine trains it into the same "
+        "--out); the comparison uses its runs once they have finished.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the table."),
 ) -> None:
     """Train each arm x seed with one budget, then write per-class and rare-class AP (mean ± std)."""
@@ -89,6 +95,7 @@ def ablate_cmd(
         out,
         arms=[a.strip() for a in arms.split(",") if a.strip()],
         seeds=parse_seeds(seeds),
+        train_baseline=not no_baseline,
         rare=[r for r in (rare or "").split(",") if r] or None,
         rare_k=rare_k,
         rare_fraction=rare_fraction,

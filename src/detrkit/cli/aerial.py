@@ -182,8 +182,12 @@ def predict_cmd(
     ),
     batch: int = typer.Option(8, "--batch", min=1, help="Tiles per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1..."),
-    threshold: float = typer.Option(
-        0.5, "--threshold", min=0.0, max=1.0, help="Probability threshold for the mask."
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Probability threshold for the mask (default: the model's own, else 0.5).",
     ),
     min_area: float = typer.Option(
         2.0, "--min-area", min=0.0, help="Buildings smaller than this (m²) are specks."
@@ -196,7 +200,9 @@ def predict_cmd(
 
     from detrkit.aerial.predict import AerialPredictor
 
-    kwargs: dict[str, Any] = {"batch_size": batch, "device": device, "threshold": threshold}
+    kwargs: dict[str, Any] = {"batch_size": batch, "device": device}
+    if threshold is not None:
+        kwargs["threshold"] = threshold
     if tile is not None:
         kwargs["tile"] = tile
     if overlap is not None:

@@ -17,7 +17,11 @@ def register(app: typer.Typer) -> None:
 def export_cmd(
     run: Path = typer.Option(..., "--run", help="Run folder (or a checkpoint .pt file)."),
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
-    out: Path | None = typer.Option(None, "--out", help="Output file (default: RUN/export/model.onnx|.ts)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Output file (default: RUN/export/<checkpoint>.onnx|.ts; predict --backend onnxruntime reuses the .onnx).",
+    ),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or epoch_N."),
     height: int | None = typer.Option(
         None, "--height", min=32, help="Tracing height (default: the run's eval size); any size runs."
@@ -33,18 +37,17 @@ def export_cmd(
     tracing size and of another size."""
     from detrkit.errors import ConfigError
     from detrkit.inference.export import FORMATS, check_sizes, eval_size, export_model
+    from detrkit.inference.onnx_backend import export_path
     from detrkit.inference.predictor import Predictor
+    from detrkit.runs.restore import restore
 
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    predictor = (
-        Predictor.from_checkpoint(run, device="cpu")
-        if run.is_file()
-        else Predictor.from_run(run, checkpoint=checkpoint, device="cpu")
-    )
-    if out is None:
-        base = run.parent if run.is_file() else run
-        out = base / "export" / ("model.onnx" if format == "onnx" else "model.ts")
+    restored = restore(run, which=checkpoint)  # a checkpoint file: which is not used
+    predictor = Predictor.from_restored(restored, device="cpu")
+    if out is None:  # where the onnxruntime backend of Predictor / predict looks for it
+        out = export_path(restored.path)
+        out = out if format == "onnx" else out.with_suffix(".ts")
     default_h, default_w = eval_size(predictor.transform, predictor.size_divisibility)
     height, width = height or default_h, width or default_w
     result = export_model(predictor.model, out, format=format, height=height, width=width, opset=opset)  # type: ignore[arg-type]

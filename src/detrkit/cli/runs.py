@@ -23,9 +23,7 @@ def runs(
 ) -> None:
     """List training runs: state, epoch/epochs, best metric and when each was last updated.
 
-    running = its process is alive; finished = final metrics written; failed = an error recorded;
-    interrupted = none of these (killed, Ctrl-C). Detached runs (`detrkit train --detach`) show
-    their PID and log.
+    running = its process is alive; finished = final metrics written; failed = an error recorded; interrupted = none of these (killed, Ctrl-C). Detached runs (`detrkit train --detach`) show their PID and log.
     """
     from detrkit.config.schema import OutputConfig
     from detrkit.errors import CheckpointError

@@ -71,8 +71,9 @@ def train(
 
     One line, no YAML: `detrkit train --data datasets/car-damage --model deformable-detr-r50 --epochs 12`
     (layout and classes from the data, the rest from the model's packaged recipe). Later wins:
-    --config, then --data/--model/--epochs/--device, then key=value. With --detach the same training
-    runs in the background, as with nohup.
+    --config, then --data/--model/--epochs/--device, then key=value.
+
+    --detach runs the same training in the background, as with nohup (`detrkit runs` lists runs).
     """
     from detrkit.engine.run import summary_json, train_from_config
     from detrkit.errors import ConfigError

@@ -20,9 +20,11 @@ Deformable DETR) maps to this contract; :func:`check_exportable` refuses other m
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -119,6 +121,23 @@ def eval_size(transform: Callable[..., Any] | None, size_divisibility: int = 0) 
     return h, w
 
 
+@contextlib.contextmanager
+def _reference_ops() -> Iterator[None]:
+    """Trace the pure-PyTorch multi-scale deformable attention: the Triton kernels
+    (``DETRKIT_MS_DEFORM_ATTN=triton``) have no ONNX or TorchScript form."""
+    from detrkit.models.ops.ms_deform_attn import BACKEND_ENV
+
+    before = os.environ.get(BACKEND_ENV)
+    os.environ[BACKEND_ENV] = "torch"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(BACKEND_ENV, None)
+        else:
+            os.environ[BACKEND_ENV] = before
+
+
 def export_model(
     model: nn.Module,
     out: str | Path,
@@ -153,6 +172,13 @@ def export_model(
     if hasattr(model, "inference_model"):  # drop training-only parts (Co-DETR's auxiliary heads)
         model = model.inference_model()
     wrapper = ExportWrapper(model.eval().cpu()).eval()
+    with _reference_ops():
+        return _export(wrapper, out, format, height, width, opset, check)
+
+
+def _export(
+    wrapper: ExportWrapper, out: Path, format: str, height: int, width: int, opset: int, check: bool
+) -> ExportResult:
     images, mask = example_inputs(2, height, width)
     if format == "torchscript":
         with warnings.catch_warnings(), torch.no_grad():

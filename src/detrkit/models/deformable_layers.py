@@ -118,7 +118,7 @@ def encoder_reference_points(levels: FlatLevels) -> Tensor:
     ratios = levels.valid_ratios
     points = []
     for level, (h, w) in enumerate(levels.shapes_list):
-        ys, xs = torch.meshgrid(  # arange, not linspace: follows a traced (ONNX export) size
+        ys, xs = torch.meshgrid(  # arange: linspace of a traced size exports wrong for 1-px levels
             torch.arange(0.5, h, dtype=ratios.dtype, device=ratios.device),
             torch.arange(0.5, w, dtype=ratios.dtype, device=ratios.device),
             indexing="ij",

@@ -239,7 +239,7 @@ class DeformableTransformer(nn.Module):
         for level, (h, w) in enumerate(levels.shapes_list):
             start = levels.start_index_list[level]
             valid = levels.valid_mask[:, start : start + h * w].view(b, h, w)
-            ys, xs = torch.meshgrid(  # arange, not linspace: follows a traced (ONNX export) size
+            ys, xs = torch.meshgrid(  # arange: linspace of a traced size exports wrong for 1-px levels
                 torch.arange(h, dtype=torch.float32, device=memory.device),
                 torch.arange(w, dtype=torch.float32, device=memory.device),
                 indexing="ij",

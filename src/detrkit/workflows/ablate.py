@@ -144,6 +144,7 @@ def run_ablation(
     *,
     arms: list[str],
     seeds: list[int],
+    train_baseline: bool = True,
     rare: list[str] | None = None,
     rare_k: int | None = None,
     rare_fraction: float | None = None,
@@ -153,6 +154,10 @@ def run_ablation(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train every arm x seed and write the comparison (see the module docstring).
+
+    ``train_baseline=False`` trains only the other arms (the baseline of the same ``out_dir`` is
+    trained elsewhere, e.g. by a second process); the comparison includes the baseline runs that
+    have finished by then.
 
     Returns ``{"rare", "steps_per_epoch", "runs": {arm: [run dirs]}, "comparison": path, "table": md}``.
     """
@@ -193,6 +198,10 @@ def run_ablation(
     for seed in seeds:
         for arm in arms:
             run_dir = out / "runs" / f"{arm}-{seed}"
+            if arm == "baseline" and not train_baseline:
+                if (run_dir / "metrics.json").is_file():
+                    runs[arm].append(run_dir)
+                continue
             runs[arm].append(run_dir)
             if (run_dir / "metrics.json").is_file():
                 log(f"{run_dir}: done before, kept")
@@ -223,10 +232,14 @@ def run_ablation(
             trainer.fit()
             (run_dir / "ablation.json").write_text(json.dumps(details, indent=1))
     folders = [RunFolder.load(run_dir) for arm in arms for run_dir in runs[arm]]
-    comparison = compare_runs(folders, rare=rare)
-    table = comparison.to_markdown()
-    (out / "comparison.md").write_text(table)
-    (out / "comparison.csv").write_text(comparison.to_csv())
+    table = ""
+    if len(folders) >= 2:
+        comparison = compare_runs(folders, rare=rare)
+        table = comparison.to_markdown()
+        (out / "comparison.md").write_text(table)
+        (out / "comparison.csv").write_text(comparison.to_csv())
+    else:  # one run here, the baseline not finished elsewhere yet: nothing to compare with
+        log(f"{out}: one finished run, no comparison written (run again once the baseline has finished)")
     summary = {
         "arms": arms,
         "seeds": seeds,
@@ -236,7 +249,7 @@ def run_ablation(
         "settings": dataclasses.asdict(settings),
         "config": cfg.source,
         "runs": {a: [str(p) for p in ps] for a, ps in runs.items()},
-        "comparison": str(out / "comparison.md"),
+        "comparison": str(out / "comparison.md") if table else None,
     }
     (out / "ablation.json").write_text(json.dumps(summary, indent=1))
     return {**summary, "table": table}
