@@ -1,6 +1,6 @@
 """Multi-scale deformable attention as Triton kernels (forward and backward).
 
-Same contract and numerics as :func:`detrkit.models.ops.ms_deform_attn.ms_deform_attn_torch`, the
+Same contract and numerics as :func:`detrkit.models.ops.ms_deform_attn.ms_deform_attn_reference`, the
 pure-PyTorch reference: bilinear sampling with ``align_corners=False`` and zero padding (a location
 ``(x, y)`` in ``[0, 1]`` is the pixel coordinate ``(x * W_l - 0.5, y * H_l - 0.5)``; each of the four
 neighbours outside the map reads zero), weighted by the attention weights and summed over levels and
@@ -132,7 +132,7 @@ def ms_deform_attn_triton(
     spatial_shapes_list: Sequence[tuple[int, int]] | None = None,
     block_q: int | None = None,
 ) -> Tensor:
-    """:func:`~detrkit.models.ops.ms_deform_attn.ms_deform_attn_torch` with Triton kernels.
+    """:func:`~detrkit.models.ops.ms_deform_attn.ms_deform_attn_reference` with Triton kernels.
 
     Same arguments, shapes and result (``[B, Q, nH * Dh]`` in ``value``'s dtype). Unlike the
     reference, ``level_start_index`` is used (read on the device, like the shapes, so no host sync).
