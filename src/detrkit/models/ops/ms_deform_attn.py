@@ -148,27 +148,25 @@ def ms_deform_attn_torch(
     dtype = _promote(value.dtype, sampling_locations.dtype)
     values = value.to(dtype).permute(0, 2, 3, 1).reshape(b * n_heads, head_dim, s)
     h_max = max(h for h, _ in shapes)
-    parts, consts, start, x0 = [], [], 0, 0
+    parts, start = [], 0
     for level, (h, w) in enumerate(shapes):
         gap = 0 if level == n_levels - 1 else 1
-        parts.append(
-            F.pad(
-                values[:, :, start : start + h * w].view(b * n_heads, head_dim, h, w), (0, gap, 0, h_max - h)
-            )
-        )
-        consts.append((w, h, x0))
+        level_values = values[:, :, start : start + h * w].view(b * n_heads, head_dim, h, w)
+        parts.append(F.pad(level_values, (0, gap, 0, h_max - h)))
         start += h * w
-        x0 += w + gap
-    canvas = torch.cat(parts, -1)  # [B*nH, Dh, h_max, x0]
-    # per level: (x, y) in [0, 1] of the level -> grid in [-1, 1] of the canvas, and the range of
-    # points with a neighbour inside the level (pixel coordinate in [-1, W_l))
-    c = torch.tensor(consts, dtype=dtype, device=value.device).view(n_levels, 1, 3)
-    size, x_offset = c[..., :2], c[..., 2:]
-    canvas_size = torch.tensor([x0, h_max], dtype=dtype, device=value.device)
-    scale = 2 * size / canvas_size
-    shift = torch.cat([2 * x_offset / x0, x_offset.new_zeros(n_levels, 1, 1)], -1) - 1
+    canvas = torch.cat(parts, -1)  # [B*nH, Dh, h_max, w_total]
+    w_total = sum(w for _, w in shapes) + n_levels - 1
+    # per level, from the shapes on the device (torch.tensor(..., device=cuda) would be a host sync):
+    # (x, y) in [0, 1] of the level -> grid in [-1, 1] of the canvas
+    size = spatial_shapes.to(device=value.device, dtype=dtype).flip(-1).view(n_levels, 1, 2)  # (W_l, H_l)
+    gap_w = size[..., :1] + 1
+    x_offset = gap_w.cumsum(0) - gap_w  # sum of (W_k + 1) over the levels before
+    scale = torch.cat([size[..., :1] * (2 / w_total), size[..., 1:] * (2 / h_max)], -1)
+    shift = torch.cat([x_offset * (2 / w_total) - 1, torch.full_like(x_offset, -1.0)], -1)
     loc = sampling_locations.to(dtype).transpose(1, 2).flatten(0, 1)  # [B*nH, Q, L, P, 2]
-    outside = ((loc < -0.5 / size) | (loc >= 1 + 0.5 / size)).any(-1, keepdim=True)
+    # no neighbour in the level: pixel coordinate loc * size - 0.5 < -1 or >= size
+    pixels = loc * size
+    outside = ((pixels < -0.5) | (pixels >= size + 0.5)).any(-1, keepdim=True)
     grid = (loc * scale + shift).masked_fill(outside, -3.0)  # -3: off the canvas, reads zeros
     sampled = F.grid_sample(
         canvas,
