@@ -221,3 +221,11 @@ else:
             mdt.ms_deform_attn_triton(value, spatial, start, loc, attn, spatial_shapes_list=[(6, 8), (3, 3)])
         with pytest.raises(ValueError, match="attention_weights"):
             mdt.ms_deform_attn_triton(value, spatial, start, loc, attn[..., :2], spatial_shapes_list=SHAPES)
+
+    def test_no_queries():
+        value, spatial, start, loc, attn = _inputs(q=0)
+        value.requires_grad_(True)
+        out = mdt.ms_deform_attn_triton(value, spatial, start, loc, attn, spatial_shapes_list=SHAPES)
+        assert out.shape == (2, 0, 16)
+        (grad,) = torch.autograd.grad(out.sum(), value)
+        assert grad.shape == value.shape and not grad.any()
