@@ -6,11 +6,13 @@
 # - triton (<= 120 + 240 + 150 s): the Triton multi-scale deformable attention
 #   * tests/models/test_ms_deform_attn_triton.py on the GPU (compiled kernels, no TRITON_INTERPRET):
 #     forward / gradient parity with the PyTorch reference, gradcheck in float64, module dispatch;
-#   * bench/ms_deform_attn_bench.py --kernels: forward and forward+backward time, Triton vs reference,
+#   * bench/ms_deform_attn_bench.py --kernels: forward and forward+backward time of the kernels, the
+#     stacked PyTorch path and the per-level reference (and their errors against it),
 #     at Deformable-DETR-R50 sizes (batch 8, 800x1088 -> levels /8../64, 8 heads, 4 points; the
 #     decoder's 300 queries and the encoder's full-size queries; fp32 and bf16 values), block_q sweep;
-#   * bench/ms_deform_attn_bench.py --share on deformable-detr-r50 at batch 8, 800x1088, with the
-#     kernels (default) and with DETRKIT_MS_DEFORM_ATTN=torch: step time and the attention's share.
+#   * bench/ms_deform_attn_bench.py --share on deformable-detr-r50 at batch 8, 800x1088: training
+#     step time and the attention's share with the per-level reference, the stacked PyTorch path and
+#     the kernels, interleaved in one run.
 # - side_by_side (<= 2 x 200 s): bench/side_by_side.py --device cuda at batch 8, 800x1088, fp32 then
 #   bf16 (detrkit vs transformers, ops, host reads, set_sync_debug_mode syncs, peak memory); detrkit's
 #   Deformable DETR now runs the Triton kernels there (DETRKIT_MS_DEFORM_ATTN=auto).
@@ -32,12 +34,10 @@ if [[ " $PARTS " == *" triton "* ]]; then
   timeout 240 "$PY" bench/ms_deform_attn_bench.py --kernels --device cuda --batch 8 --hw 800x1088 --iters 10 \
     --sweep-block-q 16 32 128 --out "$OUT/ms_deform_attn_kernels.json" > "$OUT/ms_deform_attn_kernels.log" 2>&1
   echo "kernels bench: exit $?" >> "$OUT/status.txt"
-  for backend in auto torch; do
-    DETRKIT_MS_DEFORM_ATTN=$backend timeout 75 "$PY" bench/ms_deform_attn_bench.py --share --device cuda \
-      --models deformable-detr-r50 --batch 8 --hw 800x1088 --repeats 3 \
-      --out "$OUT/ms_deform_attn_share_$backend.json" > "$OUT/ms_deform_attn_share_$backend.log" 2>&1
-    echo "share bench ($backend): exit $?" >> "$OUT/status.txt"
-  done
+  timeout 150 "$PY" bench/ms_deform_attn_bench.py --share --device cuda --models deformable-detr-r50 --batch 8 \
+    --hw 800x1088 --repeats 3 --backends reference torch triton --out "$OUT/ms_deform_attn_share.json" \
+    > "$OUT/ms_deform_attn_share.log" 2>&1
+  echo "share bench: exit $?" >> "$OUT/status.txt"
 fi
 
 if [[ " $PARTS " == *" side_by_side "* ]]; then
