@@ -183,8 +183,8 @@ def ms_deform_attn_triton(
         )
     return _MSDeformAttnFunction.apply(
         value.contiguous(),
-        spatial_shapes.contiguous(),
-        level_start_index.contiguous(),
+        spatial_shapes.to(value.device).contiguous(),  # no-ops when already there, as the model passes them
+        level_start_index.to(value.device).contiguous(),
         sampling_locations.contiguous(),
         attention_weights.contiguous(),
         block_q,
