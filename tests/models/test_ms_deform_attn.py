@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detrkit.models.ops import MSDeformAttn, ms_deform_attn
-from detrkit.models.ops.ms_deform_attn import ms_deform_attn_torch
+from detrkit.models.ops.ms_deform_attn import ms_deform_attn_reference, ms_deform_attn_torch
 
 SHAPES = [(6, 8), (3, 4), (2, 2)]
 
@@ -147,6 +147,59 @@ def test_module_matches_transformers(ref_dim):
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
+def _level_edges_inputs(dtype):
+    """Locations on and around each level's edges: pixel coordinate -1 (the last with a neighbour in
+    the level), just inside/outside, W_l - 1e-3, W_l (none left), far outside; y likewise."""
+    value, shapes, start, _, attn = _inputs(dtype, b=1, q=4, n_heads=2, head_dim=3, n_points=8)
+    edges = []
+    for h, w in SHAPES:
+        px = torch.tensor([-1.0, -1.0 + 1e-3, -1.0 - 1e-3, w - 1e-3, w, w + 0.7, -5.0, w / 2], dtype=dtype)
+        py = torch.tensor(
+            [h / 2, -1.0 + 1e-3, h - 1e-3, -1.0 - 1e-3, h + 0.2, h / 3, h - 0.5, -1.0], dtype=dtype
+        )
+        edges.append(torch.stack([(px + 0.5) / w, (py + 0.5) / h], -1))  # [P, 2]
+    loc = torch.stack(edges).view(1, 1, 1, len(SHAPES), 8, 2).repeat(1, 4, 2, 1, 1, 1)
+    loc = loc + torch.rand(loc.shape, generator=torch.Generator().manual_seed(1), dtype=dtype) * torch.tensor(
+        [0.0, 0.0, 0.0, 1.0]
+    ).to(dtype).view(1, 4, 1, 1, 1, 1)  # query 3: jittered
+    return value, shapes, start, loc, attn
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("edges", [False, True])
+def test_stacked_matches_reference(dtype, edges):
+    """ms_deform_attn_torch (one grid_sample over the levels side by side) against the per-level
+    reference: outputs and all gradients, random points (a fifth outside the map) or edge cases."""
+    value, shapes, start, loc, attn = _level_edges_inputs(dtype) if edges else _inputs(dtype, head_dim=5)
+    if not edges:
+        loc = (loc - 0.5) * 1.5 + 0.5  # [-0.25, 1.25]
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 2e-6}
+    results = []
+    for fn in (ms_deform_attn_torch, ms_deform_attn_reference):
+        inputs = [t.clone().requires_grad_(True) for t in (value, loc, attn)]
+        out = fn(inputs[0], shapes, start, inputs[1], inputs[2], spatial_shapes_list=SHAPES)
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+        results.append((out, *torch.autograd.grad(out, inputs, grad_out)))
+    if edges:  # points 0, 4, 7 lie exactly on a kink where the gradient jumps (x = -1, W_l; y = -1)
+        for r in results:
+            r[2][:, :3, :, :, [0, 4, 7]] = 0  # the jittered query 3 keeps them
+    for name, a, e in zip(("out", "value", "loc", "attn"), *results, strict=True):
+        assert e.abs().max() > 0, name
+        torch.testing.assert_close(a, e, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_stacked_gradcheck_float64():
+    value, shapes, start, loc, attn = _inputs(torch.float64, b=1, q=2, n_heads=2, head_dim=2, n_points=2)
+    loc = (loc * 1.3 - 0.15 + 0.013).detach().requires_grad_(True)  # some outside, away from kinks
+    value.requires_grad_(True)
+    attn.requires_grad_(True)
+
+    def fn(v, sl, aw):
+        return ms_deform_attn_torch(v, shapes, start, sl, aw, spatial_shapes_list=SHAPES)
+
+    assert torch.autograd.gradcheck(fn, (value, loc, attn), eps=1e-6, atol=1e-5)
+
+
 def test_backend_selection(monkeypatch):
     from detrkit.errors import ConfigError
     from detrkit.models.ops import ms_deform_attn_triton as mdt
@@ -154,14 +207,22 @@ def test_backend_selection(monkeypatch):
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    # auto: the reference on the CPU whatever triton can do; the kernels on CUDA when they run there
+    # auto: PyTorch on the CPU whatever triton can do; the kernels on CUDA when they run there
     monkeypatch.setattr(mdt, "supports", lambda device: True)
     assert ms_deform_attn_backend(cpu) == "torch"
     assert ms_deform_attn_backend(cuda) == "triton"
-    monkeypatch.setenv(BACKEND_ENV, "torch")
-    assert ms_deform_attn_backend(cuda) == "torch"
+    for forced in ("torch", "reference"):
+        monkeypatch.setenv(BACKEND_ENV, forced)
+        assert ms_deform_attn_backend(cuda) == forced
     monkeypatch.setenv(BACKEND_ENV, " Triton ")
     assert ms_deform_attn_backend(cpu) == "triton"  # forced (the CPU under TRITON_INTERPRET=1)
+    with monkeypatch.context() as m:
+        m.setattr(torch.jit, "is_tracing", lambda: True)
+        assert ms_deform_attn_backend(cuda) == "reference"  # ONNX export traces the reference
+    with monkeypatch.context() as m:
+        m.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert ms_deform_attn_backend(cuda) == "torch"
+    monkeypatch.setenv(BACKEND_ENV, "triton")
     # triton missing: auto falls back, a forced choice says why
     monkeypatch.setattr(mdt, "supports", lambda device: False)
     monkeypatch.setattr(mdt, "available", lambda: False)
@@ -174,17 +235,22 @@ def test_backend_selection(monkeypatch):
     assert ms_deform_attn_backend(cuda) == "torch"
     monkeypatch.setenv(BACKEND_ENV, "cuda")
     with pytest.raises(
-        ConfigError, match=r"DETRKIT_MS_DEFORM_ATTN='cuda': expected one of auto, torch, triton"
+        ConfigError, match=r"DETRKIT_MS_DEFORM_ATTN='cuda': expected one of auto, torch, reference, triton"
     ):
         ms_deform_attn_backend(cpu)
     # the public function goes through the selection (a bad value is reported, not ignored)
     value, shapes, start, loc, attn = _inputs()
     with pytest.raises(ConfigError):
         ms_deform_attn(value, shapes, start, loc, attn)
-    monkeypatch.setenv(BACKEND_ENV, "torch")
-    torch.testing.assert_close(
-        ms_deform_attn(value, shapes, start, loc, attn),
+    for forced, fn in (("torch", ms_deform_attn_torch), ("reference", ms_deform_attn_reference)):
+        monkeypatch.setenv(BACKEND_ENV, forced)
+        torch.testing.assert_close(
+            ms_deform_attn(value, shapes, start, loc, attn),
+            fn(value, shapes, start, loc, attn),
+            rtol=0,
+            atol=0,
+        )
+    assert not torch.equal(
         ms_deform_attn_torch(value, shapes, start, loc, attn),
-        rtol=0,
-        atol=0,
+        ms_deform_attn_reference(value, shapes, start, loc, attn),
     )

@@ -23,7 +23,7 @@ from detrkit.models.ops.ms_deform_attn import (  # noqa: E402
     MSDeformAttn,
     ms_deform_attn,
     ms_deform_attn_backend,
-    ms_deform_attn_torch,
+    ms_deform_attn_reference,
 )
 
 if mdt.interpreting():
@@ -114,7 +114,7 @@ else:
             t.requires_grad_(True) if t.is_floating_point() else t for t in (value, spatial, start, loc, attn)
         ]
         out = mdt.ms_deform_attn_triton(*args, spatial_shapes_list=SHAPES, block_q=block_q)
-        ref = ms_deform_attn_torch(*args, spatial_shapes_list=SHAPES)
+        ref = ms_deform_attn_reference(*args, spatial_shapes_list=SHAPES)
         assert out.shape == ref.shape == (2, 5, 2 * head_dim) and out.dtype == ref.dtype
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         grad_out = torch.randn_like(out)
@@ -151,7 +151,7 @@ else:
         loc.requires_grad_(True)
         value.requires_grad_(True)
         out = mdt.ms_deform_attn_triton(value, spatial, start, loc, attn, spatial_shapes_list=SHAPES)
-        ref = ms_deform_attn_torch(value, spatial, start, loc, attn, spatial_shapes_list=SHAPES)
+        ref = ms_deform_attn_reference(value, spatial, start, loc, attn, spatial_shapes_list=SHAPES)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
         (g_loc,) = torch.autograd.grad(out.sum(), loc)
         (e_loc,) = torch.autograd.grad(ref.sum(), loc)
@@ -177,7 +177,7 @@ else:
         value, spatial, start, loc, attn = _inputs()
         value = value.bfloat16()
         out = mdt.ms_deform_attn_triton(value, spatial, start, loc, attn, spatial_shapes_list=SHAPES)
-        ref = ms_deform_attn_torch(value, spatial, start, loc, attn, spatial_shapes_list=SHAPES)
+        ref = ms_deform_attn_reference(value, spatial, start, loc, attn, spatial_shapes_list=SHAPES)
         assert out.dtype == torch.bfloat16
         # both sample the same bf16 values in float32, then round once
         torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
@@ -210,7 +210,7 @@ else:
         value, spatial, start, loc, attn = _inputs()
         torch.testing.assert_close(
             ms_deform_attn(value, spatial, start, loc, attn),
-            ms_deform_attn_torch(value, spatial, start, loc, attn),
+            ms_deform_attn_reference(value, spatial, start, loc, attn),
             rtol=1e-5,
             atol=1e-5,
         )
@@ -221,3 +221,11 @@ else:
             mdt.ms_deform_attn_triton(value, spatial, start, loc, attn, spatial_shapes_list=[(6, 8), (3, 3)])
         with pytest.raises(ValueError, match="attention_weights"):
             mdt.ms_deform_attn_triton(value, spatial, start, loc, attn[..., :2], spatial_shapes_list=SHAPES)
+
+    def test_no_queries():
+        value, spatial, start, loc, attn = _inputs(q=0)
+        value.requires_grad_(True)
+        out = mdt.ms_deform_attn_triton(value, spatial, start, loc, attn, spatial_shapes_list=SHAPES)
+        assert out.shape == (2, 0, 16)
+        (grad,) = torch.autograd.grad(out.sum(), value)
+        assert grad.shape == value.shape and not grad.any()

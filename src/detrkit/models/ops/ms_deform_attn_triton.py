@@ -1,6 +1,6 @@
 """Multi-scale deformable attention as Triton kernels (forward and backward).
 
-Same contract and numerics as :func:`detrkit.models.ops.ms_deform_attn.ms_deform_attn_torch`, the
+Same contract and numerics as :func:`detrkit.models.ops.ms_deform_attn.ms_deform_attn_reference`, the
 pure-PyTorch reference: bilinear sampling with ``align_corners=False`` and zero padding (a location
 ``(x, y)`` in ``[0, 1]`` is the pixel coordinate ``(x * W_l - 0.5, y * H_l - 0.5)``; each of the four
 neighbours outside the map reads zero), weighted by the attention weights and summed over levels and
@@ -22,6 +22,7 @@ is how the tests check them without a GPU); the mode then stays for the process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Sequence
@@ -81,6 +82,11 @@ def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
+def _on(device: torch.device):
+    """Launch on the tensors' GPU (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 class _MSDeformAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -94,10 +100,15 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         bq, bd = _launch_config(q, head_dim, block_q)
         out = value.new_empty(b, q, n_heads, head_dim)
         grid = (k.triton.cdiv(q, bq), b * n_heads)
-        k.ms_deform_attn_fwd[grid](
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out,
-            s, q, NH=n_heads, DH=head_dim, L=n_levels, P=n_points, BLOCK_Q=bq, BLOCK_D=bd, COMPUTE=tl_compute,
-        )  # fmt: skip
+        if out.numel() and s:
+            with _on(value.device):
+                k.ms_deform_attn_fwd[grid](
+                    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out,
+                    s, q, NH=n_heads, DH=head_dim, L=n_levels, P=n_points, BLOCK_Q=bq, BLOCK_D=bd,
+                    COMPUTE=tl_compute,
+                )  # fmt: skip
+        else:
+            out.zero_()
         ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
         ctx.config = (bq, bd, compute, tl_compute)
         return out.view(b, q, n_heads * head_dim)
@@ -111,14 +122,19 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         _, q, _, n_levels, n_points, _ = sampling_locations.shape
         k = _kernels()
         grad_value = torch.zeros(value.shape, dtype=compute, device=value.device)  # atomics in >= fp32
-        grad_loc = torch.empty_like(sampling_locations)
-        grad_attn = torch.empty_like(attention_weights)
+        launch = bool(grad_out.numel() and s)
+        # every location and weight is written by the program of its query
+        grad_loc = torch.empty_like(sampling_locations) if launch else torch.zeros_like(sampling_locations)
+        grad_attn = torch.empty_like(attention_weights) if launch else torch.zeros_like(attention_weights)
         grid = (k.triton.cdiv(q, bq), b * n_heads)
-        k.ms_deform_attn_bwd[grid](
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-            grad_out.contiguous(), grad_value, grad_loc, grad_attn,
-            s, q, NH=n_heads, DH=head_dim, L=n_levels, P=n_points, BLOCK_Q=bq, BLOCK_D=bd, COMPUTE=tl_compute,
-        )  # fmt: skip
+        if launch:
+            with _on(value.device):
+                k.ms_deform_attn_bwd[grid](
+                    value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                    grad_out.contiguous(), grad_value, grad_loc, grad_attn,
+                    s, q, NH=n_heads, DH=head_dim, L=n_levels, P=n_points, BLOCK_Q=bq, BLOCK_D=bd,
+                    COMPUTE=tl_compute,
+                )  # fmt: skip
         return grad_value.to(value.dtype), None, None, grad_loc, grad_attn, None
 
 
@@ -132,7 +148,7 @@ def ms_deform_attn_triton(
     spatial_shapes_list: Sequence[tuple[int, int]] | None = None,
     block_q: int | None = None,
 ) -> Tensor:
-    """:func:`~detrkit.models.ops.ms_deform_attn.ms_deform_attn_torch` with Triton kernels.
+    """:func:`~detrkit.models.ops.ms_deform_attn.ms_deform_attn_reference` with Triton kernels.
 
     Same arguments, shapes and result (``[B, Q, nH * Dh]`` in ``value``'s dtype). Unlike the
     reference, ``level_start_index`` is used (read on the device, like the shapes, so no host sync).
@@ -167,8 +183,8 @@ def ms_deform_attn_triton(
         )
     return _MSDeformAttnFunction.apply(
         value.contiguous(),
-        spatial_shapes.contiguous(),
-        level_start_index.contiguous(),
+        spatial_shapes.to(value.device).contiguous(),  # no-ops when already there, as the model passes them
+        level_start_index.to(value.device).contiguous(),
         sampling_locations.contiguous(),
         attention_weights.contiguous(),
         block_q,
