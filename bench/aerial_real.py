@@ -43,30 +43,42 @@ def _resize(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndar
     return np.stack(bands), m
 
 
+def load_tile(t: object, native_gsd: float | None, gsd: float | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(image uint8[C,H,W], mask bool[H,W], GSD)`` of one source tile, resized from its GSD
+    (``native_gsd`` or the tile's own) to ``gsd`` (None: as it is)."""
+    with open_quiet(t.image) as src:
+        image = to_uint8(src.read(list(t.bands)), t.band_scale)
+    with open_quiet(t.mask) as src:
+        mask = src.read(1) > 127
+    tile_gsd = native_gsd or t.gsd
+    if gsd is not None:
+        image, mask = _resize(image, mask, tile_gsd / gsd)
+    return image, mask, gsd or tile_gsd
+
+
+def predict_prob(pred: AerialPredictor, image: np.ndarray, logs: list[float] | None = None) -> np.ndarray:
+    """The predictor's tiled probability map ``float32[H,W]`` (``logs`` gets the tiles' log-GSDs)."""
+    prob, _, _ = predict_array(
+        pred.model,
+        image,
+        tile=pred.tile,
+        overlap=pred.overlap,
+        batch_size=pred.batch_size,
+        device=pred.device,
+        in_channels=pred.model.in_channels,
+        tile_log_gsd=logs,
+    )
+    return np.asarray(prob, dtype=np.float32)
+
+
 def evaluate(pred: AerialPredictor, tiles: list, native_gsd: float | None, gsd: float | None) -> dict:
     """Metrics of ``pred`` on ``tiles`` resized from ``native_gsd`` to ``gsd`` (None: as they are)."""
     rows, t_pred, pixels = [], 0.0, 0
     for t in tiles:
-        with open_quiet(t.image) as src:
-            image = to_uint8(src.read(list(t.bands)), t.band_scale)
-        with open_quiet(t.mask) as src:
-            mask = src.read(1) > 127
-        tile_gsd = native_gsd or t.gsd
-        if gsd is not None:
-            image, mask = _resize(image, mask, tile_gsd / gsd)
-        g = gsd or tile_gsd
+        image, mask, g = load_tile(t, native_gsd, gsd)
         t0 = time.perf_counter()
         logs: list[float] = []
-        prob, _, _ = predict_array(
-            pred.model,
-            image,
-            tile=pred.tile,
-            overlap=pred.overlap,
-            batch_size=pred.batch_size,
-            device=pred.device,
-            in_channels=pred.model.in_channels,
-            tile_log_gsd=logs,
-        )
+        prob = predict_prob(pred, image, logs)
         t_pred += time.perf_counter() - t0
         pixels += mask.size
         p = prob >= pred.threshold

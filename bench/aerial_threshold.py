@@ -27,13 +27,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from aerial_real import _resize  # noqa: E402
+from aerial_real import load_tile, predict_prob  # noqa: E402
 
 from detrkit.aerial.area import measure_mask  # noqa: E402
 from detrkit.aerial.gsd import GsdEstimate  # noqa: E402
 from detrkit.aerial.predict import AerialPredictor  # noqa: E402
-from detrkit.aerial.sources import SourceSpec, list_source_tiles, open_quiet, to_uint8  # noqa: E402
-from detrkit.aerial.tiling import predict_array  # noqa: E402
+from detrkit.aerial.sources import SourceSpec, list_source_tiles  # noqa: E402
 
 THRESHOLDS = [round(t, 2) for t in np.arange(0.30, 0.91, 0.05)]
 
@@ -42,21 +41,8 @@ def prob_maps(pred: AerialPredictor, tiles: list, native: float, gsd: float) -> 
     """``(probability float[H,W], truth bool[H,W])`` of every tile resized from ``native`` to ``gsd``."""
     out = []
     for t in tiles:
-        with open_quiet(t.image) as src:
-            image = to_uint8(src.read(list(t.bands)), t.band_scale)
-        with open_quiet(t.mask) as src:
-            mask = src.read(1) > 127
-        image, mask = _resize(image, mask, native / gsd)
-        prob, _, _ = predict_array(
-            pred.model,
-            image,
-            tile=pred.tile,
-            overlap=pred.overlap,
-            batch_size=pred.batch_size,
-            device=pred.device,
-            in_channels=pred.model.in_channels,
-        )
-        out.append((np.asarray(prob, dtype=np.float32), mask))
+        image, mask, _ = load_tile(t, native, gsd)
+        out.append((predict_prob(pred, image), mask))
     return out
 
 
