@@ -283,7 +283,35 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             p = f" p={vs['p']:.3f}" if vs and vs["p"] is not None else ""
             cells.append(f"{key} {100 * m:.2f}" + (f" ± {100 * s:.2f}" if s is not None else "") + p)
         print(f"{arm} (seeds {entry['seeds']}): " + "; ".join(cells))
+    print(markdown_table(tests))
     return result
+
+
+def markdown_table(tests: dict[str, Any]) -> str:
+    """The per-arm table of bench/RESULTS.md: mean ± std over seeds (AP in points), the paired gain
+    over the baseline and its p."""
+
+    def cell(entry: dict[str, Any], key: str) -> str:
+        m, s = entry[key]["mean"], entry[key]["std"]
+        text = f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
+        vs = entry[key].get("vs_baseline")
+        if vs:
+            text += (
+                f" ({100 * vs['mean_gain']:+.1f}"
+                + (f", p = {vs['p']:.3f}" if vs["p"] is not None else "")
+                + ")"
+            )
+        return text
+
+    keys = ("rare_ap", "rare_ap50", "frequent_ap", "frequent_ap50")
+    lines = [
+        "| arm | seeds | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for arm, entry in tests.items():
+        seeds = ",".join(str(s) for s in entry["seeds"])
+        lines.append(f"| {arm} | {seeds} | " + " | ".join(cell(entry, k) for k in keys) + " |")
+    return "\n".join(lines)
 
 
 def curves(args: argparse.Namespace) -> dict[str, Any]:
