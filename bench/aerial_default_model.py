@@ -46,13 +46,16 @@ def _short(r: dict) -> dict:
 
 def _gsd_errors(result: dict, calibration: GsdCalibration) -> dict:
     """Raw and calibrated GSD errors of the model head on tiles of known GSD, and interval coverage."""
-    rows = []
+    rows, heads = [], []
     for r in result["rows"]:
-        est = calibration.estimate(r["tile_log_gsd"])
+        est = calibration.estimate(r["tile_log_gsd"], building_pixels=r.get("building_pixels"))
         raw = math.exp(statistics.mean(r["tile_log_gsd"]))
+        head = calibration.estimate(r["tile_log_gsd"]).metres_per_pixel  # without building sizes
         rows.append((abs(raw / r["gsd_m"] - 1), abs(est.metres_per_pixel / r["gsd_m"] - 1), est.uncertainty))
+        heads.append(abs(head / r["gsd_m"] - 1))
     return {
         "tiles": len(rows),
+        "head_only_calibrated_median_abs_error_pct": round(100 * statistics.median(heads), 1),
         "raw_median_abs_error_pct": round(100 * statistics.median(a for a, _, _ in rows), 1),
         "calibrated_median_abs_error_pct": round(100 * statistics.median(b for _, b, _ in rows), 1),
         "calibrated_mean_abs_error_pct": round(100 * statistics.mean(b for _, b, _ in rows), 1),

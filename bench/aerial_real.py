@@ -98,6 +98,7 @@ def evaluate(pred: AerialPredictor, tiles: list, native_gsd: float | None, gsd: 
                 "count_true": rt.building_count,
                 "count_pred": rp.building_count,
                 "tile_log_gsd": logs,
+                "building_pixels": [b.pixels for b in rp.buildings],
             }
         )
     a_true = sum(r["area_true_m2"] for r in rows)

@@ -6,7 +6,9 @@ Models: our ``detr-r50`` and ``deformable-detr-r50`` against ``DetrForObjectDete
 6+6 layers, d_model 256, 100 / 300 queries, auxiliary losses on every decoder layer, dropout 0.1
 everywhere), random weights, 10 classes. A training step is forward + loss (Hungarian matching
 included) + backward + gradient clipping + fused AdamW; inference is forward + each side's own
-postprocessing (``postprocess`` / ``post_process_object_detection``). ``infer_onnxruntime`` runs
+postprocessing (``postprocess`` / ``post_process_object_detection``); detrkit's inference is what
+``detrkit predict`` runs, ``Predictor.run_model`` (frozen BatchNorm folded into the convolutions,
+channels-last, its ``precision``; ``--no-optimize`` turns the first two off). ``infer_onnxruntime`` runs
 what ``detrkit predict --backend onnxruntime`` runs: the :class:`Predictor`'s onnxruntime backend
 (its ONNX export with dynamic batch/height/width, its session, the same postprocessing) on the
 same batch (``Predictor.run_model``).
@@ -136,7 +138,20 @@ class Case:
         if args.channels_last and impl == "detrkit":
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.x1, self.m1 = self.x[:1], self.m[:1]
-        self.dtype = torch.bfloat16 if args.precision == "bf16" else None
+        precision = args.detrkit_precision if impl == "detrkit" else args.precision
+        self.dtype = torch.bfloat16 if precision == "bf16" else None
+        self.predictor = None
+        if impl == "detrkit":  # inference as `detrkit predict` runs it: Predictor.run_model
+            from detrkit.inference.predictor import Predictor
+
+            self.predictor = Predictor(
+                model=self.model,
+                class_names=[f"class{i}" for i in range(NUM_CLASSES)],
+                category_ids=list(range(NUM_CLASSES)),
+                device=device,
+                precision=precision,
+                optimize=not args.no_optimize,
+            )
         self.ort = None
         self.times: dict[str, list[float]] = {}
 
@@ -157,8 +172,12 @@ class Case:
     @torch.no_grad()
     def infer_step(self, batch1: bool = False) -> None:
         self.model.eval()
+        x, m = (self.x1, self.m1) if batch1 else (self.x, self.m)
+        if self.predictor is not None:  # its own precision, folded BatchNorm, channels-last
+            self.predictor.run_model(x, m, torch.tensor([list(x.shape[-2:])] * len(x), device=x.device))
+            return
         with self.autocast():
-            self.infer_fn(self.x1 if batch1 else self.x, self.m1 if batch1 else self.m)
+            self.infer_fn(x, m)
 
     def ort_step(self, batch1: bool = False) -> None:
         if self.ort is None:
@@ -293,7 +312,10 @@ def write_results_md(result: dict[str, Any], command: str, tag: str) -> None:
     body = (
         f"{begin}\n`{command}` on {result['device']} ({result['threads']} threads), torch "
         f"{result['torch']}, transformers {result['transformers']}, batch {result['batch']}, "
-        f"{result['hw']}, {result['precision']}, {result['repeats']} interleaved repeats of "
+        f"{result['hw']}, {result['precision']} (detrkit {result.get('detrkit_precision', result['precision'])}"
+        f"{', channels-last training' if result.get('channels_last') else ''}"
+        f"{'' if result.get('inference_optimize', True) else ', inference not optimized'}), "
+        f"{result['repeats']} interleaved repeats of "
         f"{result['steps']} steps, {result['wall_s']:.0f} s in all, {result['date']}:\n\n"
         f"{table(result)}\n{end}"
     )
@@ -317,7 +339,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats (ratios per repeat)")
     p.add_argument("--steps", type=int, default=1, help="timed steps per repeat")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--channels-last", action="store_true", help="detrkit in channels-last")
+    p.add_argument("--channels-last", action="store_true", help="detrkit training in channels-last")
+    p.add_argument(
+        "--detrkit-precision",
+        choices=["fp32", "bf16", "auto"],
+        help="detrkit's precision (default: --precision); auto: bf16 where detrkit.devices.fast_bf16",
+    )
+    p.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="detrkit inference without folded BatchNorm and channels-last (Predictor(optimize=False))",
+    )
     p.add_argument(
         "--option", action="append", default=[], help="detrkit model option key=value (JSON value)"
     )
@@ -330,6 +362,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device")
     args.h, args.w = (int(v) for v in args.hw.lower().split("x"))
+    if args.detrkit_precision is None:
+        args.detrkit_precision = args.precision
+    if args.detrkit_precision == "auto":
+        from detrkit.devices import fast_bf16
+
+        args.detrkit_precision = "bf16" if fast_bf16(device) else "fp32"
     args.detrkit_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
     modes = [m for m in args.modes.split(",") if m]
     if device.type == "cuda":
@@ -375,7 +413,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "steps": args.steps,
+        "detrkit_precision": args.detrkit_precision,
         "channels_last": args.channels_last,
+        "inference_optimize": not args.no_optimize,
         "detrkit_options": args.detrkit_options,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -283,3 +283,45 @@ def test_train_on_mixed_real_folder_and_generated_tiles(
     assert np.isfinite(float(rows[0]["val/IoU"])) and np.isfinite(float(rows[0]["train/loss_gsd"]))
     cfg = (run / "config.yaml").read_text()
     assert str(tmp_path / "real") in cfg and "augment: true" in cfg
+
+
+def test_gsd_from_building_sizes_by_hand() -> None:
+    """Combined fit recovers a known linear law; the estimate uses it only with enough buildings."""
+    from detrkit.aerial.gsd import MIN_BUILDINGS, building_size_feature
+
+    assert building_size_feature([100, 200, 19, 300, 400, 500]) == pytest.approx(math.log(300))
+    assert building_size_feature([100] * (MIN_BUILDINGS - 1) + [5, 5]) is None  # 5 px: below 20
+    rng = np.random.default_rng(0)
+    true = np.log(rng.uniform(0.15, 2.0, 12))
+    head = true + rng.normal(0, 0.3, 12)  # a noisy head
+    size = np.log(230.0) - 2 * true  # buildings of ~230 m²: median pixels = 230 / g²
+    cal = GsdCalibration.fit(head, true, size_log=list(size))
+    a, b, c = cal.size_coef
+    assert (a, b, c) == pytest.approx((0.0, -0.5, 0.5 * math.log(230.0)), abs=1e-9)
+    assert cal.size_residual_sd == pytest.approx(0.0, abs=1e-9) and cal.size_images == 12
+    assert cal.residual_sd > 0.1  # the head alone is noisy
+    g = 0.4
+    pixels = np.full(9, 230.0 / g**2)
+    est = cal.estimate([head[0]], building_pixels=pixels)
+    assert est.metres_per_pixel == pytest.approx(g) and "sizes of the buildings" in est.detail
+    head_only = cal.estimate([head[0]], building_pixels=pixels[:2])
+    assert head_only.metres_per_pixel == pytest.approx(math.exp(cal.slope * head[0] + cal.intercept))
+    # an old calibration (no size fit) ignores the buildings; fewer than 5 images: no size fit
+    old = GsdCalibration(**{k: v for k, v in cal.to_dict().items() if not k.startswith("size")})
+    assert old.estimate([head[0]], pixels).metres_per_pixel == pytest.approx(head_only.metres_per_pixel)
+    assert GsdCalibration.fit(head[:4], true[:4], size_log=list(size[:4])).size_coef is None
+
+
+def test_strip_measurer_component_pixels_match_finish() -> None:
+    from detrkit.aerial.area import StripMeasurer
+
+    mask = np.zeros((40, 30), bool)
+    mask[2:10, 2:12] = True  # 80 px
+    mask[15:35, 5:8] = True  # 60 px, cut by the strip border at row 20
+    mask[30, 25] = True  # 1 px speck
+    m = StripMeasurer(30, 40, gsd=GsdEstimate(0.5, "user"))
+    m.add(mask[:20])
+    m.add(mask[20:])
+    px = sorted(m.component_pixels().tolist())
+    assert px == [60, 80]
+    assert px == sorted(b.pixels for b in m.finish().buildings)

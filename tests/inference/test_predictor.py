@@ -149,3 +149,49 @@ def test_from_pretrained_matches_transformers(tmp_path: Path, sample_images: lis
     np.testing.assert_allclose(det.scores, scores[order].numpy(), atol=1e-4)
     np.testing.assert_array_equal(det.labels, labels[order].numpy())
     np.testing.assert_allclose(det.boxes_xyxy, boxes.numpy(), atol=1e-2)
+
+
+def _raw(predictor: Predictor, paths: list[Path]) -> list[dict]:
+    """Unthresholded outputs of ``run_model`` for ``paths`` (same batch for every predictor)."""
+    from detrkit.data.collate import collate_detection
+
+    pils = [Image.open(p).convert("RGB") for p in paths]
+    batch = collate_detection([predictor.preprocess(im) for im in pils])
+    sizes = torch.tensor([[im.height, im.width] for im in pils])
+    return predictor.run_model(batch.normalized(), batch.pixel_mask, sizes)
+
+
+def test_optimized_and_bf16_inference_agree_with_plain(fake_run: Path, sample_images: list[Path]) -> None:
+    """Folded BatchNorm + channels-last: the plain model's outputs to float rounding; bf16: close."""
+    from detrkit.models.backbone import FrozenBatchNorm2d
+
+    plain = Predictor.from_run(fake_run, device="cpu", optimize=False)
+    with torch.no_grad():  # non-trivial frozen statistics, so that the fold changes the weights
+        for m in plain.model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.weight.mul_(1.3)
+                m.running_var.mul_(0.7)
+    opt = Predictor(model=plain.model, class_names=CLASS_NAMES, category_ids=CATEGORY_IDS,
+                    transform=plain.transform, optimize=True)  # fmt: skip
+    bf16 = Predictor(model=plain.model, class_names=CLASS_NAMES, category_ids=CATEGORY_IDS,
+                     transform=plain.transform, precision="bf16")  # fmt: skip
+    assert bf16.precision == "bf16" and opt.precision == "fp32"
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in plain.model.modules())  # model unchanged
+    ref, got, low = _raw(plain, sample_images), _raw(opt, sample_images), _raw(bf16, sample_images)
+    for r, g, b in zip(ref, got, low, strict=True):
+        torch.testing.assert_close(g["scores"], r["scores"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(g["boxes"], r["boxes"], rtol=1e-4, atol=1e-3)
+        assert b["scores"].dtype == torch.float32
+        torch.testing.assert_close(b["scores"].sort().values, r["scores"].sort().values, rtol=0, atol=0.05)
+
+
+def test_precision_values_are_checked(fake_run: Path) -> None:
+    from detrkit.errors import ConfigError
+    from detrkit.inference.predictor import resolve_precision
+
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        Predictor.from_run(fake_run, device="cpu", precision="fp8")
+    with pytest.raises(ConfigError, match="torch backend only"):
+        resolve_precision("bf16", None)
+    assert resolve_precision("auto", None) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")

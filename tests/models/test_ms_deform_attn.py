@@ -188,6 +188,19 @@ def test_stacked_matches_reference(dtype, edges):
         torch.testing.assert_close(a, e, **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_stacked_without_autograd_matches_reference():
+    """No autograd (inference): the samples are weighted in place; same output as the reference,
+    and the inputs are left unchanged."""
+    value, shapes, start, loc, attn = _inputs(torch.float32, head_dim=5)
+    copies = [t.clone() for t in (value, loc, attn)]
+    with torch.inference_mode():
+        out = ms_deform_attn_torch(value, shapes, start, loc, attn, spatial_shapes_list=SHAPES)
+        ref = ms_deform_attn_reference(value, shapes, start, loc, attn, spatial_shapes_list=SHAPES)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-6)
+    for a, b in zip((value, loc, attn), copies, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_stacked_gradcheck_float64():
     value, shapes, start, loc, attn = _inputs(torch.float64, b=1, q=2, n_heads=2, head_dim=2, n_points=2)
     loc = (loc * 1.3 - 0.15 + 0.013).detach().requires_grad_(True)  # some outside, away from kinks

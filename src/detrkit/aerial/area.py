@@ -262,6 +262,15 @@ class StripMeasurer:
         self.row0 += h
         self.strip += 1
 
+    def component_pixels(self) -> np.ndarray:
+        """Pixel counts of the buildings :meth:`finish` will list (before any area filter), so far."""
+        sums: dict[object, int] = {}
+        for key, piece in self.pieces.items():
+            root = _find(self.parent, key)
+            sums[root] = sums.get(root, 0) + piece.pixels
+        px = np.fromiter(sums.values(), dtype=np.int64, count=len(sums))
+        return px[px >= self.min_pixels]
+
     def finish(self) -> AreaReport:
         groups: dict[object, list[_Piece]] = {}
         for key, piece in self.pieces.items():

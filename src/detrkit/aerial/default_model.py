@@ -106,7 +106,9 @@ def calibrate_gsd(
 
     ``seed`` must differ from the training data's (0) and from the held-out benchmark's (100).
     Each tile is predicted like a user image (tiled, the checkpoint's tile size) and its tiles'
-    mean log-GSD is regressed on the true log-GSD.
+    mean log-GSD is regressed on the true log-GSD; with the buildings of the predicted mask (at
+    the checkpoint's threshold, split as :class:`~detrkit.aerial.area.StripMeasurer` splits them)
+    the combined fit with their median pixel size too (:meth:`GsdCalibration.fit`).
     """
     import numpy as np
     import rasterio
@@ -119,16 +121,27 @@ def calibrate_gsd(
     restored = restore(model_file, kind=AERIAL)
     model = restored.model.to("cpu").eval()
     tile = max(256, int(restored.checkpoint.get("tile", 512)))  # as AerialPredictor.from_checkpoint
-    xs, ys = [], []
+    from detrkit.aerial.area import label_buildings
+    from detrkit.aerial.gsd import building_size_feature
+
+    threshold = float(restored.checkpoint.get("threshold", 0.5))
+    xs, ys, sizes = [], [], []
     with tempfile.TemporaryDirectory(prefix="detrkit-gsd-") as tmp:
         truth = generate_aerial(Path(tmp), SynthSpec(tiles_per_city=tiles_per_city, size=size, seed=seed))
         for rel, t in truth["tiles"].items():
             with rasterio.open(Path(tmp) / rel) as src:
                 image = src.read()
             logs: list[float] = []
-            predict_array(model, image, tile=tile, overlap=tile // 4, device="cpu", tile_log_gsd=logs)
+            prob, _, _ = predict_array(
+                model, image, tile=tile, overlap=tile // 4, device="cpu", tile_log_gsd=logs
+            )
             xs.append(float(np.mean(logs)))
             ys.append(math.log(t["gsd_m"]))
+            labels = label_buildings(prob >= threshold)
+            sizes.append(building_size_feature(np.bincount(labels.ravel())[1:]))
     return GsdCalibration.fit(
-        np.array(xs), np.array(ys), data=f"detrkit aerial synth seed {seed}, {len(xs)} tiles of {size} px"
+        np.array(xs),
+        np.array(ys),
+        size_log=sizes,
+        data=f"detrkit aerial synth seed {seed}, {len(xs)} tiles of {size} px",
     )

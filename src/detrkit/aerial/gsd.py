@@ -8,7 +8,11 @@ Sources, in the order :func:`resolve_gsd` tries them:
    (linear unit converted); geographic CRS: degrees converted to metres on the WGS84 ellipsoid at
    the image's latitude; EPSG:3857 (Web Mercator): the nominal pixel size times cos(latitude) (with the WGS84
    radii of curvature, :func:`mercator_ground_scale`);
-4. ``model``: the GSD head of the segmentation model, averaged over tiles.
+4. ``model``: the GSD head of the segmentation model, averaged over tiles, and (when the image
+   shows enough buildings) the median size in pixels of the buildings the model found, combined
+   by a linear calibration fitted on generated images (:class:`GsdCalibration`). Building sizes
+   carry a prior (the calibration images' buildings: 7-22 m by 8-36 m), so the estimate is biased
+   where buildings are much smaller or larger than that; its uncertainty is the calibration's.
 
 An explicit user value wins over the file because a flag that is silently ignored is worse than a
 file that is overridden on purpose. Every estimate says which source it came from.
@@ -233,6 +237,22 @@ def resolve_gsd(
 
 
 UNCERTAIN_GSD = 0.25  # a model GSD more uncertain than ±25 % (area ±56 %) comes with a warning
+#: buildings of fewer pixels do not count for the size feature (specks, fragments)
+MIN_BUILDING_PX = 20
+#: fewer buildings than this: no size feature (the median of a handful says little)
+MIN_BUILDINGS = 5
+
+
+def building_size_feature(building_pixels: list[int] | np.ndarray | None) -> float | None:
+    """``log(median pixel count)`` of the buildings of at least :data:`MIN_BUILDING_PX` pixels, or
+    None with fewer than :data:`MIN_BUILDINGS` of them. For a fixed distribution of building sizes
+    on the ground, ``log g = (log A_m2 - feature) / 2``: the feature moves the GSD estimate with
+    slope -1/2 (a calibration fits it)."""
+    if building_pixels is None:
+        return None
+    px = np.asarray(building_pixels, np.float64)
+    px = px[px >= MIN_BUILDING_PX]
+    return float(math.log(np.median(px))) if px.size >= MIN_BUILDINGS else None
 
 
 @dataclass(frozen=True)
@@ -249,32 +269,69 @@ class GsdCalibration:
     residual_sd: float
     images: int
     data: str = ""
+    #: with building sizes: ``log g = a * head + b * size_feature + c`` as ``[a, b, c]`` (None: not fitted)
+    size_coef: list[float] | None = None
+    #: residual standard deviation of that fit (log), and how many images it used
+    size_residual_sd: float | None = None
+    size_images: int = 0
 
     @classmethod
-    def fit(cls, pred_log: np.ndarray, true_log: np.ndarray, *, data: str = "") -> GsdCalibration:
-        """Least squares of ``true_log[N]`` on ``pred_log[N]`` (natural logs of m/pixel), N >= 3."""
+    def fit(
+        cls,
+        pred_log: np.ndarray,
+        true_log: np.ndarray,
+        *,
+        size_log: list[float | None] | np.ndarray | None = None,
+        data: str = "",
+    ) -> GsdCalibration:
+        """Least squares of ``true_log[N]`` on ``pred_log[N]`` (natural logs of m/pixel), N >= 3.
+
+        ``size_log[N]`` (:func:`building_size_feature` per image, None where it has none) also fits
+        the combined model on the images that have it, when there are at least 5.
+        """
         x, y = np.asarray(pred_log, np.float64), np.asarray(true_log, np.float64)
         if x.size < 3:
             raise GsdError(f"a GSD calibration needs at least 3 images, got {x.size}")
         slope, intercept = np.polyfit(x, y, 1) if np.ptp(x) > 1e-9 else (0.0, float(y.mean()))
         resid = y - (slope * x + intercept)
         sd = float(np.sqrt((resid**2).sum() / max(1, x.size - 2)))
-        return cls(float(slope), float(intercept), sd, int(x.size), data)
+        coef, size_sd, size_n = None, None, 0
+        if size_log is not None:
+            have = np.array([v is not None for v in size_log])
+            if have.sum() >= 5:
+                s = np.array([v for v in size_log if v is not None], np.float64)
+                design = np.stack([x[have], s, np.ones_like(s)], axis=1)
+                sol, *_ = np.linalg.lstsq(design, y[have], rcond=None)
+                r = y[have] - design @ sol
+                coef = [float(v) for v in sol]
+                size_sd, size_n = float(np.sqrt((r**2).sum() / max(1, r.size - 3))), int(r.size)
+        return cls(float(slope), float(intercept), sd, int(x.size), data, coef, size_sd, size_n)
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
-    def estimate(self, tile_log_gsd: list[float] | np.ndarray) -> GsdEstimate:
-        """Calibrated GSD of one image from its tiles' predicted log-GSDs, with its uncertainty.
+    def estimate(
+        self, tile_log_gsd: list[float] | np.ndarray, building_pixels: list[int] | np.ndarray | None = None
+    ) -> GsdEstimate:
+        """Calibrated GSD of one image from its tiles' predicted log-GSDs (and, when the calibration
+        has the combined fit and the image enough buildings, their pixel sizes), with its uncertainty.
 
-        ``sigma = sqrt(residual_sd² + (slope * sd_tiles)² / n)`` in log space; the uncertainty is
-        ``exp(sigma) - 1`` and a warning is set above :data:`UNCERTAIN_GSD`.
+        ``sigma = sqrt(residual_sd² + (a * sd_tiles)² / n)`` in log space (``a``: the head's
+        coefficient); the uncertainty is ``exp(sigma) - 1`` and a warning is set above
+        :data:`UNCERTAIN_GSD`.
         """
         t = np.asarray(tile_log_gsd, np.float64)
         n = max(1, t.size)
         spread = float(t.std(ddof=1)) if t.size > 1 else 0.0
-        log_g = self.slope * float(t.mean()) + self.intercept
-        sigma = math.sqrt(self.residual_sd**2 + (self.slope * spread) ** 2 / n)
+        feature = building_size_feature(building_pixels) if self.size_coef is not None else None
+        if feature is not None and self.size_coef is not None and self.size_residual_sd is not None:
+            a, b, c = self.size_coef
+            log_g, resid_sd = a * float(t.mean()) + b * feature + c, self.size_residual_sd
+            how = f"the model's GSD head over {n} tiles and the sizes of the buildings it found"
+        else:
+            a, log_g, resid_sd = self.slope, self.slope * float(t.mean()) + self.intercept, self.residual_sd
+            how = f"predicted by the model over {n} tiles"
+        sigma = math.sqrt(resid_sd**2 + (a * spread) ** 2 / n)
         rel = math.exp(sigma) - 1.0
         warning = None
         if rel > UNCERTAIN_GSD:
@@ -285,7 +342,7 @@ class GsdCalibration:
         return GsdEstimate(
             math.exp(log_g),
             "model",
-            f"predicted by the model over {n} tiles, calibrated on {self.images} generated images",
+            f"{how}, calibrated on {self.images} generated images",
             uncertainty=rel,
             warning=warning,
         )

@@ -348,7 +348,7 @@ class AerialPredictor:
             mask_dst.close()
             prob_dst.close()
         model_gsd = (
-            self.calibration.estimate(tile_log_gsd)
+            self.calibration.estimate(tile_log_gsd, building_pixels=measurer.component_pixels())
             if self.calibration is not None
             else uncalibrated_estimate(tile_log_gsd)
         )

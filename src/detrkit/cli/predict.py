@@ -43,6 +43,12 @@ def predict_cmd(
         help="torch, or onnxruntime: the run's ONNX export (RUN/export/<checkpoint>.onnx, made on first "
         "use, refreshed when the checkpoint is newer; needs pip install 'detrkit[export]').",
     ),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="fp32, bf16 (autocast: ~3x faster on CPUs with AMX and on recent GPUs; scores differ "
+        "slightly) or auto (bf16 where it is fast). The torch backend only.",
+    ),
     draw: bool = typer.Option(True, "--draw/--no-draw", help="Write drawn images."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when an image could not be read."),
@@ -65,6 +71,7 @@ def predict_cmd(
             checkpoint=checkpoint,
             device=device,
             backend=backend,
+            precision=precision,
             draw=draw,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_skip=lambda e: err.print(

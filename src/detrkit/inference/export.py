@@ -152,7 +152,9 @@ def export_model(
 
     Args:
         model: a :class:`~detrkit.models.base.Detector` (put in eval mode, on CPU); one with an
-            ``inference_model()`` method is exported as what that returns.
+            ``inference_model()`` method is exported as what that returns. Frozen BatchNorm is
+            folded into the convolutions of the exported graph
+            (:func:`detrkit.models.fuse.fold_frozen_batchnorm`; ``model`` is unchanged).
         out: output file (``.onnx`` or ``.pt``/``.ts``).
         format: ``"onnx"`` or ``"torchscript"``.
         height, width: example input size used for tracing (B=2, the second padded); the
@@ -171,7 +173,10 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "inference_model"):  # drop training-only parts (Co-DETR's auxiliary heads)
         model = model.inference_model()
-    wrapper = ExportWrapper(model.eval().cpu()).eval()
+    from detrkit.models.fuse import fold_frozen_batchnorm
+
+    model, _ = fold_frozen_batchnorm(model.eval().cpu())  # one Conv node per conv + frozen BatchNorm
+    wrapper = ExportWrapper(model.eval()).eval()
     with _reference_ops():
         return _export(wrapper, out, format, height, width, opset, check)
 

@@ -30,13 +30,15 @@ def predict_to_folder(
     checkpoint: str = "best",
     device: str | None = None,
     backend: str = "torch",
+    precision: str = "fp32",
     draw: bool = True,
     progress: Callable[[int, int], None] | None = None,
     on_skip: Callable[[ImageError], None] | None = None,
 ) -> dict[str, Any]:
     """Detect objects in ``source`` (file, folder or glob) with the model of ``run`` (a run folder
     or a checkpoint file) and write the files above. ``backend="onnxruntime"`` runs the run's
-    ONNX export (made on first use, see :class:`~detrkit.inference.predictor.Predictor`).
+    ONNX export (made on first use, see :class:`~detrkit.inference.predictor.Predictor`);
+    ``precision`` (``fp32``, ``bf16``, ``auto``) is the torch backend's.
 
     One bad file does not cost the others: an unreadable image is skipped (``on_skip`` is called
     with its one-line error) and counted; ``images/`` is created only when something is drawn.
@@ -55,9 +57,11 @@ def predict_to_folder(
     check_backend(backend)
     files = [p for p in resolve_images(source) if isinstance(p, Path)]
     predictor = (
-        Predictor.from_checkpoint(run, device=device, backend=backend)
+        Predictor.from_checkpoint(run, device=device, backend=backend, precision=precision)
         if run.is_file()
-        else Predictor.from_run(run, checkpoint=checkpoint, device=device, backend=backend)
+        else Predictor.from_run(
+            run, checkpoint=checkpoint, device=device, backend=backend, precision=precision
+        )
     )
     gt_by_name, gt_index = _load_gt(ann, files) if ann is not None else ({}, None)
     if gt_index is not None and gt_index.category_ids != sorted(predictor.category_ids):
@@ -104,6 +108,7 @@ def predict_to_folder(
         "detections": len(results),
         "threshold": threshold,
         "backend": backend,
+        "precision": predictor.precision,
         "per_class": dict(zip(predictor.class_names, per_class, strict=True)),
         "predictions": str(out / "predictions.json"),
     }

@@ -176,7 +176,10 @@ def ms_deform_attn_torch(
         align_corners=False,
     )  # [B*nH, Dh, Q, L*P]
     weights = attention_weights.to(dtype).transpose(1, 2).reshape(b * n_heads, 1, q, n_levels * n_points)
-    output = (sampled * weights).sum(-1)  # [B*nH, Dh, Q]
+    if sampled.requires_grad or weights.requires_grad:
+        output = (sampled * weights).sum(-1)  # [B*nH, Dh, Q]
+    else:  # no autograd: weight the samples in place (no second [B*nH, Dh, Q, L*P] buffer)
+        output = sampled.mul_(weights).sum(-1)
     return output.view(b, n_heads * head_dim, q).transpose(1, 2).to(out_dtype)
 
 
