@@ -39,6 +39,8 @@ def _short(r: dict) -> dict:
         "iou_pooled",
         "total_area_error_pct",
         "median_abs_tile_area_error_pct",
+        "iou_mean_near",
+        "total_area_error_near_pct",
         "count_error_pct",
     )
     return {k: (round(r[k], 3) if isinstance(r[k], float) else r[k]) for k in keys}

@@ -288,3 +288,27 @@ def test_on_epoch_end_hook_stops_the_run(conf, tmp_path: Path) -> None:
     trainer.on_epoch_end = hook  # what a sweep's pruner uses
     summary = trainer.fit()
     assert seen == [(1, True), (2, True)] and summary["stopped_early_at_epoch"] == 2
+
+
+def test_auto_precision_follows_the_hardware(conf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.precision=auto``: bf16 + channels-last where ``fast_bf16`` says so, else fp32;
+    the saved config records the choice."""
+    import detrkit.devices
+    from detrkit.config import load_config
+    from detrkit.engine.builders import resolve_auto_precision
+
+    for fast, expected in ((True, ("bf16", True)), (False, ("fp32", False))):
+        monkeypatch.setattr(detrkit.devices, "fast_bf16", lambda device, fast=fast: fast)
+        cfg = conf.double_config(tmp_path / f"auto{fast}", train={"precision": "auto"})
+        resolve_auto_precision(cfg, torch.device("cpu"))
+        assert (cfg.train.precision, cfg.train.channels_last) == expected
+    cfg = conf.double_config(tmp_path / "fixed", train={"precision": "fp32"})
+    resolve_auto_precision(cfg, torch.device("cpu"))  # explicit values are left alone
+    assert cfg.train.precision == "fp32"
+    monkeypatch.setattr(detrkit.devices, "fast_bf16", lambda device: True)
+    cfg = conf.double_config(
+        tmp_path / "run", train={"epochs": 1, "precision": "auto", "max_steps_per_epoch": 1}
+    )
+    conf.make_trainer(cfg, val=False).fit()
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert (saved.train.precision, saved.train.channels_last) == ("bf16", True)

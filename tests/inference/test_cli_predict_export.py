@@ -109,6 +109,25 @@ def test_predict_bad_source_exits_2(fake_run: Path, tmp_path: Path, capsys) -> N
     assert code == 2 and "no such image file or folder" in capsys.readouterr().err
 
 
+def test_predict_precision_flag(fake_run: Path, sample_images: list[Path], tmp_path: Path, capsys) -> None:
+    """--precision bf16 predicts (summary names it); a bad value and bf16 with onnxruntime exit 2."""
+    args = ["predict", "--run", str(fake_run), "--source", str(sample_images[0]), "--no-draw", "--json"]
+    assert _run([*args, "--out", str(tmp_path / "b"), "--precision", "bf16"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "bf16"
+    assert _run([*args, "--out", str(tmp_path / "c"), "--precision", "fp8"]) == 2
+    assert "precision must be one of fp32, bf16, auto" in capsys.readouterr().err
+    if importlib.util.find_spec("onnxruntime") is not None:
+        code = _run([*args, "--out", str(tmp_path / "d"), "--precision", "bf16", "--backend", "onnxruntime"])
+        assert code == 2 and "torch backend only" in capsys.readouterr().err
+
+
+def test_compile_flag_wraps_the_network(fake_run: Path) -> None:
+    """compile=True hands the (folded) network to torch.compile; compiling waits for the first call."""
+    pred = Predictor.from_run(fake_run, device="cpu", compile=True)
+    assert isinstance(pred._net, torch._dynamo.eval_frame.OptimizedModule)
+    assert not isinstance(Predictor.from_run(fake_run, device="cpu")._net, torch._dynamo.eval_frame.OptimizedModule)
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_parity(fake_run: Path, tmp_path: Path, fmt: str) -> None:
     if fmt == "onnx" and importlib.util.find_spec("onnxruntime") is None:

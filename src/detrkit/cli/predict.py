@@ -49,6 +49,12 @@ def predict_cmd(
         help="fp32, bf16 (autocast: ~3x faster on CPUs with AMX and on recent GPUs; scores differ "
         "slightly) or auto (bf16 where it is fast). The torch backend only.",
     ),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile the network: faster per image (bf16 +37% on a CPU) after ~35 s of "
+        "compiling per input shape; for many images of one size.",
+    ),
     draw: bool = typer.Option(True, "--draw/--no-draw", help="Write drawn images."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when an image could not be read."),
@@ -72,6 +78,7 @@ def predict_cmd(
             device=device,
             backend=backend,
             precision=precision,
+            compile=compile,
             draw=draw,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_skip=lambda e: err.print(

@@ -16,7 +16,7 @@ import yaml
 
 from detrkit.config.checking import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, Range
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
 #: Model options renamed for one naming across the families (``{old: new}``): configs, command
@@ -142,6 +142,9 @@ class TrainConfig:
     grad_accum: PosInt = 1
     #: clip the global gradient norm (DETR uses 0.1); ``null`` disables clipping.
     clip_grad_norm: PosFloat | None = 0.1
+    #: ``fp32``, ``bf16``/``fp16`` (mixed precision; fp16 CUDA only) or ``auto``: bf16 with
+    #: channels-last where bf16 is fast (``detrkit.devices.fast_bf16``: GPUs of compute capability
+    #: >= 8, CPUs with AMX), fp32 elsewhere; the run's ``config.yaml`` records what was chosen.
     precision: Precision = "fp32"
     seed: int = 42
     ema: bool = False

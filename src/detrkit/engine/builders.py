@@ -305,6 +305,20 @@ def loop_settings(cfg: RunConfig, *, batches_per_epoch: int, profile_dir: Path |
     )
 
 
+def resolve_auto_precision(cfg: RunConfig, device: torch.device) -> None:
+    """``train.precision=auto`` -> ``bf16`` with ``train.channels_last`` where bf16 is fast on
+    ``device`` (:func:`detrkit.devices.fast_bf16`; on AMX CPUs bf16 convolutions gain from NHWC
+    and lose without it), else ``fp32``; in place, so that the saved config says what ran."""
+    if cfg.train.precision != "auto":
+        return
+    from detrkit.devices import fast_bf16
+
+    if fast_bf16(device):
+        cfg.train.precision, cfg.train.channels_last = "bf16", True
+    else:
+        cfg.train.precision = "fp32"
+
+
 def build_accelerator(cfg: RunConfig) -> Any:
     """The Accelerator for ``train.precision``/``train.cpu``/``train.device`` (fp16 needs CUDA)."""
     from accelerate import Accelerator
@@ -313,9 +327,10 @@ def build_accelerator(cfg: RunConfig) -> Any:
 
     from detrkit.devices import resolve_device
 
-    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
     dev = resolve_device(cfg.train.device, option="train.device")  # checks a named device exists
     use_cpu = cfg.train.cpu or dev.type == "cpu"
+    resolve_auto_precision(cfg, torch.device("cpu") if use_cpu else dev)
+    mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.train.precision]
     if dev.type == "cuda" and dev.index is not None and not use_cpu:
         torch.cuda.set_device(dev.index)  # a single process on cuda:N (launchers set their own)
     if mp == "fp16" and use_cpu:

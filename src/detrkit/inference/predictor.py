@@ -101,6 +101,10 @@ class Predictor:
             folded into the convolutions (:func:`detrkit.models.fuse.fold_frozen_batchnorm`) in
             channels-last memory format (same outputs to float rounding; ``model`` is unchanged).
             The ONNX export (:func:`detrkit.inference.export.export_model`) always folds.
+        compile: ``torch.compile`` the torch backend's network (inductor). Measured on DETR-R50 at
+            2x384x512 on one CPU core: +37 % images/s in bf16 and +4 % in fp32, after a first call
+            of 35-38 s, repeated for every new input shape; so it is off by default and pays off
+            for long runs over images of one size (``bench/compile_check.py``).
     """
 
     model: nn.Module
@@ -113,6 +117,7 @@ class Predictor:
     onnx_path: Path | None = None
     precision: str = "fp32"
     optimize: bool = True
+    compile: bool = False
     _onnx: Any = field(default=None, init=False, repr=False)
     _net: nn.Module | None = field(default=None, init=False, repr=False)
 
@@ -128,6 +133,8 @@ class Predictor:
         if self.backend == "torch":
             self.model.eval().to(self.device)
             self._net = inference_network(self.model) if self.optimize else self.model
+            if self.compile:
+                self._net = torch.compile(self._net)
             return
         self.model.eval().cpu()
         if self.onnx_path is None:  # no run folder: export once to a temporary folder
@@ -154,7 +161,7 @@ class Predictor:
         **options: Any,
     ) -> Predictor:
         """Load ``run_dir/checkpoints/{checkpoint}.pt`` (``best`` falls back to ``last``);
-        ``options``: ``precision``, ``optimize`` (see :class:`Predictor`)."""
+        ``options``: ``precision``, ``optimize``, ``compile`` (see :class:`Predictor`)."""
         return cls.from_restored(
             restore(run_dir, which=checkpoint), device=device, backend=backend, **options
         )
@@ -180,6 +187,7 @@ class Predictor:
         backend: str = "torch",
         precision: str = "fp32",
         optimize: bool = True,
+        compile: bool = False,
     ) -> Predictor:
         """A predictor for what :func:`detrkit.runs.restore` rebuilt (the run's eval transform).
 
@@ -188,7 +196,7 @@ class Predictor:
             device: ``None``: the best device present for ``torch``, the CPU for ``onnxruntime``.
             backend: ``"torch"`` or ``"onnxruntime"`` (the run's ONNX export, made or refreshed
                 here: :func:`detrkit.inference.onnx_backend.cached_onnx`).
-            precision, optimize: see :class:`Predictor`.
+            precision, optimize, compile: see :class:`Predictor`.
         Raises:
             ConfigError: an unknown backend; ``onnxruntime`` not installed; a model that cannot be
                 exported; a device the backend cannot use.
@@ -220,6 +228,7 @@ class Predictor:
             onnx_path=onnx_path,
             precision=precision,
             optimize=optimize,
+            compile=compile,
         )
 
     @classmethod

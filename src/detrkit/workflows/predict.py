@@ -31,6 +31,7 @@ def predict_to_folder(
     device: str | None = None,
     backend: str = "torch",
     precision: str = "fp32",
+    compile: bool = False,
     draw: bool = True,
     progress: Callable[[int, int], None] | None = None,
     on_skip: Callable[[ImageError], None] | None = None,
@@ -38,7 +39,7 @@ def predict_to_folder(
     """Detect objects in ``source`` (file, folder or glob) with the model of ``run`` (a run folder
     or a checkpoint file) and write the files above. ``backend="onnxruntime"`` runs the run's
     ONNX export (made on first use, see :class:`~detrkit.inference.predictor.Predictor`);
-    ``precision`` (``fp32``, ``bf16``, ``auto``) is the torch backend's.
+    ``precision`` (``fp32``, ``bf16``, ``auto``) and ``compile`` are the torch backend's.
 
     One bad file does not cost the others: an unreadable image is skipped (``on_skip`` is called
     with its one-line error) and counted; ``images/`` is created only when something is drawn.
