@@ -198,8 +198,8 @@ def test_rasterize_lonlat_polygons_onto_a_utm_tile(tmp_path: Path) -> None:
 def test_config_data_list_and_cli_data_option(tmp_path: Path) -> None:
     cfg = load_aerial_config("tiny-real")
     specs = data_sources(cfg)
-    assert specs[0].gsd == 0.1 and not specs[0].gsd_known and specs[0].scale_range == (1.5, 4.0)
-    assert specs[1].path == "data/aerial_synth" and specs[1].samples_per_tile == 8
+    assert specs[0].gsd == 0.1 and not specs[0].gsd_known and specs[0].scale_range == (1.5, 5.0)
+    assert specs[1].path == "data/aerial_synth" and specs[1].samples_per_tile == 16
     cfg = load_aerial_config("tiny-synth", ['data=["a", {"path": "b", "gsd": 0.2}]'])
     assert [s.path for s in data_sources(cfg)] == ["a", "b"]
 

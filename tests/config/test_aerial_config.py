@@ -80,3 +80,17 @@ def test_a_saved_config_round_trips() -> None:
     assert aerial_config_from_dict(cfg.to_dict(), "last.pt") == cfg
     with pytest.raises(ConfigError, match=r"^last.pt: crop: must be a multiple of 32"):
         aerial_config_from_dict({**cfg.to_dict(), "crop": 33}, "last.pt")
+
+
+def test_the_default_model_presets_chain_their_stages() -> None:
+    """tiny-real-s1 -> ... -> s5 reproduce the shipped model (each starts from the previous run
+    folder); tiny-real fine-tunes the packaged model with the last stage's recipe."""
+    stages = [load_aerial_config(f"tiny-real-s{i}") for i in range(1, 6)]
+    assert stages[0].init_weights is None and not stages[0].augment and len(stages[0].data) == 1
+    for i, cfg in enumerate(stages[1:], start=1):
+        assert cfg.init_weights == f"runs/tiny_real_s{i}" and cfg.augment and cfg.model == "unet-tiny"
+    synth = [cfg.data[1]["samples_per_tile"] for cfg in stages[1:]]
+    assert synth == [3, 3, 10, 16]
+    ft = load_aerial_config("tiny-real")
+    last = stages[-1]
+    assert ft.init_weights == "unet_tiny_real.pt" and (ft.lr, ft.epochs, ft.data) == (last.lr, last.epochs, last.data)
