@@ -86,7 +86,9 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=3, help="calibrate on every N-th training tile")
     ap.add_argument("--out", default="bench/aerial_threshold.json")
     ap.add_argument("--write", default=None, help="store the chosen threshold and card in this model file")
-    ap.add_argument("--criterion", default="iou", choices=["iou", "area"], help="what the threshold optimises")
+    ap.add_argument(
+        "--criterion", default="iou", choices=["iou", "area"], help="what the threshold optimises"
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     kwargs = {"device": "cpu", "threshold": 0.5}

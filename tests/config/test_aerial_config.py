@@ -93,4 +93,8 @@ def test_the_default_model_presets_chain_their_stages() -> None:
     assert synth == [3, 3, 10, 16]
     ft = load_aerial_config("tiny-real")
     last = stages[-1]
-    assert ft.init_weights == "unet_tiny_real.pt" and (ft.lr, ft.epochs, ft.data) == (last.lr, last.epochs, last.data)
+    assert ft.init_weights == "unet_tiny_real.pt" and (ft.lr, ft.epochs, ft.data) == (
+        last.lr,
+        last.epochs,
+        last.data,
+    )

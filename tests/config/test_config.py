@@ -43,7 +43,10 @@ def test_defaults_and_overrides_are_typed() -> None:
     [
         ("optim.lrr=1", "<command line>: optim.lrr: unknown key (did you mean optim.lr?)"),
         ("train.epochs=abc", "<command line>: train.epochs: expected an integer, got 'abc'"),
-        ("train.precision=fp64", "train.precision: expected 'fp32' or 'bf16' or 'fp16' or 'auto', got 'fp64'"),
+        (
+            "train.precision=fp64",
+            "train.precision: expected 'fp32' or 'bf16' or 'fp16' or 'auto', got 'fp64'",
+        ),
         ("train.batch_size=big", "train.batch_size: expected int or 'auto', got 'big'"),
         ("train.ema=maybe", "train.ema: expected true or false, got 'maybe'"),
         ("epochs=3", "epochs: unknown key"),

@@ -125,7 +125,9 @@ def test_compile_flag_wraps_the_network(fake_run: Path) -> None:
     """compile=True hands the (folded) network to torch.compile; compiling waits for the first call."""
     pred = Predictor.from_run(fake_run, device="cpu", compile=True)
     assert isinstance(pred._net, torch._dynamo.eval_frame.OptimizedModule)
-    assert not isinstance(Predictor.from_run(fake_run, device="cpu")._net, torch._dynamo.eval_frame.OptimizedModule)
+    assert not isinstance(
+        Predictor.from_run(fake_run, device="cpu")._net, torch._dynamo.eval_frame.OptimizedModule
+    )
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
