@@ -66,7 +66,7 @@ def test_resume_cleans_temp_files_sums_wall_time_and_says_where(conf: Any, tmp_p
 
     saved = torch.load(folder / "last.pt", map_location="cpu", weights_only=False)["wall_s"]
     # not 0.0: the earlier segment, as recorded when last.pt was written, counts
-    assert saved > 0 and again["wall_s"] >= round(saved, 1) - 0.05
+    assert saved > 0 and again["wall_s"] >= round(saved, 3) - 0.0005
     assert not list(folder.glob(".*"))
     second = conf.make_trainer(conf.double_config(run, train={"epochs": 2}), resume=run).fit()
     # the resume with nothing left to train saved no checkpoint: the last.pt segment count stays

@@ -505,7 +505,7 @@ class Trainer:
         summary = {
             "run_dir": str(self.run_dir),
             "epochs": cfg.train.epochs,
-            "wall_s": round(wall, 1),
+            "wall_s": round(wall, 3),
             "segments": self.segments,
             "best": self.best,
             "best_metric": cfg.eval.best_metric,
