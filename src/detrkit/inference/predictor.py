@@ -100,7 +100,8 @@ class Predictor:
         optimize: the torch backend runs an inference copy of the model with frozen BatchNorm
             folded into the convolutions (:func:`detrkit.models.fuse.fold_frozen_batchnorm`) in
             channels-last memory format (same outputs to float rounding; ``model`` is unchanged).
-            The ONNX export (:func:`detrkit.inference.export.export_model`) always folds.
+            The copy is made when the predictor is built: after changing ``model``'s weights, build
+            a new predictor. The ONNX export (:func:`detrkit.inference.export.export_model`) always folds.
         compile: ``torch.compile`` the torch backend's network (inductor). Measured on DETR-R50 at
             2x384x512 on one CPU core: +37 % images/s in bf16 and +4 % in fp32, after a first call
             of 35-38 s, repeated for every new input shape; so it is off by default and pays off
