@@ -119,6 +119,7 @@ def test_predict_precision_flag(fake_run: Path, sample_images: list[Path], tmp_p
     if importlib.util.find_spec("onnxruntime") is not None:
         code = _run([*args, "--out", str(tmp_path / "d"), "--precision", "bf16", "--backend", "onnxruntime"])
         assert code == 2 and "torch backend only" in capsys.readouterr().err
+        assert not (fake_run / "export").exists()  # refused before anything was exported
 
 
 def test_compile_flag_wraps_the_network(fake_run: Path) -> None:

@@ -205,6 +205,7 @@ class Predictor:
         from detrkit.inference.onnx_backend import cached_onnx, check_backend
 
         check_backend(backend)
+        resolve_precision(precision, torch.device("cpu") if backend == "torch" else None)  # before exporting
         size_divisibility = restored.config.data.size_divisibility
         onnx_path = None
         if backend == "onnxruntime":
