@@ -325,3 +325,18 @@ def test_strip_measurer_component_pixels_match_finish() -> None:
     px = sorted(m.component_pixels().tolist())
     assert px == [60, 80]
     assert px == sorted(b.pixels for b in m.finish().buildings)
+
+
+def test_real_tile_error_widens_every_model_gsd() -> None:
+    """A calibration that knows its error on real tiles adds it to the uncertainty and says so."""
+    import dataclasses
+
+    cal = GsdCalibration(slope=1.0, intercept=0.0, residual_sd=0.1, images=10, data="gen")
+    plain = cal.estimate([math.log(0.3)] * 4)
+    assert plain.warning is None and plain.uncertainty == pytest.approx(math.exp(0.1) - 1)
+    real = dataclasses.replace(cal, real_log_error=0.8, real_data="some real tiles")
+    est = real.estimate([math.log(0.3)] * 4)
+    assert est.metres_per_pixel == pytest.approx(plain.metres_per_pixel)  # the value does not move
+    assert est.uncertainty == pytest.approx(math.exp(math.sqrt(0.1**2 + 0.8**2)) - 1)
+    assert "on real tiles (some real tiles) it was off by a median 123%" in est.warning
+    assert GsdCalibration(**real.to_dict()) == real  # stored in the model file as a dict

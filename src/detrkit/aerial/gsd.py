@@ -274,6 +274,11 @@ class GsdCalibration:
     #: residual standard deviation of that fit (log), and how many images it used
     size_residual_sd: float | None = None
     size_images: int = 0
+    #: median absolute log-error of the calibrated estimate on *real* tiles (the fits above are
+    #: on generated scenes only); added to every estimate's uncertainty. None: not measured.
+    real_log_error: float | None = None
+    #: which real tiles measured it
+    real_data: str = ""
 
     @classmethod
     def fit(
@@ -316,9 +321,9 @@ class GsdCalibration:
         """Calibrated GSD of one image from its tiles' predicted log-GSDs (and, when the calibration
         has the combined fit and the image enough buildings, their pixel sizes), with its uncertainty.
 
-        ``sigma = sqrt(residual_sd² + (a * sd_tiles)² / n)`` in log space (``a``: the head's
-        coefficient); the uncertainty is ``exp(sigma) - 1`` and a warning is set above
-        :data:`UNCERTAIN_GSD`.
+        ``sigma = sqrt(residual_sd² + (a * sd_tiles)² / n + real_log_error²)`` in log space (``a``:
+        the head's coefficient; ``real_log_error``: the error measured on real tiles, when known);
+        the uncertainty is ``exp(sigma) - 1`` and a warning is set above :data:`UNCERTAIN_GSD`.
         """
         t = np.asarray(tile_log_gsd, np.float64)
         n = max(1, t.size)
@@ -331,7 +336,8 @@ class GsdCalibration:
         else:
             a, log_g, resid_sd = self.slope, self.slope * float(t.mean()) + self.intercept, self.residual_sd
             how = f"predicted by the model over {n} tiles"
-        sigma = math.sqrt(resid_sd**2 + (a * spread) ** 2 / n)
+        real = self.real_log_error or 0.0
+        sigma = math.sqrt(resid_sd**2 + (a * spread) ** 2 / n + real**2)
         rel = math.exp(sigma) - 1.0
         warning = None
         if rel > UNCERTAIN_GSD:
@@ -339,6 +345,11 @@ class GsdCalibration:
                 f"the GSD is an estimate of the model, uncertain by ±{100 * rel:.0f}% (areas ±"
                 f"{100 * (math.exp(2 * sigma) - 1):.0f}%): give --gsd or --zoom/--lat for exact areas"
             )
+            if real > resid_sd:
+                warning += (
+                    f" (calibrated on generated scenes; on real tiles ({self.real_data}) it was off by "
+                    f"a median {100 * (math.exp(real) - 1):.0f}%)"
+                )
         return GsdEstimate(
             math.exp(log_g),
             "model",
