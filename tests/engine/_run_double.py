@@ -27,6 +27,9 @@ def main() -> None:
     trainer.fit()
     if "--save-final" in sys.argv and trainer.acc.is_main_process:
         torch.save(trainer.unwrapped.state_dict(), sys.argv[sys.argv.index("--save-final") + 1])
+    from detrkit.engine.run import end_distributed
+
+    end_distributed()  # as `detrkit train` does: no live process group at exit
 
 
 if __name__ == "__main__":

@@ -45,7 +45,24 @@ def train_from_config(
     else:
         cfg = load_config(config, overrides or [])
     dry_run = kwargs.pop("dry_run", False)
-    return Trainer(cfg, resume=resume, **kwargs).fit(dry_run=dry_run)
+    try:
+        return Trainer(cfg, resume=resume, **kwargs).fit(dry_run=dry_run)
+    finally:
+        end_distributed()
+
+
+def end_distributed() -> None:
+    """Destroy the process group a ``torchrun`` launch made (Accelerate's), if any.
+
+    A process that exits with a live gloo/NCCL group can abort in the group's destructor ("terminate
+    called without an active exception", exit -6) after a run that succeeded; the command-line
+    entry points end it here. Library users who call :meth:`Trainer.fit` under ``torchrun`` own the
+    group and end it themselves (``torch.distributed.destroy_process_group()``).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def summary_json(summary: dict[str, Any]) -> str:
