@@ -122,6 +122,17 @@ def test_predict_precision_flag(fake_run: Path, sample_images: list[Path], tmp_p
         assert not (fake_run / "export").exists()  # refused before anything was exported
 
 
+def test_predict_compile_flag_reaches_the_predictor(
+    fake_run: Path, sample_images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`predict --compile` hands the network to torch.compile (recorded here, not compiled)."""
+    compiled: list[torch.nn.Module] = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: compiled.append(net) or net)
+    args = ["predict", "--run", str(fake_run), "--source", str(sample_images[0]), "--no-draw"]
+    assert _run([*args, "--out", str(tmp_path / "a")]) == 0 and compiled == []
+    assert _run([*args, "--out", str(tmp_path / "b"), "--compile"]) == 0 and len(compiled) == 1
+
+
 def test_compile_flag_wraps_the_network(fake_run: Path) -> None:
     """compile=True hands the (folded) network to torch.compile; compiling waits for the first call."""
     pred = Predictor.from_run(fake_run, device="cpu", compile=True)

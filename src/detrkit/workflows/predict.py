@@ -58,10 +58,10 @@ def predict_to_folder(
     check_backend(backend)
     files = [p for p in resolve_images(source) if isinstance(p, Path)]
     predictor = (
-        Predictor.from_checkpoint(run, device=device, backend=backend, precision=precision)
+        Predictor.from_checkpoint(run, device=device, backend=backend, precision=precision, compile=compile)
         if run.is_file()
         else Predictor.from_run(
-            run, checkpoint=checkpoint, device=device, backend=backend, precision=precision
+            run, checkpoint=checkpoint, device=device, backend=backend, precision=precision, compile=compile
         )
     )
     gt_by_name, gt_index = _load_gt(ann, files) if ann is not None else ({}, None)
