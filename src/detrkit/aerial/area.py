@@ -262,19 +262,20 @@ class StripMeasurer:
         self.row0 += h
         self.strip += 1
 
-    def component_pixels(self) -> np.ndarray:
-        """Pixel counts of the buildings :meth:`finish` will list (before any area filter), so far."""
-        sums: dict[object, int] = {}
-        for key, piece in self.pieces.items():
-            root = _find(self.parent, key)
-            sums[root] = sums.get(root, 0) + piece.pixels
-        px = np.fromiter(sums.values(), dtype=np.int64, count=len(sums))
-        return px[px >= self.min_pixels]
-
-    def finish(self) -> AreaReport:
+    def _groups(self) -> dict[object, list[_Piece]]:
+        """The pieces of each building (re-joined across strip borders by the union-find)."""
         groups: dict[object, list[_Piece]] = {}
         for key, piece in self.pieces.items():
             groups.setdefault(_find(self.parent, key), []).append(piece)
+        return groups
+
+    def component_pixels(self) -> np.ndarray:
+        """Pixel counts of the buildings :meth:`finish` will list (before any area filter), so far."""
+        px = np.array([sum(p.pixels for p in parts) for parts in self._groups().values()], dtype=np.int64)
+        return px[px >= self.min_pixels]
+
+    def finish(self) -> AreaReport:
+        groups = self._groups()
         buildings, specks = [], 0
         georef = self.row_area is not None
         for parts in sorted(groups.values(), key=lambda ps: min(p.sum_y / p.pixels for p in ps)):

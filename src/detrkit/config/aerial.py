@@ -119,6 +119,16 @@ _TINY_REAL_S2: dict[str, Any] = {
     "name": "aerial-tiny-real-s2",
 }
 
+# the last stage of the shipped default; ``tiny-real`` reuses it to fine-tune the shipped file
+_TINY_REAL_S5: dict[str, Any] = {
+    **_TINY_REAL_S2,
+    "data": [_TINY_REAL_S2["data"][0], {"path": "data/aerial_synth", "samples_per_tile": 16}],
+    "init_weights": "runs/tiny_real_s4",
+    "epochs": 16,
+    "lr": 5e-4,
+    "name": "aerial-tiny-real-s5",
+}
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the users' design on Inria: ResNet-34 encoder with ImageNet weights, 512 px crops
@@ -181,23 +191,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 5e-4,
         "name": "aerial-tiny-real-s4",
     },
-    "tiny-real-s5": {
-        **_TINY_REAL_S2,
-        "data": [_TINY_REAL_S2["data"][0], {"path": "data/aerial_synth", "samples_per_tile": 16}],
-        "init_weights": "runs/tiny_real_s4",
-        "epochs": 16,
-        "lr": 5e-4,
-        "name": "aerial-tiny-real-s5",
-    },
+    "tiny-real-s5": _TINY_REAL_S5,
     # fine-tune the shipped default on your tiles (--data ...): the last stage's recipe from unet_tiny_real.pt
-    "tiny-real": {
-        **_TINY_REAL_S2,
-        "data": [_TINY_REAL_S2["data"][0], {"path": "data/aerial_synth", "samples_per_tile": 16}],
-        "init_weights": "unet_tiny_real.pt",
-        "epochs": 16,
-        "lr": 5e-4,
-        "name": "aerial-tiny-real",
-    },
+    "tiny-real": {**_TINY_REAL_S5, "init_weights": "unet_tiny_real.pt", "name": "aerial-tiny-real"},
     "tiny-synth": {
         "data": "data/aerial_synth",
         "model": "unet-tiny",
