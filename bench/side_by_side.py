@@ -364,10 +364,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.h, args.w = (int(v) for v in args.hw.lower().split("x"))
     if args.detrkit_precision is None:
         args.detrkit_precision = args.precision
-    if args.detrkit_precision == "auto":
-        from detrkit.devices import fast_bf16
+    from detrkit.inference.predictor import resolve_precision
 
-        args.detrkit_precision = "bf16" if fast_bf16(device) else "fp32"
+    args.detrkit_precision = resolve_precision(args.detrkit_precision, device)  # "auto" as predict has it
     args.detrkit_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
     modes = [m for m in args.modes.split(",") if m]
     if device.type == "cuda":
